@@ -1,0 +1,1 @@
+"""Inference backends with one interface: torch (transformers), onnxruntime, tensorrt."""

@@ -1,0 +1,1 @@
+"""ROS-free core: frame window, prompts, answer parsing, grounding results, mapping."""

@@ -1,0 +1,86 @@
+"""The project's shared language: frames in, grounded points/tracks/counts out.
+
+Every layer speaks these types: the node converts them to and from messages, the CLI
+prints them, the engines' parity checks and the training metrics compare them.
+Stamps are absolute nanoseconds (ROS time of the source frame); pixels are in the
+original source image.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+
+class Task(str, Enum):
+    POINT = "point"
+    COUNT = "count"
+    TRACK = "track"
+    ASK = "ask"
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One buffered camera frame.
+
+    `image` is what the model will see (RGB uint8, HxWx3, possibly resized on ingest);
+    `source_size` is the (width, height) of the original camera image, so answers can
+    be mapped back to the camera's pixels.
+    """
+
+    image: np.ndarray
+    stamp_ns: int
+    source_size: tuple[int, int]
+    frame_id: str = ""
+
+
+@dataclass(frozen=True)
+class GroundedPoint:
+    stamp_ns: int
+    x: float
+    y: float
+    object_id: int
+    label: str
+    score: float = math.nan
+
+
+@dataclass
+class Track:
+    id: int
+    label: str
+    points: list[GroundedPoint] = field(default_factory=list)
+
+
+@dataclass
+class Timings:
+    """Seconds spent per stage of one query."""
+
+    queue_wait: float = 0.0
+    preprocess: float = 0.0
+    generation: float = 0.0
+    parse: float = 0.0
+
+
+@dataclass
+class Grounding:
+    """The answer to one query over a window of frames."""
+
+    task: Task
+    query: str
+    points: list[GroundedPoint] = field(default_factory=list)
+    tracks: list[Track] = field(default_factory=list)
+    count: int | None = None
+    answer: str = ""
+    warnings: list[str] = field(default_factory=list)
+    frame_stamps_ns: list[int] = field(default_factory=list)
+    frame_id: str = ""
+    model: str = ""
+    backend: str = ""
+    timings: Timings = field(default_factory=Timings)
+
+    @property
+    def stamp_ns(self) -> int:
+        """Stamp of the newest frame the model saw (0 when it saw none)."""
+        return max(self.frame_stamps_ns, default=0)

@@ -1,0 +1,1 @@
+"""rclpy adapters: the grounding node, message conversions, publishers."""

@@ -1,0 +1,22 @@
+"""Python side of molmo2_ros (the pip route; colcon installs the same code via CMake)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="molmo2_ros",
+    version="0.1.0",
+    description="Language-driven grounding in video for ROS 2 with Molmo2",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["molmo2_ros", "molmo2_ros.*", "engines", "engines.*",
+                                    "training", "training.*"]),
+    include_package_data=True,
+    package_data={"molmo2_ros": ["assets/**/*"]},
+    entry_points={
+        "console_scripts": [
+            "molmo2-ros = molmo2_ros.cli:main",
+            "molmo2-engines = engines.cli:main",
+            "molmo2-train = training.cli:train_main",
+            "molmo2-eval = training.cli:eval_main",
+        ],
+    },
+)

@@ -1,0 +1,1 @@
+"""Fine-tune Molmo2 on recordings: datasets, target rendering, trainer, metrics, shapes world."""

@@ -1,0 +1,38 @@
+"""Shared fixtures: one tiny random Molmo2 per test session, and synthetic frames."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from molmo2_ros.core.grounding import Frame
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random Molmo2 (model + processor) saved with save_pretrained, built once."""
+    import torch
+
+    torch.set_num_threads(1)
+    from molmo2_ros.tiny_model import build_tiny_molmo2
+
+    return build_tiny_molmo2(tmp_path_factory.mktemp("tiny_molmo2"), seed=0)
+
+
+def make_frames(n: int = 3, size: tuple[int, int] = (160, 120), t0_ns: int = 1_700_000_000_000_000_000,
+                period_ns: int = 500_000_000, seed: int = 0) -> list[Frame]:
+    """`n` RGB frames of `size` (width, height) with a bright square moving left to right."""
+    width, height = size
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(n):
+        image = rng.integers(0, 60, (height, width, 3), dtype=np.uint8)
+        x = int((i + 1) * width / (n + 1))
+        image[height // 3: height // 3 + 16, max(0, x - 8): x + 8] = (250, 40, 40)
+        frames.append(Frame(image=image, stamp_ns=t0_ns + i * period_ns, source_size=(width, height),
+                            frame_id="camera"))
+    return frames
+
+
+@pytest.fixture
+def synthetic_frames():
+    return make_frames

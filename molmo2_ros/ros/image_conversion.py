@@ -1,0 +1,131 @@
+"""sensor_msgs/Image and CompressedImage -> RGB uint8 numpy arrays, without cv_bridge.
+
+The raw path views the message buffer in place (no copy) with the row stride the
+message declares, shrinks it to the window's `max_side` while still in the camera's
+layout (cheaper than converting every pixel of a 4K frame first), then converts the
+colour order. Errors are ValueErrors that say what is wrong with the message.
+"""
+from __future__ import annotations
+
+import sys
+
+import cv2
+import numpy as np
+
+from molmo2_ros.core.frame_window import fit_to_max_side
+
+# encoding -> (dtype, channels, cv2 conversion to RGB or None when already RGB)
+_RAW = {
+    "rgb8": (np.uint8, 3, None),
+    "bgr8": (np.uint8, 3, cv2.COLOR_BGR2RGB),
+    "rgba8": (np.uint8, 4, cv2.COLOR_RGBA2RGB),
+    "bgra8": (np.uint8, 4, cv2.COLOR_BGRA2RGB),
+    "mono8": (np.uint8, 1, cv2.COLOR_GRAY2RGB),
+    "8uc1": (np.uint8, 1, cv2.COLOR_GRAY2RGB),
+    "8uc3": (np.uint8, 3, cv2.COLOR_BGR2RGB),      # OpenCV's default order
+    "mono16": (np.uint16, 1, cv2.COLOR_GRAY2RGB),
+    "16uc1": (np.uint16, 1, cv2.COLOR_GRAY2RGB),
+    # ROS "yuv422" is UYVY (sensor_msgs/image_encodings.hpp); yuyv = YUY2.
+    "yuv422": (np.uint8, 2, cv2.COLOR_YUV2RGB_UYVY),
+    "uyvy": (np.uint8, 2, cv2.COLOR_YUV2RGB_UYVY),
+    "yuyv": (np.uint8, 2, cv2.COLOR_YUV2RGB_YUY2),
+    "yuv422_yuy2": (np.uint8, 2, cv2.COLOR_YUV2RGB_YUY2),
+}
+SUPPORTED_ENCODINGS = tuple(sorted(_RAW))
+
+
+def image_view(msg) -> np.ndarray:
+    """A zero-copy HxWxC view of a sensor_msgs/Image's pixels in its own layout
+    (a copy only where the byte order must be swapped)."""
+    encoding = msg.encoding.lower()
+    if encoding not in _RAW:
+        raise ValueError(f"unsupported image encoding {msg.encoding!r} "
+                         f"(supported: {', '.join(SUPPORTED_ENCODINGS)})")
+    dtype, channels, _ = _RAW[encoding]
+    width, height, step = msg.width, msg.height, msg.step
+    if width == 0 or height == 0:
+        raise ValueError(f"zero-size image {width}x{height}")
+    pixel_bytes = np.dtype(dtype).itemsize * channels
+    if encoding in ("yuv422", "uyvy", "yuyv", "yuv422_yuy2") and width % 2:
+        raise ValueError(f"{encoding} needs an even width, got {width}")
+    if step < width * pixel_bytes:
+        raise ValueError(f"step {step} is smaller than width {width} x {pixel_bytes} bytes "
+                         f"per {encoding} pixel = {width * pixel_bytes}")
+    if len(msg.data) != step * height:
+        raise ValueError(f"data has {len(msg.data)} bytes; step {step} x height {height} "
+                         f"= {step * height} expected")
+    if np.dtype(dtype).itemsize > 1 and step % np.dtype(dtype).itemsize:
+        raise ValueError(f"step {step} is not a multiple of the {encoding} sample size")
+    buffer = np.frombuffer(msg.data, np.uint8)
+    view = np.ndarray((height, width, channels), dtype=dtype, buffer=buffer,
+                      strides=(step, pixel_bytes, np.dtype(dtype).itemsize))
+    if view.dtype.itemsize > 1 and bool(msg.is_bigendian) != (sys.byteorder == "big"):
+        view = view.byteswap()
+    return view
+
+
+def image_to_rgb(msg, max_side: int = 0) -> tuple[np.ndarray, tuple[int, int]]:
+    """RGB uint8 HxWx3 of a sensor_msgs/Image, longer side at most `max_side` (0 = full
+    size), and the source (width, height)."""
+    view = image_view(msg)
+    _, _, conversion = _RAW[msg.encoding.lower()]
+    source_size = (msg.width, msg.height)
+    if view.shape[2] == 2:  # chroma is shared by pixel pairs: convert at full size first
+        return fit_to_max_side(cv2.cvtColor(np.ascontiguousarray(view), conversion), max_side), source_size
+    small = fit_to_max_side(view, max_side)
+    if small.dtype == np.uint16:
+        small = (small >> 8).astype(np.uint8)
+    if small.ndim == 2:  # cv2.resize drops a single channel axis
+        small = small[:, :, None]
+    if conversion is None:
+        return small, source_size
+    return cv2.cvtColor(np.ascontiguousarray(small), conversion), source_size
+
+
+def compressed_to_rgb(msg, max_side: int = 0) -> tuple[np.ndarray, tuple[int, int]]:
+    """RGB uint8 of a sensor_msgs/CompressedImage (any format cv2.imdecode reads)."""
+    if len(msg.data) == 0:
+        raise ValueError("empty CompressedImage")
+    bgr = cv2.imdecode(np.frombuffer(msg.data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None or bgr.size == 0:
+        raise ValueError(f"could not decode CompressedImage ({len(msg.data)} bytes, "
+                         f"format {msg.format!r})")
+    source_size = (bgr.shape[1], bgr.shape[0])
+    return cv2.cvtColor(fit_to_max_side(bgr, max_side), cv2.COLOR_BGR2RGB), source_size
+
+
+def rgb_to_image(rgb: np.ndarray, stamp, frame_id: str, encoding: str = "rgb8"):
+    """A sensor_msgs/Image of an RGB uint8 array (rgb8 or bgr8)."""
+    from sensor_msgs.msg import Image
+
+    if encoding not in ("rgb8", "bgr8"):
+        raise ValueError(f"rgb_to_image writes rgb8 or bgr8, not {encoding!r}")
+    pixels = rgb if encoding == "rgb8" else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    msg = Image()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = pixels.shape[:2]
+    msg.encoding = encoding
+    msg.step = msg.width * 3
+    msg.data = np.ascontiguousarray(pixels).tobytes()
+    return msg
+
+
+def rgb_to_compressed(rgb: np.ndarray, stamp, frame_id: str, fmt: str = "jpeg",
+                      quality: int = 90):
+    """A sensor_msgs/CompressedImage (jpeg or png) of an RGB uint8 array."""
+    from sensor_msgs.msg import CompressedImage
+
+    ext = {"jpeg": ".jpg", "png": ".png"}.get(fmt)
+    if ext is None:
+        raise ValueError(f"compressed format must be jpeg or png, not {fmt!r}")
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if fmt == "jpeg" else []
+    ok, encoded = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise ValueError(f"cv2 could not encode a {rgb.shape} image as {fmt}")
+    msg = CompressedImage()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.format = fmt
+    msg.data = encoded.tobytes()
+    return msg

@@ -1,0 +1,97 @@
+"""sensor_msgs Image/CompressedImage -> RGB: every encoding, strides, bad messages."""
+import cv2
+import numpy as np
+import pytest
+from sensor_msgs.msg import CompressedImage, Image
+
+from molmo2_ros.ros.image_conversion import (compressed_to_rgb, image_to_rgb, image_view,
+                                             rgb_to_compressed, rgb_to_image)
+
+RNG = np.random.default_rng(0)
+RGB = RNG.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+
+
+def image(pixels, encoding, pad=0, bigendian=False):
+    msg = Image()
+    msg.height, msg.width = pixels.shape[:2]
+    msg.encoding = encoding
+    row = pixels.reshape(msg.height, -1).view(np.uint8)
+    msg.step = row.shape[1] + pad
+    msg.is_bigendian = bigendian
+    msg.data = np.pad(row, ((0, 0), (0, pad))).tobytes()
+    return msg
+
+
+@pytest.mark.parametrize("encoding,pixels", [
+    ("rgb8", RGB),
+    ("bgr8", RGB[:, :, ::-1]),
+    ("rgba8", np.dstack([RGB, np.full(RGB.shape[:2], 7, np.uint8)])),
+    ("bgra8", np.dstack([RGB[:, :, ::-1], np.full(RGB.shape[:2], 7, np.uint8)])),
+])
+@pytest.mark.parametrize("pad", [0, 5])
+def test_colour_encodings_with_and_without_row_padding(encoding, pixels, pad):
+    rgb, size = image_to_rgb(image(np.ascontiguousarray(pixels), encoding, pad=pad))
+    assert size == (8, 6)
+    np.testing.assert_array_equal(rgb, RGB)
+
+
+def test_mono8_and_mono16_both_byte_orders():
+    gray = RGB[:, :, 0]
+    rgb, _ = image_to_rgb(image(gray, "mono8"))
+    np.testing.assert_array_equal(rgb, np.dstack([gray] * 3))
+    deep = gray.astype(np.uint16) * 256 + 17
+    for bigendian, dtype in ((False, "<u2"), (True, ">u2")):
+        rgb, _ = image_to_rgb(image(deep.astype(dtype), "mono16", bigendian=bigendian))
+        np.testing.assert_array_equal(rgb[:, :, 1], gray)
+
+
+def test_yuv422_variants_match_opencv():
+    uyvy = RNG.integers(0, 256, (6, 8, 2), dtype=np.uint8)
+    for encoding, code in (("uyvy", cv2.COLOR_YUV2RGB_UYVY), ("yuv422", cv2.COLOR_YUV2RGB_UYVY),
+                           ("yuyv", cv2.COLOR_YUV2RGB_YUY2)):
+        rgb, _ = image_to_rgb(image(uyvy, encoding))
+        np.testing.assert_array_equal(rgb, cv2.cvtColor(uyvy, code))
+
+
+def test_raw_view_is_zero_copy():
+    msg = image(RGB, "rgb8", pad=4)
+    view = image_view(msg)
+    assert np.shares_memory(view, np.frombuffer(msg.data, np.uint8))
+
+
+def test_shrinks_to_max_side_and_reports_the_source_size():
+    big = np.zeros((1080, 1920, 3), np.uint8)
+    big[:, 960:] = (255, 0, 0)
+    rgb, size = image_to_rgb(image(big[:, :, ::-1].copy(), "bgr8"), max_side=480)
+    assert size == (1920, 1080) and rgb.shape == (270, 480, 3)
+    assert tuple(rgb[0, -1]) == (255, 0, 0)
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda m: setattr(m, "encoding", "bayer_rggb8"), "unsupported image encoding 'bayer_rggb8'"),
+    (lambda m: setattr(m, "encoding", ""), "unsupported image encoding ''"),
+    (lambda m: setattr(m, "step", 10), "step 10 is smaller"),
+    (lambda m: setattr(m, "data", m.data[:-1]), "data has 143 bytes"),
+    (lambda m: setattr(m, "height", 0), "zero-size"),
+    (lambda m: setattr(m, "width", 0), "zero-size"),
+])
+def test_bad_messages_are_clear_errors(mutate, match):
+    msg = image(RGB, "rgb8")
+    mutate(msg)
+    with pytest.raises(ValueError, match=match):
+        image_to_rgb(msg)
+
+
+def test_compressed_round_trip_and_garbage():
+    from builtin_interfaces.msg import Time
+    msg = rgb_to_compressed(RGB, Time(), "cam", fmt="png")
+    rgb, size = compressed_to_rgb(msg)
+    assert size == (8, 6)
+    np.testing.assert_array_equal(rgb, RGB)
+    bad = CompressedImage(format="jpeg", data=b"not a jpeg at all")
+    with pytest.raises(ValueError, match="could not decode"):
+        compressed_to_rgb(bad)
+    with pytest.raises(ValueError, match="empty"):
+        compressed_to_rgb(CompressedImage(format="jpeg"))
+    back, _ = image_to_rgb(rgb_to_image(RGB, Time(), "cam", encoding="bgr8"))
+    np.testing.assert_array_equal(back, RGB)

@@ -1,0 +1,188 @@
+"""Torch backend: transformers' native Molmo2 (no remote code), greedy decoding.
+
+Loads a hub id or a local folder with `from_pretrained`, safetensors only unless the
+user explicitly allows pickle; picks cuda+bf16 when a GPU is there, else cpu+fp32.
+"""
+from __future__ import annotations
+
+import gc
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from transformers import (
+    AutoProcessor,
+    LogitsProcessor,
+    LogitsProcessorList,
+    Molmo2ForConditionalGeneration,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
+
+from molmo2_ros.backends.inputs import ModelInputs, build_inputs
+from molmo2_ros.core.backend import STAGE_GENERATING, STAGE_PREPROCESSING, Generation
+from molmo2_ros.core.grounding import Frame
+
+DTYPES = {
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+}
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+class ModelNotFoundError(OSError):
+    """The checkpoint is neither a local folder with weights nor in the hub cache."""
+
+
+class PickleWeightsRefusedError(ValueError):
+    """Only pickle weights are available and pickle loading was not allowed."""
+
+
+class NonFiniteLogitsError(RuntimeError):
+    """The model produced NaN/inf logits (broken weights, dtype overflow, corrupted buffers)."""
+
+
+def how_to_fetch(model: str) -> str:
+    return (f"Fetch the weights first, e.g. `hf download {model}` (or `huggingface-cli download {model}`), "
+            f"then run again, or pass a local folder saved with save_pretrained.")
+
+
+def resolve_device(device: str | None) -> str:
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
+    return str(device)
+
+
+def resolve_dtype(dtype, device: str) -> torch.dtype:
+    if dtype in (None, "", "auto"):
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)} or 'auto'") from None
+
+
+def _looks_like_path(model: str) -> bool:
+    """Hub ids are `name` or `owner/name`; anything else is a local folder."""
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or Path(model).expanduser().exists()
+
+
+def _check_local_folder(folder: Path, allow_pickle: bool) -> None:
+    if not folder.is_dir():
+        raise ModelNotFoundError(f"model folder {folder} does not exist. {how_to_fetch('allenai/Molmo2-4B')}")
+    files = [p.name for p in folder.iterdir()]
+    if any(n.endswith(".safetensors") for n in files):
+        return
+    if any(n.endswith(PICKLE_SUFFIXES) for n in files):
+        if allow_pickle:
+            return
+        raise PickleWeightsRefusedError(
+            f"{folder} holds only pickle weights ({', '.join(n for n in files if n.endswith(PICKLE_SUFFIXES))}); "
+            "pickle files can run arbitrary code when loaded. Convert them to safetensors "
+            "(load once where you trust them and save_pretrained), or pass allow_pickle=True "
+            "(--allow-pickle) if you trust their source.")
+    raise ModelNotFoundError(f"{folder} has no model weights (*.safetensors). {how_to_fetch('allenai/Molmo2-4B')}")
+
+
+class FiniteLogitsGuard(LogitsProcessor):
+    """Raise instead of decoding garbage when a step's logits are NaN or +inf (or all -inf)."""
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        bad = torch.isnan(scores).any(-1) | torch.isposinf(scores).any(-1) | torch.isneginf(scores).all(-1)
+        if bool(bad.any()):
+            step = input_ids.shape[-1]
+            raise NonFiniteLogitsError(
+                f"the model produced non-finite logits (NaN/inf) at sequence position {step}. The weights or a "
+                "buffer are corrupted, or the dtype overflows: try dtype='float32', re-download the checkpoint, "
+                "or check the transformers version (rotary inv_freq corruption was reported after 5.5).")
+        return scores
+
+
+class _StopWhen(StoppingCriteria):
+    def __init__(self, should_stop: Callable[[], bool]):
+        self.should_stop = should_stop
+        self.stopped = False
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        self.stopped = self.stopped or bool(self.should_stop())
+        return torch.full((input_ids.shape[0],), self.stopped, dtype=torch.bool, device=input_ids.device)
+
+
+class TorchBackend:
+    """Backend protocol (molmo2_ros.core.backend) over `Molmo2ForConditionalGeneration`."""
+
+    name = "torch"
+
+    def __init__(self, model: str, *, device: str | None = None, dtype=None, allow_pickle: bool = False,
+                 local_files_only: bool = False, revision: str | None = None):
+        self.model_id = str(model)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        source = str(model)
+        if _looks_like_path(source):
+            folder = Path(source).expanduser()
+            _check_local_folder(folder, allow_pickle)
+            source = str(folder)
+        common = dict(revision=revision, local_files_only=local_files_only, trust_remote_code=False)
+        try:
+            self.processor = AutoProcessor.from_pretrained(source, **common)
+            self.model = Molmo2ForConditionalGeneration.from_pretrained(
+                source, dtype=self.dtype, use_safetensors=not allow_pickle, **common)
+        except OSError as exc:
+            if isinstance(exc, ModelNotFoundError):
+                raise
+            if not allow_pickle and "safetensors" in str(exc).lower():
+                raise PickleWeightsRefusedError(
+                    f"{model}: no safetensors weights ({exc}). Pass allow_pickle=True (--allow-pickle) only if "
+                    "you trust the checkpoint's source.") from exc
+            raise ModelNotFoundError(f"cannot load {model!r}: {exc}\n{how_to_fetch(self.model_id)}") from exc
+        self.model.to(self.device).eval()
+        self.tokenizer = self.processor.tokenizer
+
+    def prepare(self, frames: Sequence[Frame], prompt: str) -> ModelInputs:
+        """Processor inputs on the model's device (what generate() feeds the model)."""
+        inputs = build_inputs(self.processor, frames, prompt, return_tensors="pt")
+        inputs.tensors = {
+            k: v.to(self.device, dtype=self.dtype if v.is_floating_point() else None)
+            for k, v in inputs.tensors.items()
+        }
+        return inputs
+
+    def generate(self, frames: Sequence[Frame], prompt: str, *, max_new_tokens: int,
+                 progress: Callable[[str], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> Generation:
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if self.model is None:
+            raise RuntimeError("backend is closed")
+        if progress:
+            progress(STAGE_PREPROCESSING)
+        t0 = time.perf_counter()
+        inputs = self.prepare(frames, prompt)
+        t1 = time.perf_counter()
+        if progress:
+            progress(STAGE_GENERATING)
+        stopping = StoppingCriteriaList([_StopWhen(should_stop)] if should_stop else [])
+        with torch.inference_mode():
+            output = self.model.generate(
+                **inputs.tensors, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                logits_processor=LogitsProcessorList([FiniteLogitsGuard()]), stopping_criteria=stopping)
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        new_tokens = output[0, inputs.tensors["input_ids"].shape[1]:].tolist()
+        text = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
+        return Generation(text=text, frame_times=inputs.frame_times, is_video=inputs.is_video,
+                          preprocess_s=t1 - t0, generate_s=t2 - t1, token_ids=new_tokens)
+
+    def close(self) -> None:
+        self.model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -1,0 +1,267 @@
+"""Export a Molmo2 checkpoint to three ONNX graphs in one self-contained folder.
+
+- `vision.onnx`: ViT + attention-pooling adapter. pixel_values [crops, patches, patch_dim]
+  (crops = image crops or video frames) and pooling [tokens, pool] (int64, -1 = padding)
+  -> features [tokens, text_hidden]. Every token row is returned; the host drops the
+  all-padding rows (`valid_tokens`) instead of a data-dependent NonZero/GatherND in the graph.
+- `prefill.onnx`: input_ids, image_features, attention_mask, position_ids,
+  mm_token_type_ids -> last-position logits + present KV per layer. The graph embeds the
+  ids and *adds* the image features to the `<im_patch>` embeddings in order (as
+  transformers' `masked_scatter` of embed + feature does), and builds the prefix-LM mask
+  itself: causal OR (both tokens are vision tokens), keys restricted to attention_mask.
+- `decode.onnx`: one token with explicit past KV -> logits + present KV (plain causal).
+
+The processor/tokenizer files, config.json and a manifest (engines.manifest) are written
+beside the graphs. All graphs are traced with batch 2 so batch stays dynamic.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+VISION_FILE = "vision.onnx"
+PREFILL_FILE = "prefill.onnx"
+DECODE_FILE = "decode.onnx"
+GRAPH_FILES = (VISION_FILE, PREFILL_FILE, DECODE_FILE)
+OPSET = 17
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class ExportSettings:
+    """Shapes the graphs are meant for; TensorRT profiles are sized from these."""
+
+    precision: str = "fp32"
+    max_frames: int = 16          # video frames (each frame is one crop)
+    max_crops: int = 9            # image crops (1 low-res + up to 8 high-res)
+    max_prompt: int = 4096        # prompt tokens, vision tokens included
+    max_new_tokens: int = 512
+    max_batch: int = 1
+    opset: int = OPSET
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        for name in ("max_frames", "max_crops", "max_prompt", "max_new_tokens", "max_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def kv_names(num_layers: int, prefix: str) -> list[str]:
+    """`past.0.key`, `past.0.value`, ... (prefix "past") or `present.*` (prefix "present")."""
+    return [f"{prefix}.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
+
+
+def _min_value(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).min
+
+
+class VisionGraph(nn.Module):
+    """transformers' `get_image_features` without the final `pooled[valid_token_mask]`."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.vit = model.model.vision_tower
+        self.adapter = model.model.multi_modal_projector
+        num_layers = len(self.vit.layers)
+        # hidden_states[0] is the patch embedding, hidden_states[k + 1] the output of layer k
+        self.feature_states = [layer + 1 if layer >= 0 else num_layers + 1 + layer
+                               for layer in model.config.adapter_config.vision_feature_layer]
+
+    def forward(self, pixel_values: torch.Tensor, pooling: torch.Tensor) -> torch.Tensor:
+        dtype = self.vit.patch_embedding.weight.dtype
+        hidden = self.vit.patch_embedding(pixel_values.to(dtype)) + self.vit.positional_embedding[None].to(dtype)
+        states = [hidden]
+        for layer in self.vit.layers[: max(self.feature_states)]:
+            hidden = layer(hidden, None)
+            states.append(hidden)
+        features = torch.cat([states[i] for i in self.feature_states], dim=-1)
+        flat = features.reshape(-1, features.shape[-1])
+
+        valid = pooling >= 0
+        patches = flat[pooling.clamp(min=0)] * valid.to(dtype)[..., None]
+        count = valid.to(dtype).sum(-1)
+        count = torch.where(count == 0, torch.ones_like(count), count)
+        query = patches.sum(-2, keepdim=True) / count[:, None, None]
+        mask = torch.where(valid, 0.0, _min_value(dtype)).to(dtype)[:, None, None, :]
+        pooled, _ = self.adapter.image_pooling_2d(query, patches, attention_mask=mask)
+        return self.adapter.image_projector(pooled.squeeze(1))
+
+
+class _LanguageModelGraph(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.embed = model.model.language_model.embed_tokens
+        self.lm = model.model.language_model
+        self.lm_head = model.lm_head
+        self.num_layers = len(self.lm.layers)
+
+    def _run(self, embeds, mask, position_ids, cache):
+        out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
+                      past_key_values=cache, use_cache=True)
+        logits = self.lm_head(out.last_hidden_state[:, -1, :]).float()
+        present = []
+        for layer in out.past_key_values.layers:
+            present += [layer.keys, layer.values]
+        return (logits, *present)
+
+
+class PrefillGraph(_LanguageModelGraph):
+    def __init__(self, model):
+        super().__init__(model)
+        self.image_patch_id = model.config.image_patch_id
+        self.text_config = model.config.text_config
+
+    def forward(self, input_ids, image_features, attention_mask, position_ids, mm_token_type_ids):
+        from transformers import DynamicCache
+
+        embeds = self.embed(input_ids)
+        batch, seq, hidden = embeds.shape
+        dtype = embeds.dtype
+        # features go to the <im_patch> tokens in row-major order, added to their embedding
+        is_patch = (input_ids == self.image_patch_id).reshape(-1)
+        order = (torch.cumsum(is_patch.to(torch.int64), 0) - 1).clamp(min=0)
+        added = image_features.to(dtype)[order] * is_patch.to(dtype)[:, None]
+        embeds = embeds + added.reshape(batch, seq, hidden)
+
+        positions = torch.arange(seq, device=input_ids.device)
+        causal = positions[None, :] <= positions[:, None]
+        vision = mm_token_type_ids == 1
+        allowed = (causal[None] | (vision[:, :, None] & vision[:, None, :])) & attention_mask.bool()[:, None, :]
+        # every query keeps itself, so padded rows stay finite (real tokens never see them)
+        allowed = allowed | (positions[None, :] == positions[:, None])[None]
+        mask = torch.where(allowed, 0.0, _min_value(dtype)).to(dtype)[:, None]
+        return self._run(embeds, mask, position_ids, DynamicCache(config=self.text_config))
+
+
+class DecodeGraph(_LanguageModelGraph):
+    def forward(self, input_ids, attention_mask, position_ids, *past):
+        from transformers import DynamicCache
+
+        embeds = self.embed(input_ids)
+        mask = torch.where(attention_mask.bool(), 0.0, _min_value(embeds.dtype)).to(embeds.dtype)[:, None, None, :]
+        cache = DynamicCache([(past[2 * i], past[2 * i + 1]) for i in range(self.num_layers)])
+        return self._run(embeds, mask, position_ids, cache)
+
+
+def load_for_export(model_dir: str | Path, precision: str = "fp32", device: str = "cpu"):
+    """The checkpoint with eager attention (explicit masks trace cleanly into ONNX)."""
+    from transformers import Molmo2ForConditionalGeneration
+
+    model = Molmo2ForConditionalGeneration.from_pretrained(
+        str(model_dir), dtype=PRECISIONS[precision], attn_implementation="eager")
+    return model.to(device).eval()
+
+
+def _export(module, args, path: Path, input_names, output_names, dynamic_axes, opset):
+    with torch.no_grad():
+        torch.onnx.export(module, args, str(path), input_names=input_names, output_names=output_names,
+                          dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False,
+                          do_constant_folding=True)
+
+
+def export_vision(model, path: Path, opset: int = OPSET) -> None:
+    cfg = model.config.vision_config
+    patches = cfg.num_position_embeddings
+    patch_dim = cfg.patch_size * cfg.patch_size * cfg.num_channels
+    device = model.device
+    pixel_values = torch.randn(3, patches, patch_dim, device=device)
+    pooling = torch.randint(0, 3 * patches, (6, 4), device=device)
+    pooling[0, 1:] = -1
+    pooling[5, :] = -1
+    _export(VisionGraph(model), (pixel_values, pooling), path, ["pixel_values", "pooling"], ["features"],
+            {"pixel_values": {0: "crops"}, "pooling": {0: "tokens", 1: "pool"}, "features": {0: "tokens"}}, opset)
+
+
+def _text_dims(model):
+    cfg = model.config.text_config
+    return cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size
+
+
+def export_prefill(model, path: Path, opset: int = OPSET) -> None:
+    num_layers, _, _, hidden = _text_dims(model)
+    device, dtype = model.device, model.dtype
+    patch = model.config.image_patch_id
+    seq = 12
+    input_ids = torch.randint(0, 100, (2, seq), device=device)
+    mm = torch.zeros(2, seq, dtype=torch.int64, device=device)
+    input_ids[:, 3:7] = patch
+    mm[:, 3:7] = 1
+    attention_mask = torch.ones(2, seq, dtype=torch.int64, device=device)
+    attention_mask[1, :2] = 0
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    features = torch.randn(8, hidden, device=device, dtype=dtype)
+    present = kv_names(num_layers, "present")
+    axes = {"input_ids": {0: "batch", 1: "seq"}, "image_features": {0: "vision_tokens"},
+            "attention_mask": {0: "batch", 1: "seq"}, "position_ids": {0: "batch", 1: "seq"},
+            "mm_token_type_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch"}}
+    axes.update({name: {0: "batch", 2: "seq"} for name in present})
+    _export(PrefillGraph(model), (input_ids, features, attention_mask, position_ids, mm), path,
+            ["input_ids", "image_features", "attention_mask", "position_ids", "mm_token_type_ids"],
+            ["logits", *present], axes, opset)
+
+
+def export_decode(model, path: Path, opset: int = OPSET) -> None:
+    num_layers, kv_heads, head_dim, _ = _text_dims(model)
+    device, dtype = model.device, model.dtype
+    past_len = 9
+    input_ids = torch.randint(0, 100, (2, 1), device=device)
+    attention_mask = torch.ones(2, past_len + 1, dtype=torch.int64, device=device)
+    position_ids = torch.full((2, 1), past_len, dtype=torch.int64, device=device)
+    past = [torch.randn(2, kv_heads, past_len, head_dim, device=device, dtype=dtype) for _ in range(2 * num_layers)]
+    past_names, present = kv_names(num_layers, "past"), kv_names(num_layers, "present")
+    axes = {"input_ids": {0: "batch"}, "attention_mask": {0: "batch", 1: "total"},
+            "position_ids": {0: "batch"}, "logits": {0: "batch"}}
+    axes.update({name: {0: "batch", 2: "past"} for name in past_names})
+    axes.update({name: {0: "batch", 2: "total"} for name in present})
+    _export(DecodeGraph(model), (input_ids, attention_mask, position_ids, *past), path,
+            ["input_ids", "attention_mask", "position_ids", *past_names], ["logits", *present], axes, opset)
+
+
+def export_model(model, processor, out_dir: str | Path, settings: ExportSettings, *, source: str,
+                 source_hash: str, progress=print) -> Path:
+    """Export an in-memory model (eager attention, dtype = settings.precision) to `out_dir`."""
+    from engines import manifest
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    for name, fn in ((VISION_FILE, export_vision), (PREFILL_FILE, export_prefill), (DECODE_FILE, export_decode)):
+        progress(f"exporting {name} ...")
+        start = time.perf_counter()
+        fn(model, out / name, settings.opset)
+        timings[name] = round(time.perf_counter() - start, 3)
+        progress(f"exported {name} in {timings[name]:.1f} s")
+    processor.save_pretrained(str(out))
+    model.config.save_pretrained(str(out))
+    manifest.write_export_manifest(out, settings=asdict(settings), source=source, source_hash=source_hash,
+                                   export_seconds=timings)
+    return out
+
+
+def export_checkpoint(model_dir: str | Path, out_dir: str | Path, settings: ExportSettings, *,
+                      device: str = "cpu", progress=print) -> Path:
+    """Load a local checkpoint folder and export it (see module docstring)."""
+    from transformers import AutoProcessor
+
+    from engines import manifest
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} is not a checkpoint folder (no config.json); "
+                                "download the model first (e.g. `hf download allenai/Molmo2-4B --local-dir DIR`)")
+    progress(f"hashing checkpoint {model_dir} ...")
+    source_hash = manifest.checkpoint_hash(model_dir)
+    model = load_for_export(model_dir, settings.precision, device)
+    processor = AutoProcessor.from_pretrained(str(model_dir))
+    out = export_model(model, processor, out_dir, settings, source=str(model_dir), source_hash=source_hash,
+                       progress=progress)
+    for extra in ("chat_template.jinja", "generation_config.json"):
+        if (model_dir / extra).is_file() and not (out / extra).exists():
+            shutil.copy2(model_dir / extra, out / extra)
+    return out

@@ -1,0 +1,245 @@
+"""The manifest beside every exported graph and built engine, and the checks against it.
+
+`manifest.json` in an engine folder has an "export" section (written by `export`: ONNX
+files with size + sha256, export settings, source checkpoint and its hash, versions) and,
+once built, a "tensorrt" section (engine files with size + sha256, TensorRT and CUDA
+versions, GPU name and compute capability, precision, profiles). A folder that does not
+match the machine or the requested checkpoint is refused with an `EngineMismatch` whose
+message names each mismatch and the command that rebuilds it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+MANIFEST_FILE = "manifest.json"
+SCHEMA = 1
+
+
+class EngineMismatch(RuntimeError):
+    """The folder cannot be used on this machine/for this checkpoint; the message says why and how to rebuild."""
+
+
+@dataclass(frozen=True)
+class MachineFacts:
+    """What a TensorRT engine is tied to. `probe_machine()` reads them from this machine;
+    tests pass stand-in facts explicitly (there is no GPU in CI)."""
+
+    tensorrt_version: str | None
+    cuda_version: str | None
+    gpu_name: str | None
+    compute_capability: str | None     # "8.7", "9.0"
+
+
+def probe_machine() -> MachineFacts:
+    """Read TensorRT/CUDA versions and the GPU from this machine (None where absent)."""
+    try:
+        import tensorrt
+
+        trt_version = tensorrt.__version__
+    except ImportError:
+        trt_version = None
+    cuda_version = gpu_name = capability = None
+    try:
+        import torch
+
+        cuda_version = torch.version.cuda
+        if torch.cuda.is_available():
+            gpu_name = torch.cuda.get_device_name(0)
+            major, minor = torch.cuda.get_device_capability(0)
+            capability = f"{major}.{minor}"
+    except ImportError:
+        pass
+    return MachineFacts(trt_version, cuda_version, gpu_name, capability)
+
+
+def project_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("molmo2_ros")
+    except Exception:  # noqa: BLE001 - running from a source checkout without metadata
+        return "0.1.0+source"
+
+
+def file_sha256(path: Path, chunk: int = 8 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_hash(model_dir: str | Path) -> str:
+    """sha256 over the checkpoint's config and weight files (names and contents)."""
+    model_dir = Path(model_dir)
+    files = sorted(p for p in model_dir.iterdir()
+                   if p.is_file() and (p.suffix in (".safetensors", ".bin") or p.name == "config.json"))
+    if not files:
+        raise FileNotFoundError(f"no config/weights in {model_dir}")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        digest.update(file_sha256(path).encode())
+    return digest.hexdigest()
+
+
+def describe_files(folder: Path, names: list[str]) -> dict[str, dict]:
+    """size + sha256 of each artifact (and its ONNX external-data file, if any)."""
+    entries = {}
+    for name in names:
+        for candidate in (name, name + ".data"):
+            path = folder / candidate
+            if path.is_file():
+                entries[candidate] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+    return entries
+
+
+def read_manifest(folder: str | Path) -> dict:
+    path = Path(folder) / MANIFEST_FILE
+    if not path.is_file():
+        raise EngineMismatch(f"{path}: missing manifest.json. {export_command(folder, None)}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise EngineMismatch(f"{path}: unreadable manifest ({exc}). {export_command(folder, None)}") from exc
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA or "export" not in data:
+        raise EngineMismatch(f"{path}: not a molmo2_ros engine manifest (schema {SCHEMA}). "
+                             f"{export_command(folder, None)}")
+    return data
+
+
+def _write(folder: Path, data: dict) -> None:
+    tmp = folder / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    tmp.replace(folder / MANIFEST_FILE)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_export_manifest(folder: Path, *, settings: dict, source: str, source_hash: str,
+                          export_seconds: dict) -> dict:
+    import onnx
+    import torch
+    import transformers
+
+    from engines.export import GRAPH_FILES
+
+    data = {
+        "schema": SCHEMA,
+        "export": {
+            "created": _now(),
+            "files": describe_files(folder, list(GRAPH_FILES)),
+            "settings": settings,
+            "source": source,
+            "source_hash": source_hash,
+            "export_seconds": export_seconds,
+            "versions": {"project": project_version(), "torch": torch.__version__,
+                         "transformers": transformers.__version__, "onnx": onnx.__version__,
+                         "python": platform.python_version()},
+        },
+    }
+    _write(folder, data)
+    return data
+
+
+def write_engine_manifest(folder: Path, *, engine_files: list[str], precision: str, profiles: dict,
+                          machine: MachineFacts, build_seconds: dict) -> dict:
+    data = read_manifest(folder)
+    data["tensorrt"] = {
+        "created": _now(),
+        "files": describe_files(folder, engine_files),
+        "precision": precision,
+        "profiles": profiles,
+        "build_seconds": build_seconds,
+        "machine": asdict(machine),
+        "project_version": project_version(),
+    }
+    _write(folder, data)
+    return data
+
+
+def export_command(folder, data: dict | None) -> str:
+    source = (data or {}).get("export", {}).get("source", "MODEL_DIR")
+    settings = (data or {}).get("export", {}).get("settings", {})
+    flags = "".join(f" --{k.replace('_', '-')} {v}" for k, v in sorted(settings.items())
+                    if k in ("precision", "max_frames", "max_prompt"))
+    return f"Re-export with: molmo2-engines export --model {source} --out {folder}{flags}"
+
+
+def build_command(folder, data: dict | None) -> str:
+    precision = (data or {}).get("tensorrt", {}).get("precision", "fp16")
+    return f"Rebuild with: molmo2-engines build {folder} --precision {precision}"
+
+
+def _file_problems(folder: Path, files: dict) -> list[str]:
+    problems = []
+    for name, expected in sorted(files.items()):
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"missing file {name}")
+            continue
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            problems.append(f"{name} is {size} bytes, manifest says {expected['bytes']} (truncated or replaced)")
+        elif file_sha256(path) != expected["sha256"]:
+            problems.append(f"{name} is corrupt (sha256 differs from the manifest)")
+    return problems
+
+
+def check_folder(folder: str | Path, *, runtime: str, machine: MachineFacts | None = None,
+                 source_hash: str | None = None) -> dict:
+    """Return the manifest if `folder` is usable by `runtime` ("onnxruntime" or "tensorrt")
+    on `machine` (default: `probe_machine()`) for the checkpoint `source_hash` (None: any);
+    otherwise raise EngineMismatch naming every mismatch and the rebuild command."""
+    if runtime not in ("onnxruntime", "tensorrt"):
+        raise ValueError(f"runtime must be 'onnxruntime' or 'tensorrt', got {runtime!r}")
+    folder = Path(folder)
+    data = read_manifest(folder)
+    export = data["export"]
+    problems = []
+    if runtime == "onnxruntime":
+        problems += _file_problems(folder, export.get("files", {}))
+        if not export.get("files"):
+            problems.append("manifest lists no ONNX graphs")
+    if source_hash is not None and export.get("source_hash") != source_hash:
+        problems.append(f"exported from checkpoint hash {str(export.get('source_hash'))[:12]}..., "
+                        f"expected {source_hash[:12]}... (another checkpoint)")
+    if problems:
+        raise EngineMismatch(f"{folder}: " + "; ".join(problems) + ". " + export_command(folder, data))
+    if runtime == "onnxruntime":
+        return data
+
+    engine = data.get("tensorrt")
+    if engine is None:
+        raise EngineMismatch(f"{folder}: no TensorRT engines built yet. {build_command(folder, data)}")
+    machine = machine or probe_machine()
+    built = engine.get("machine", {})
+    problems = _file_problems(folder, engine.get("files", {}))
+    if machine.tensorrt_version is None:
+        problems.append("TensorRT is not installed on this machine")
+    elif built.get("tensorrt_version") != machine.tensorrt_version:
+        problems.append(f"built with TensorRT {built.get('tensorrt_version')}, this machine has "
+                        f"{machine.tensorrt_version} (stale engine)")
+    if machine.compute_capability is None:
+        problems.append("no CUDA GPU on this machine")
+    elif built.get("compute_capability") != machine.compute_capability:
+        problems.append(f"built for GPU compute capability {built.get('compute_capability')} "
+                        f"({built.get('gpu_name')}), this GPU is {machine.compute_capability} "
+                        f"({machine.gpu_name})")
+    built_cuda, cuda = built.get("cuda_version"), machine.cuda_version
+    if built_cuda and cuda and built_cuda.split(".")[0] != cuda.split(".")[0]:
+        problems.append(f"built with CUDA {built_cuda}, this machine has CUDA {cuda}")
+    if problems:
+        raise EngineMismatch(f"{folder}: " + "; ".join(problems) + ". " + build_command(folder, data))
+    return data
+
+
+def format_manifest(data: dict) -> str:
+    return json.dumps(data, indent=2, sort_keys=True)

@@ -1,0 +1,163 @@
+"""Greedy decoding with an explicit KV cache over exported Molmo2 graphs.
+
+The ONNX Runtime and TensorRT backends share this loop; they differ only in the
+`GraphRunner` that executes the three graphs (engines.export): vision, prefill, decode.
+It reproduces `generate(do_sample=False)`: positions `cumsum(attention_mask) - 1`, the
+whole prompt (every frame's vision tokens in one bidirectional block) in one prefill
+call, then one token per decode step, stopping at EOS or `max_new_tokens`.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from molmo2_ros.backends.inputs import build_inputs
+from molmo2_ros.backends.torch_backend import NonFiniteLogitsError
+from molmo2_ros.core.backend import STAGE_GENERATING, STAGE_PREPROCESSING, Generation
+from molmo2_ros.core.grounding import Frame
+
+
+class GraphRunner(Protocol):
+    def vision(self, pixel_values: np.ndarray, pooling: np.ndarray, valid_tokens: np.ndarray) -> Any:
+        """Features of the valid pooled tokens ([valid, hidden], in the runner's own memory)."""
+
+    def prefill(self, input_ids: np.ndarray, image_features: Any, attention_mask: np.ndarray,
+                position_ids: np.ndarray, mm_token_type_ids: np.ndarray) -> tuple[np.ndarray, Any]:
+        """Last-position logits [batch, vocab] (float32 numpy) and the KV cache (runner-owned)."""
+
+    def decode(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+               kv: Any) -> tuple[np.ndarray, Any]:
+        """One step: logits [batch, vocab] and the KV cache grown by one position."""
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    """What the loop needs from the exported folder's config.json / generation_config.json."""
+
+    image_patch_id: int
+    eos_token_ids: tuple[int, ...]
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, tokenizer) -> "GraphConfig":
+        folder = Path(folder)
+        config = json.loads((folder / "config.json").read_text())
+        eos = None
+        generation = folder / "generation_config.json"
+        if generation.is_file():
+            eos = json.loads(generation.read_text()).get("eos_token_id")
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        return cls(image_patch_id=int(config["image_patch_id"]), eos_token_ids=tuple(int(e) for e in eos))
+
+
+def vision_arrays(tensors: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(pixel values, int64 pooling indices) of an image or a video processor output."""
+    if "pixel_values_videos" in tensors:
+        pixels, pooling = tensors["pixel_values_videos"], tensors["video_token_pooling"]
+    elif "pixel_values" in tensors:
+        pixels, pooling = tensors["pixel_values"], tensors["image_token_pooling"]
+    else:
+        raise ValueError("processor output holds no image or video")
+    pixels = np.asarray(pixels, dtype=np.float32)
+    if pixels.ndim == 4:  # [batch, crops, patches, dim] -> [crops, patches, dim]
+        pixels = pixels.reshape(-1, *pixels.shape[-2:])
+    # ONNX Runtime rejects int32 gather indices; the processor emits int32 for images
+    return pixels, np.asarray(pooling).astype(np.int64)
+
+
+def _check_finite(logits: np.ndarray, step: int) -> None:
+    if np.isnan(logits).any() or np.isposinf(logits).any() or np.isneginf(logits).all():
+        raise NonFiniteLogitsError(
+            f"the engine produced non-finite logits (NaN/inf) at decode step {step}: the graph overflows in "
+            "this precision or the engine is corrupt; rebuild it, or export in fp32/bf16.")
+
+
+def greedy_generate(runner: GraphRunner, tensors: dict, config: GraphConfig, *, max_new_tokens: int,
+                    min_new_tokens: int = 0,
+                    should_stop: Callable[[], bool] | None = None) -> list[int]:
+    """Greedy-decode one prompt (batch 1); return the new token ids (EOS included if produced).
+
+    `min_new_tokens` suppresses EOS for the first steps, like transformers' MinNewTokens
+    logits processor.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    input_ids = np.asarray(tensors["input_ids"], dtype=np.int64)
+    if input_ids.shape[0] != 1:
+        raise ValueError(f"one prompt at a time, got a batch of {input_ids.shape[0]}")
+    attention_mask = np.asarray(tensors.get("attention_mask", np.ones_like(input_ids)), dtype=np.int64)
+    mm_token_type_ids = np.asarray(tensors["mm_token_type_ids"], dtype=np.int64)
+
+    pixels, pooling = vision_arrays(tensors)
+    valid = (pooling >= 0).any(-1)
+    patch_tokens = int((input_ids == config.image_patch_id).sum())
+    if patch_tokens != int(valid.sum()):
+        raise ValueError(f"prompt has {patch_tokens} <im_patch> tokens but the pooling yields "
+                         f"{int(valid.sum())} vision features")
+    features = runner.vision(pixels, pooling, valid)
+
+    position_ids = np.clip(attention_mask.cumsum(-1) - 1, 0, None)
+    logits, kv = runner.prefill(input_ids, features, attention_mask, position_ids, mm_token_type_ids)
+    next_position = int(position_ids[0, -1]) + 1
+    eos = np.asarray(config.eos_token_ids, dtype=np.int64)
+    tokens: list[int] = []
+    while True:
+        _check_finite(logits, len(tokens))
+        scores = logits[0].astype(np.float32, copy=True)
+        if len(tokens) < min_new_tokens and eos.size:
+            scores[eos] = -np.inf
+        token = int(np.argmax(scores))
+        tokens.append(token)
+        if token in config.eos_token_ids or len(tokens) >= max_new_tokens:
+            break
+        if should_stop is not None and should_stop():
+            break
+        attention_mask = np.concatenate([attention_mask, np.ones((1, 1), dtype=np.int64)], axis=1)
+        logits, kv = runner.decode(np.array([[token]], dtype=np.int64), attention_mask,
+                                   np.array([[next_position]], dtype=np.int64), kv)
+        next_position += 1
+    return tokens
+
+
+class GraphBackend:
+    """Backend protocol over an exported engine folder; subclasses supply the runner."""
+
+    name = ""
+
+    def __init__(self, folder: str | Path, runner: GraphRunner, manifest: dict):
+        from transformers import AutoProcessor
+
+        self.folder = Path(folder)
+        self.runner: GraphRunner | None = runner
+        self.processor = AutoProcessor.from_pretrained(str(self.folder))
+        self.config = GraphConfig.from_folder(self.folder, self.processor.tokenizer)
+        export = manifest["export"]
+        self.model_id = f"{export.get('source', '?')} [{self.name} {self.folder}]"
+
+    def generate(self, frames: Sequence[Frame], prompt: str, *, max_new_tokens: int,
+                 progress: Callable[[str], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None, min_new_tokens: int = 0) -> Generation:
+        if self.runner is None:
+            raise RuntimeError("backend is closed")
+        if progress:
+            progress(STAGE_PREPROCESSING)
+        t0 = time.perf_counter()
+        inputs = build_inputs(self.processor, frames, prompt, return_tensors="np")
+        t1 = time.perf_counter()
+        if progress:
+            progress(STAGE_GENERATING)
+        tokens = greedy_generate(self.runner, inputs.tensors, self.config, max_new_tokens=max_new_tokens,
+                                 min_new_tokens=min_new_tokens, should_stop=should_stop)
+        t2 = time.perf_counter()
+        text = self.processor.tokenizer.decode(tokens, skip_special_tokens=True)
+        return Generation(text=text, frame_times=inputs.frame_times, is_video=inputs.is_video,
+                          preprocess_s=t1 - t0, generate_s=t2 - t1, token_ids=tokens)
+
+    def close(self) -> None:
+        self.runner = None

@@ -36,3 +36,27 @@ def make_frames(n: int = 3, size: tuple[int, int] = (160, 120), t0_ns: int = 1_7
 @pytest.fixture
 def synthetic_frames():
     return make_frames
+
+
+def write_test_video(path, n_frames: int = 30, fps: int = 10, size: tuple[int, int] = (160, 120)):
+    """An H.264 MP4 (PyAV) whose frame i is flat gray level 8*i with a moving bright square."""
+    import av
+
+    width, height = size
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(n_frames):
+            image = np.full((height, width, 3), (8 * i) % 256, np.uint8)
+            x = int((i + 1) * width / (n_frames + 1))
+            image[10:26, max(0, x - 8): x + 8] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture
+def test_video(tmp_path):
+    return write_test_video(tmp_path / "clip.mp4")

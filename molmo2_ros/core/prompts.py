@@ -46,15 +46,13 @@ class InvalidQuery(ValueError):
     """The query cannot be used (empty, too long, not text)."""
 
 
-# Chat-template markers (Qwen/OLMo style "<|...|>", e.g. <|im_start|>, <|endoftext|>,
-# <|image|>, <|video|>) and Molmo2's image/frame tokens (<im_patch>, <im_col>,
-# <im_start>, <im_end>, <im_low>, <low_res_im_start>, <frame_start>, <frame_end>), plus
-# Qwen3's tool/think tags. Removed until none is left (removal can join two halves).
-_MARKER_RE = re.compile(
-    r"<\|[^<>]*?\|>"
-    r"|</?\s*(?:im_[a-z_]*|low_res_[a-z_]*|frame_[a-z_]*|think|tool_call|tool_response)\s*/?>",
-    re.IGNORECASE,
-)
+# Chat-template markers and special tokens: the "<|...|>" family (<|im_start|>,
+# <|im_end|>, <|endoftext|>, <|image|>, <|video|>, ...) and every bare-word tag
+# "<name>", "</name>", "<name/>": Molmo2's image/frame tokens (<im_patch>, <im_col>,
+# <im_start>, <im_end>, <im_low>, <low_res_im_start>, <frame_start>, <frame_end>),
+# Qwen3's <think>/<tool_call>, and any other added token spelled that way. Removed until
+# none is left (removing one can join two halves of another).
+_MARKER_RE = re.compile(r"<\|[^<>]*?\|>|<\s*/?\s*[A-Za-z_][A-Za-z0-9_]*\s*/?\s*>")
 _LEADING_DETERMINER_RE = re.compile(
     r"^(?:(?:all|each|every|any)\s+(?:of\s+)?)?(?:(?:the|an|a)\s+)?", re.IGNORECASE)
 

@@ -56,7 +56,8 @@ def test_extract_label(query, label):
 @pytest.mark.parametrize("marker", [
     "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|image|>", "<|video|>", "<|anything_new|>",
     "<im_patch>", "<im_start>", "<im_end>", "<im_col>", "<im_low>", "<low_res_im_start>",
-    "<frame_start>", "<frame_end>", "</think>", "<tool_call>",
+    "<frame_start>", "<frame_end>", "</think>", "<tool_call>", "<some_future_token>", "<IM_PATCH>",
+    "< im_end >", "<br/>",
 ])
 def test_sanitize_removes_every_template_marker(marker):
     cleaned = sanitize_query(f"red {marker}block")
@@ -68,6 +69,11 @@ def test_sanitize_removes_markers_rebuilt_by_removal_and_lookalikes():
     assert sanitize_query("a <im_<im_patch>patch> b") == "a b"
     # fullwidth '＜｜' normalise (NFKC) to '<|' and must not survive as a marker
     assert sanitize_query("a \uff1c|im_start|\uff1e b") == "a b"
+
+
+def test_sanitize_keeps_ordinary_angle_brackets():
+    assert sanitize_query("objects with size < 5 cm and > 2 cm") == "objects with size < 5 cm and > 2 cm"
+    assert sanitize_query("a <- b") == "a <- b"
 
 
 def test_sanitize_control_characters_and_whitespace():

@@ -1,0 +1,147 @@
+"""Core types <-> molmo2_ros messages.
+
+Header rules (DESIGN.md): a Grounding's header carries the source camera's frame_id and
+the stamp of the newest frame the model saw; every point carries the absolute stamp of
+the frame it lies in. Pixels stay in the original camera image.
+"""
+from __future__ import annotations
+
+from builtin_interfaces.msg import Duration, Time
+from geometry_msgs.msg import Point
+from std_msgs.msg import ColorRGBA
+from visualization_msgs.msg import Marker, MarkerArray
+
+from molmo2_ros.core.grounding import GroundedPoint, Grounding, Task, Timings, Track
+from molmo2_ros.msg import GroundedPoint as GroundedPointMsg
+from molmo2_ros.msg import Grounding as GroundingMsg
+from molmo2_ros.msg import Track as TrackMsg
+
+NS = 1_000_000_000
+TASK_TO_MSG = {Task.POINT: GroundingMsg.TASK_POINT, Task.COUNT: GroundingMsg.TASK_COUNT,
+               Task.TRACK: GroundingMsg.TASK_TRACK, Task.ASK: GroundingMsg.TASK_ASK}
+TASK_FROM_MSG = {v: k for k, v in TASK_TO_MSG.items()}
+
+
+def to_time(stamp_ns: int) -> Time:
+    return Time(sec=int(stamp_ns // NS), nanosec=int(stamp_ns % NS))
+
+
+def from_time(stamp: Time) -> int:
+    return stamp.sec * NS + stamp.nanosec
+
+
+def to_duration(seconds: float) -> Duration:
+    ns = max(0, round(seconds * NS))
+    return Duration(sec=ns // NS, nanosec=ns % NS)
+
+
+def from_duration(duration: Duration) -> float:
+    return duration.sec + duration.nanosec / NS
+
+
+def point_to_msg(point: GroundedPoint) -> GroundedPointMsg:
+    return GroundedPointMsg(stamp=to_time(point.stamp_ns), x=float(point.x), y=float(point.y),
+                            object_id=int(point.object_id), label=point.label,
+                            score=float(point.score))
+
+
+def point_from_msg(msg: GroundedPointMsg) -> GroundedPoint:
+    return GroundedPoint(stamp_ns=from_time(msg.stamp), x=msg.x, y=msg.y,
+                         object_id=msg.object_id, label=msg.label, score=msg.score)
+
+
+def grounding_to_msg(grounding: Grounding, query_id: str) -> GroundingMsg:
+    msg = GroundingMsg()
+    msg.header.frame_id = grounding.frame_id
+    msg.header.stamp = to_time(grounding.stamp_ns)
+    msg.query_id = query_id
+    msg.query = grounding.query
+    msg.task = TASK_TO_MSG[Task(grounding.task)]
+    msg.points = [point_to_msg(p) for p in grounding.points]
+    msg.tracks = [TrackMsg(id=int(t.id), label=t.label, points=[point_to_msg(p) for p in t.points])
+                  for t in grounding.tracks]
+    msg.count = -1 if grounding.count is None else int(grounding.count)
+    msg.frame_stamps = [to_time(s) for s in grounding.frame_stamps_ns]
+    msg.answer = grounding.answer
+    msg.warnings = list(grounding.warnings)
+    msg.model = grounding.model
+    msg.backend = grounding.backend
+    msg.queue_wait = to_duration(grounding.timings.queue_wait)
+    msg.preprocess = to_duration(grounding.timings.preprocess)
+    msg.generation = to_duration(grounding.timings.generation)
+    return msg
+
+
+def grounding_from_msg(msg: GroundingMsg) -> Grounding:
+    return Grounding(
+        task=TASK_FROM_MSG[msg.task], query=msg.query,
+        points=[point_from_msg(p) for p in msg.points],
+        tracks=[Track(id=t.id, label=t.label, points=[point_from_msg(p) for p in t.points])
+                for t in msg.tracks],
+        count=None if msg.count < 0 else msg.count,
+        answer=msg.answer, warnings=list(msg.warnings),
+        frame_stamps_ns=[from_time(s) for s in msg.frame_stamps],
+        frame_id=msg.header.frame_id, model=msg.model, backend=msg.backend,
+        timings=Timings(queue_wait=from_duration(msg.queue_wait),
+                        preprocess=from_duration(msg.preprocess),
+                        generation=from_duration(msg.generation)))
+
+
+_PALETTE = [(0.9, 0.2, 0.2), (0.2, 0.8, 0.3), (0.2, 0.4, 0.95), (0.95, 0.85, 0.2),
+            (0.8, 0.3, 0.9), (0.2, 0.85, 0.9)]
+
+
+def grounding_markers(grounding: Grounding, image_size: tuple[int, int], ns: str = "molmo2",
+                      lifetime_s: float = 0.0) -> MarkerArray:
+    """RViz markers: a labelled dot per point (per track: at its latest point) and a
+    line along each track's path.
+
+    Without depth a pixel has no 3D position, so markers lie on an image plane 1 m in
+    front of the camera in its optical frame (x right, y down, z forward), scaled so the
+    image is 1 m wide: (u, v) -> ((u - w/2) / w, (v - h/2) / w, 1).
+    """
+    width, height = image_size
+    scale = 1.0 / max(width, 1)
+
+    def place(p: GroundedPoint) -> Point:
+        return Point(x=(p.x - width / 2) * scale, y=(p.y - height / 2) * scale, z=1.0)
+
+    def colour(object_id: int) -> ColorRGBA:
+        r, g, b = _PALETTE[(max(object_id, 1) - 1) % len(_PALETTE)]
+        return ColorRGBA(r=r, g=g, b=b, a=1.0)
+
+    header_stamp = to_time(grounding.stamp_ns)
+    markers = [Marker(action=Marker.DELETEALL, ns=ns)]
+    markers[0].header.frame_id = grounding.frame_id
+
+    def marker(kind: int, mid: int) -> Marker:
+        m = Marker(ns=ns, id=mid, type=kind, action=Marker.ADD)
+        m.header.frame_id = grounding.frame_id
+        m.header.stamp = header_stamp
+        m.pose.orientation.w = 1.0
+        m.lifetime = to_duration(lifetime_s)
+        return m
+
+    # Tracks: a dot at each track's latest point and a line along its path.
+    dots = [t.points[-1] for t in grounding.tracks if t.points] if grounding.tracks else grounding.points
+    for i, p in enumerate(dots):
+        sphere = marker(Marker.SPHERE, 2 * i + 1)
+        sphere.pose.position = place(p)
+        sphere.scale.x = sphere.scale.y = sphere.scale.z = 0.02
+        sphere.color = colour(p.object_id)
+        text = marker(Marker.TEXT_VIEW_FACING, 2 * i + 2)
+        text.pose.position = place(p)
+        text.pose.position.y -= 0.03
+        text.scale.z = 0.03
+        text.color = colour(p.object_id)
+        text.text = f"{p.object_id}: {p.label}" if p.label else str(p.object_id)
+        markers += [sphere, text]
+    for track in grounding.tracks:
+        if len(track.points) < 2:
+            continue
+        line = marker(Marker.LINE_STRIP, 10_000 + track.id)
+        line.points = [place(p) for p in track.points]
+        line.scale.x = 0.005
+        line.color = colour(track.id)
+        markers.append(line)
+    return MarkerArray(markers=markers)

@@ -1,0 +1,606 @@
+"""The `molmo2_grounding` lifecycle node: camera frames in, grounded answers out.
+
+configure: validate parameters, load the backend; activate: subscribe to the camera,
+start the inference worker and topic mode; deactivate: stop them and free the backend
+(GPU memory); cleanup/shutdown: release everything. With `autostart` (default) the
+node configures and activates itself, so a plain run just works.
+
+The node is a thin adapter: the frame window, prompting, parsing and mapping live in
+molmo2_ros.core; inference runs on the QueryWorker thread (see its queue policy).
+Parameters, topics and QoS are documented in docs/notes/node.md.
+"""
+from __future__ import annotations
+
+import argparse
+import queue
+import sys
+import time
+from dataclasses import dataclass
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
+                       qos_profile_sensor_data)
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import String
+from visualization_msgs.msg import MarkerArray
+
+from molmo2_ros.action import Ground
+from molmo2_ros.core.frame_window import FrameWindow, Ingest
+from molmo2_ros.core.grounding import Grounding, Task
+from molmo2_ros.core.prompts import InvalidQuery, sanitize_query
+from molmo2_ros.msg import Grounding as GroundingMsg
+from molmo2_ros.ros.image_conversion import compressed_to_rgb, image_to_rgb, rgb_to_image
+from molmo2_ros.ros.messages import (TASK_FROM_MSG, from_time, grounding_markers,
+                                     grounding_to_msg, to_time)
+from molmo2_ros.ros.query_worker import (ERROR_CANCELED, ERROR_EMPTY_WINDOW, ERROR_INVALID_QUERY,
+                                         ERROR_NONE, ERROR_NOT_ACTIVE, Outcome, Query,
+                                         QueryError, QueryWorker)
+
+try:  # Jazzy and later
+    from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
+except ImportError:  # Humble
+    from rclpy.qos_event import PublisherEventCallbacks, SubscriptionEventCallbacks
+
+NODE_NAME = "molmo2_grounding"
+STAGES = {"preprocessing": Ground.Feedback.STAGE_PREPROCESSING,
+          "generating": Ground.Feedback.STAGE_GENERATING,
+          "parsing": Ground.Feedback.STAGE_PARSING}
+RESULTS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.VOLATILE, history=HistoryPolicy.KEEP_LAST)
+
+# name: (default, meaning). Types follow the defaults (an int is accepted for a double).
+PARAMETERS = {
+    "autostart": (True, "configure and activate on start"),
+    "image_topic": ("/camera/image_raw", "camera topic (with compressed: the base topic, "
+                                         "'/compressed' is appended unless present)"),
+    "compressed": (False, "subscribe to sensor_msgs/CompressedImage instead of Image"),
+    "image_reliability": ("best_effort", "camera QoS reliability: best_effort or reliable"),
+    "image_depth": (5, "camera QoS history depth"),
+    "model": ("", "checkpoint folder or hub id; empty: the packaged model, else the tiny random one"),
+    "backend": ("torch", "torch, onnxruntime or tensorrt"),
+    "engine_dir": ("", "folder of exported engines (onnxruntime/tensorrt)"),
+    "device": ("", "torch device, e.g. cuda or cpu; empty: cuda when available"),
+    "dtype": ("auto", "torch dtype: auto, float32, float16 or bfloat16"),
+    "fps": (2.0, "frames per second kept in the window (the model's sampling rate)"),
+    "window_seconds": (8.0, "seconds of frames a query sees by default (and the window keeps)"),
+    "max_frames": (16, "frames a query sees at most by default (and the window keeps)"),
+    "max_side": (640, "frames are shrunk on ingest so their longer side is at most this (px)"),
+    "jump_back_s": (1.0, "a stamp this much older than the newest resets the window (bag replay)"),
+    "max_new_tokens": (256, "token budget of one answer"),
+    "queue_size": (2, "action goals that may wait while one runs (more: ERROR_BUSY)"),
+    "query": ("", "initial continuous query (as if published on ~/query)"),
+    "query_task": ("point", "task of ~/query text without a 'task:' prefix: point, count, track, ask"),
+    "query_period": (1.0, "seconds between re-runs of the continuous query"),
+    "diagnostics_period": (1.0, "seconds between /diagnostics messages"),
+}
+READ_ONLY = {"queue_size"}  # sizes the executor's thread pool at start
+
+
+@dataclass
+class Settings:
+    """Validated parameters (see PARAMETERS)."""
+
+    image_topic: str
+    compressed: bool
+    image_reliability: str
+    image_depth: int
+    model: str
+    backend: str
+    engine_dir: str
+    device: str
+    dtype: str
+    fps: float
+    window_seconds: float
+    max_frames: int
+    max_side: int
+    jump_back_s: float
+    max_new_tokens: int
+    queue_size: int
+    query: str
+    query_task: str
+    query_period: float
+    diagnostics_period: float
+
+
+def parse_task(value) -> Task:
+    """A Task from its name ("point") or Grounding.TASK_* number; ValueError otherwise."""
+    if isinstance(value, int):
+        if value not in TASK_FROM_MSG:
+            raise ValueError(f"unknown task {value} (expected 0..3: point, count, track, ask)")
+        return TASK_FROM_MSG[value]
+    try:
+        return Task(str(value).strip().lower())
+    except ValueError:
+        raise ValueError(f"unknown task {value!r} (expected point, count, track or ask)") from None
+
+
+def validate(values: dict) -> Settings:
+    """Settings from raw parameter values, or ValueError naming every bad parameter."""
+    errors = []
+    out = {}
+    for name, (default, _) in PARAMETERS.items():
+        if name == "autostart":
+            continue
+        value = values[name]
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            errors.append(f"{name} must be a {type(default).__name__}, got {value!r}")
+        out[name] = value
+    if errors:
+        raise ValueError("; ".join(errors))
+
+    def check(cond, message):
+        if not cond:
+            errors.append(message)
+
+    check(out["image_topic"].strip() != "", "image_topic must not be empty")
+    check(out["image_reliability"] in ("best_effort", "reliable"),
+          f"image_reliability must be best_effort or reliable, got {out['image_reliability']!r}")
+    check(out["image_depth"] >= 1, f"image_depth must be >= 1, got {out['image_depth']}")
+    from molmo2_ros.backends.factory import BACKEND_KINDS
+    check(out["backend"] in BACKEND_KINDS,
+          f"backend must be one of {', '.join(BACKEND_KINDS)}, got {out['backend']!r}")
+    check(out["dtype"] in ("auto", "float32", "float16", "bfloat16"),
+          f"dtype must be auto, float32, float16 or bfloat16, got {out['dtype']!r}")
+    check(out["fps"] > 0, f"fps must be > 0, got {out['fps']}")
+    check(out["window_seconds"] > 0, f"window_seconds must be > 0, got {out['window_seconds']}")
+    check(out["max_frames"] >= 1, f"max_frames must be >= 1, got {out['max_frames']}")
+    check(out["max_side"] >= 0, f"max_side must be >= 0 (0 = keep the source size), got {out['max_side']}")
+    check(out["jump_back_s"] >= 0, f"jump_back_s must be >= 0, got {out['jump_back_s']}")
+    check(out["max_new_tokens"] >= 1, f"max_new_tokens must be >= 1, got {out['max_new_tokens']}")
+    check(1 <= out["queue_size"] <= 16, f"queue_size must be 1..16, got {out['queue_size']}")
+    check(out["query_period"] > 0, f"query_period must be > 0, got {out['query_period']}")
+    check(out["diagnostics_period"] > 0, f"diagnostics_period must be > 0, got {out['diagnostics_period']}")
+    try:
+        parse_task(out["query_task"])
+    except ValueError as exc:
+        errors.append(f"query_task: {exc}")
+    if errors:
+        raise ValueError("; ".join(errors))
+    return Settings(**out)
+
+
+def split_topic_query(text: str, default_task: Task) -> tuple[Task, str]:
+    """'count: red circles' -> (COUNT, 'red circles'); text without a known task
+    prefix keeps `default_task`."""
+    head, sep, rest = text.partition(":")
+    if sep:
+        try:
+            return parse_task(head), rest.strip()
+        except ValueError:
+            pass
+    return default_task, text.strip()
+
+
+class GroundingNode(LifecycleNode):
+    def __init__(self, **kwargs):
+        super().__init__(NODE_NAME, **kwargs)
+        for name, (default, meaning) in PARAMETERS.items():
+            self.declare_parameter(name, default, ParameterDescriptor(
+                description=meaning, dynamic_typing=True, read_only=name in READ_ONLY))
+        self.settings: Settings | None = None
+        self._backend = None
+        self._ground = None
+        self._window: FrameWindow | None = None
+        self._worker: QueryWorker | None = None
+        self._active = False
+        self._image_sub = None
+        self._topic_timer = None
+        self._diag_timer = None
+        self._publishers = []
+        self._topic_query: tuple[Task, str] | None = None
+        self._topic_runs = 0
+        self._running: Query | None = None
+        self._frames_in = 0            # camera messages received since the last diagnostics
+        self._frames_in_since = time.monotonic()
+        self._bad_frames = 0
+        self._last_frame_error = ""
+        self._last_timings = None
+        self._ingest_group = MutuallyExclusiveCallbackGroup()
+        self._action_group = ReentrantCallbackGroup()
+        # Created once and kept through every state, so a query while inactive still
+        # gets an answer (ERROR_NOT_ACTIVE) instead of silence.
+        self._action_server = ActionServer(
+            self, Ground, "~/ground", self._execute, callback_group=self._action_group,
+            goal_callback=lambda goal: GoalResponse.ACCEPT,
+            cancel_callback=lambda goal_handle: CancelResponse.ACCEPT)
+        self._query_sub = self.create_subscription(String, "~/query", self._on_query, RESULTS_QOS)
+        if self.get_parameter("autostart").value is True:
+            if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                self.trigger_activate()
+
+    @property
+    def executor_threads(self) -> int:
+        """Each waiting goal holds one executor thread; keep some for ingest and timers."""
+        return int(self.get_parameter("queue_size").value) + 4
+
+    # --- lifecycle ------------------------------------------------------------------
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        try:
+            self.settings = validate({n: self.get_parameter(n).value for n in PARAMETERS})
+        except ValueError as exc:
+            self.get_logger().error(f"invalid parameters: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        s = self.settings
+        self._window = FrameWindow(fps=s.fps, max_seconds=s.window_seconds, max_frames=s.max_frames,
+                                   max_side=s.max_side, jump_back_s=s.jump_back_s)
+        if not self._load_backend():
+            return TransitionCallbackReturn.FAILURE
+        pub_events = PublisherEventCallbacks(incompatible_qos=self._on_incompatible_qos)
+        self._grounding_pub = self.create_publisher(GroundingMsg, "~/grounding", RESULTS_QOS,
+                                                    event_callbacks=pub_events)
+        self._answer_pub = self.create_publisher(String, "~/answer", RESULTS_QOS, event_callbacks=pub_events)
+        self._debug_pub = self.create_publisher(Image, "~/debug_image", qos_profile_sensor_data)
+        self._markers_pub = self.create_publisher(MarkerArray, "~/markers", RESULTS_QOS)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", RESULTS_QOS)
+        self._publishers = [self._grounding_pub, self._answer_pub, self._debug_pub,
+                            self._markers_pub, self._diag_pub]
+        self._diag_timer = self.create_timer(s.diagnostics_period, self._publish_diagnostics)
+        if s.query:
+            self._set_topic_query(s.query)
+        return TransitionCallbackReturn.SUCCESS
+
+    def _load_backend(self) -> bool:
+        s = self.settings
+        from molmo2_ros.backends.factory import make_backend
+        from molmo2_ros.core.grounder import ground
+
+        model = s.model
+        if not model:
+            from molmo2_ros.ros.default_model import default_model
+            model, is_random = default_model()
+            if is_random:
+                self.get_logger().warning(
+                    f"no model given and none packaged: using the tiny RANDOM model {model} "
+                    "(runs the pipeline, answers are meaningless); set the 'model' parameter")
+        options = {"device": s.device or None, "engine_dir": s.engine_dir or None}
+        if s.backend == "torch":
+            options["dtype"] = None if s.dtype == "auto" else s.dtype
+        try:
+            started = time.monotonic()
+            self._backend = make_backend(s.backend, model, **options)
+        except Exception as exc:
+            self.get_logger().error(f"cannot load the {s.backend} backend for model {model!r}: "
+                                    f"{type(exc).__name__}: {exc}")
+            return False
+        self._ground = ground
+        self.get_logger().info(f"loaded {self._backend.name} backend, model {self._backend.model_id} "
+                               f"in {time.monotonic() - started:.1f} s")
+        return True
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        s = self.settings
+        if self._backend is None and not self._load_backend():  # freed by deactivate
+            return TransitionCallbackReturn.FAILURE
+        qos = QoSProfile(depth=s.image_depth, history=HistoryPolicy.KEEP_LAST,
+                         durability=DurabilityPolicy.VOLATILE,
+                         reliability=ReliabilityPolicy.RELIABLE if s.image_reliability == "reliable"
+                         else ReliabilityPolicy.BEST_EFFORT)
+        topic, kind = s.image_topic, Image
+        if s.compressed:
+            kind = CompressedImage
+            topic = topic if topic.endswith("/compressed") else topic.rstrip("/") + "/compressed"
+        self._worker = QueryWorker(self._run_query, capacity=s.queue_size)
+        self._image_sub = self.create_subscription(
+            kind, topic, self._on_image, qos, callback_group=self._ingest_group,
+            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos))
+        self._topic_timer = self.create_timer(s.query_period, self._topic_tick)
+        self._active = True
+        self.get_logger().info(f"active: {kind.__name__} on {self.resolve_topic_name(topic)} "
+                               f"({s.image_reliability}, depth {s.image_depth}); window {s.fps} fps, "
+                               f"{s.window_seconds} s, {s.max_frames} frames")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        self._stop_serving()
+        self._free_backend()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: State) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_serving(self) -> None:
+        self._active = False
+        if self._image_sub is not None:
+            self.destroy_subscription(self._image_sub)
+            self._image_sub = None
+        if self._topic_timer is not None:
+            self.destroy_timer(self._topic_timer)
+            self._topic_timer = None
+        running = self._running
+        if running is not None:
+            running.canceled.set()  # the backend stops at its next decode step
+        if self._worker is not None:
+            self._worker.stop(timeout=30.0)
+            self._worker = None
+        if self._window is not None:
+            self._window.reset()
+
+    def _free_backend(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+    def _release(self) -> None:
+        self._stop_serving()
+        self._free_backend()
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+        for publisher in self._publishers:
+            self.destroy_publisher(publisher)
+        self._publishers = []
+        self._window = None
+        self._topic_query = None
+
+    # --- ingest ---------------------------------------------------------------------
+    def _on_image(self, msg) -> None:
+        self._frames_in += 1
+        window, max_side = self._window, self.settings.max_side
+        if window is None:
+            return
+        convert = compressed_to_rgb if isinstance(msg, CompressedImage) else image_to_rgb
+        stamp_ns = from_time(msg.header.stamp)
+        try:
+            decision = window.add(stamp_ns, lambda: convert(msg, max_side), frame_id=msg.header.frame_id)
+        except ValueError as exc:
+            self._bad_frames += 1
+            self._last_frame_error = str(exc)
+            self.get_logger().warning(f"dropped a camera frame: {exc}", throttle_duration_sec=2.0)
+            return
+        if decision.outcome is Ingest.REJECTED:
+            self._last_frame_error = decision.reason
+            self.get_logger().warning(f"dropped a camera frame: {decision.reason}", throttle_duration_sec=2.0)
+        elif decision.outcome is Ingest.RESET:
+            self.get_logger().warning(decision.reason)
+        # Camera-rate track propagation (issue 7) takes every frame, kept or not, here.
+
+    # --- queries --------------------------------------------------------------------
+    def _check_query(self, text: str, task) -> Task:
+        """The query's Task, or QueryError(ERROR_INVALID_QUERY) saying what is wrong."""
+        try:
+            sanitize_query(text)
+            return parse_task(task)
+        except ValueError as exc:  # InvalidQuery is a ValueError
+            raise QueryError(ERROR_INVALID_QUERY, str(exc)) from None
+
+    def _run_query(self, query: Query) -> Grounding:
+        """On the worker thread: select the window now (the newest frames) and ground."""
+        backend, window = self._backend, self._window
+        if backend is None or window is None:
+            raise QueryError(ERROR_NOT_ACTIVE, "the node is not active")
+        s = self.settings
+        frames = window.select(max_frames=query.max_frames or s.max_frames,
+                               seconds=query.window_seconds or s.window_seconds)
+        if not frames:
+            reason = "no camera frames buffered yet"
+            if self._last_frame_error:
+                reason += f" (last frame dropped: {self._last_frame_error})"
+            elif self._frames_in == 0:
+                reason += f" (nothing received on {self.resolve_topic_name(s.image_topic)} lately)"
+            raise QueryError(ERROR_EMPTY_WINDOW, reason)
+        query.frames = frames
+        queue_wait = time.monotonic() - query.submitted
+        self._running = query
+        try:
+            grounding = self._ground(backend, frames, query.text, query.task,
+                                     max_new_tokens=s.max_new_tokens, progress=query.on_stage,
+                                     should_stop=query.canceled.is_set)
+        except InvalidQuery as exc:
+            raise QueryError(ERROR_INVALID_QUERY, str(exc)) from None
+        finally:
+            self._running = None
+        grounding.timings.queue_wait = queue_wait
+        grounding.frame_id = grounding.frame_id or frames[-1].frame_id
+        grounding.model = grounding.model or backend.model_id
+        grounding.backend = grounding.backend or backend.name
+        self._last_timings = grounding.timings
+        return grounding
+
+    def _execute(self, goal_handle) -> Ground.Result:
+        """Action goal: queue it, relay stages as feedback and cancel requests to the
+        worker, and finish with a result (a grounding or an error code + message)."""
+        goal, accepted = goal_handle.request, time.monotonic()
+        events: queue.Queue = queue.Queue()
+        query_id = bytes(goal_handle.goal_id.uuid).hex()
+        try:
+            if not self._active or self._worker is None:
+                raise QueryError(ERROR_NOT_ACTIVE, "the node is not active (lifecycle state "
+                                                   "unconfigured/inactive); activate it first")
+            task = self._check_query(goal.query, goal.task)
+            if goal.window_seconds < 0:
+                raise QueryError(ERROR_INVALID_QUERY, f"window_seconds must be >= 0, got {goal.window_seconds}")
+        except QueryError as exc:
+            goal_handle.abort()
+            return Ground.Result(error_code=exc.code, error_message=str(exc))
+        query = Query(query_id=query_id, text=goal.query, task=task,
+                      window_seconds=goal.window_seconds, max_frames=goal.max_frames,
+                      on_stage=lambda stage: events.put(("stage", stage)),
+                      done=lambda outcome: events.put(("done", outcome)))
+        self._feedback(goal_handle, Ground.Feedback.STAGE_QUEUED, accepted)
+        worker = self._worker
+        if worker is None:
+            goal_handle.abort()
+            return Ground.Result(error_code=ERROR_NOT_ACTIVE, error_message="the node was deactivated")
+        worker.submit(query)
+        while True:
+            try:
+                kind, value = events.get(timeout=0.05)
+            except queue.Empty:
+                if goal_handle.is_cancel_requested:
+                    query.canceled.set()
+                continue
+            if kind == "stage":
+                if value in STAGES:
+                    self._feedback(goal_handle, STAGES[value], accepted)
+                continue
+            outcome: Outcome = value
+            break
+        result = Ground.Result(error_code=outcome.error_code, error_message=outcome.error_message)
+        if outcome.error_code == ERROR_NONE:
+            result.grounding = self._publish_results(outcome.grounding, query)
+            goal_handle.succeed()
+        elif outcome.error_code == ERROR_CANCELED and goal_handle.is_cancel_requested:
+            goal_handle.canceled()
+        else:
+            goal_handle.abort()
+        return result
+
+    def _feedback(self, goal_handle, stage: int, accepted: float) -> None:
+        goal_handle.publish_feedback(Ground.Feedback(stage=stage, elapsed=time.monotonic() - accepted))
+
+    def _on_query(self, msg: String) -> None:
+        if not self._active:
+            self.get_logger().warning("~/query received while the node is not active; ignored")
+            return
+        self._set_topic_query(msg.data)
+
+    def _set_topic_query(self, text: str) -> None:
+        """Start (or with empty text: stop) continuous mode."""
+        if not text.strip():
+            self._topic_query = None
+            self.get_logger().info("continuous query stopped")
+            return
+        task, body = split_topic_query(text, parse_task(self.settings.query_task))
+        try:
+            self._check_query(body, task.value)
+        except QueryError as exc:
+            self._topic_query = None
+            self.get_logger().error(f"continuous query refused: {exc}")
+            return
+        self._topic_query = (task, body)
+        self.get_logger().info(f"continuous query: {task.value} {body!r} every {self.settings.query_period} s")
+
+    def _topic_tick(self) -> None:
+        worker, topic = self._worker, self._topic_query
+        if topic is None or worker is None or worker.topic_pending():
+            return
+        self._topic_runs += 1
+        query = Query(query_id=f"topic-{self._topic_runs}", text=topic[1], task=topic[0])
+        query.done = lambda outcome: self._on_topic_done(query, outcome)
+        worker.submit_latest(query)
+
+    def _on_topic_done(self, query: Query, outcome: Outcome) -> None:
+        if outcome.error_code == ERROR_NONE:
+            self._publish_results(outcome.grounding, query)
+        elif outcome.error_code != ERROR_CANCELED:
+            self.get_logger().warning(f"continuous query {query.query_id}: {outcome.error_message}",
+                                      throttle_duration_sec=5.0)
+
+    # --- outputs --------------------------------------------------------------------
+    def _publish_results(self, grounding: Grounding, query: Query) -> GroundingMsg:
+        msg = grounding_to_msg(grounding, query.query_id)
+        self._grounding_pub.publish(msg)
+        self._answer_pub.publish(String(data=grounding.answer))
+        newest = query.frames[-1]
+        if self._markers_pub.get_subscription_count() > 0:
+            self._markers_pub.publish(grounding_markers(grounding, newest.source_size))
+        if self._debug_pub.get_subscription_count() > 0:
+            self._debug_pub.publish(rgb_to_image(self._annotate(grounding, newest),
+                                                 to_time(newest.stamp_ns), newest.frame_id))
+        return msg
+
+    @staticmethod
+    def _annotate(grounding: Grounding, frame):
+        from molmo2_ros.annotate import annotate_frame
+
+        return annotate_frame(frame, grounding)
+
+    def _on_incompatible_qos(self, event) -> None:
+        policy = getattr(event, "last_policy_kind", "?")
+        self.get_logger().warning(
+            f"QoS incompatible with a peer (policy {policy}, {event.total_count} so far): no "
+            "messages flow between them. For a reliable-only camera set image_reliability; "
+            "result topics are reliable, so subscribe to them reliably.")
+
+    def _publish_diagnostics(self) -> None:
+        now = time.monotonic()
+        rate = self._frames_in / max(now - self._frames_in_since, 1e-6)
+        self._frames_in, self._frames_in_since = 0, now
+        window = self._window
+        stats = window.stats() if window is not None else None
+        worker = self._worker
+        values = {
+            "state": "active" if self._active else "inactive",
+            "backend": self._backend.name if self._backend else "",
+            "model": self._backend.model_id if self._backend else "",
+            "ingest_rate_hz": f"{rate:.2f}",
+            "window_frames": str(stats.frames if stats else 0),
+            "window_max_frames": str(stats.max_frames if stats else 0),
+            "window_span_s": f"{stats.span_s:.2f}" if stats else "0",
+            "window_bytes": str(stats.bytes if stats else 0),
+            "frames_rejected": str(stats.rejected if stats else 0),
+            "window_resets": str(stats.resets if stats else 0),
+            "frames_malformed": str(self._bad_frames),
+            "last_frame_error": self._last_frame_error,
+            "queue_length": str(worker.queue_length if worker else 0),
+            "inferring": str(bool(worker and worker.busy)),
+        }
+        if self._last_timings is not None:
+            for stage in ("queue_wait", "preprocess", "generation", "parse"):
+                values[f"last_{stage}_s"] = f"{getattr(self._last_timings, stage):.3f}"
+        if not self._active:
+            level, message = DiagnosticStatus.WARN, "not active"
+        elif stats is None or stats.frames == 0:
+            level, message = DiagnosticStatus.WARN, "no camera frames in the window"
+        else:
+            level, message = DiagnosticStatus.OK, f"{stats.frames} frames buffered"
+        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: grounding",
+                                  hardware_id=values["backend"], message=message,
+                                  values=[KeyValue(key=k, value=v) for k, v in values.items()])
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(array)
+
+
+def main(argv: list[str] | None = None) -> int:
+    rclpy.init(args=sys.argv if argv is None else argv)
+    node = None
+    try:
+        node = GroundingNode()
+        executor = MultiThreadedExecutor(num_threads=node.executor_threads)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node._release()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`molmo2-ros node [--ros-args ...]`."""
+    parser.add_argument("--ros-args", dest="ros_args", nargs=argparse.REMAINDER, default=None,
+                        help="ROS arguments, to the end of the line, e.g. --ros-args --params-file "
+                             "config/molmo2_grounding.yaml -p model:=/path/to/model")
+
+
+def run(args: argparse.Namespace) -> int:
+    ros_args = [] if args.ros_args is None else ["--ros-args", *args.ros_args]
+    return main([NODE_NAME, *ros_args])

@@ -48,6 +48,7 @@ class ParsedAnswer:
 
 _OPEN_RE = re.compile(r"<\s*(points|tracks)\b", re.IGNORECASE)
 _COORDS_RE = re.compile(r'\bcoords\s*=\s*"', re.IGNORECASE)
+_CLOSE_RE = {kind: re.compile(rf"<\s*/\s*{kind}\s*>", re.IGNORECASE) for kind in ("points", "tracks")}
 _FRAME_SEP_RE = re.compile(r"[;\t\n:,]")
 _NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
 _INDEX_RE = re.compile(r"\d+")
@@ -103,15 +104,15 @@ def _parse_tag(text: str, start: int, kind: str, result: ParsedAnswer) -> int:
     elif header.rstrip().endswith("/") and quote >= 0:
         label, span_end = "", header_end + 1  # self-closing <points coords="..."/>
     elif text[header_end] == ">":
-        closing = re.compile(rf"<\s*/\s*{kind}\s*>", re.IGNORECASE).search(text, header_end + 1)
-        if closing is None:
-            span_end = _first_of(text, header_end + 1, "<")
-            label = text[header_end + 1:span_end]
-            truncated = span_end == len(text)
-            if not truncated:
-                result.warnings.append(f"<{kind}> tag not closed by </{kind}>")
+        label_end = _first_of(text, header_end + 1, "<")  # labels hold no '<'
+        label, span_end = text[header_end + 1:label_end], label_end
+        closing = _CLOSE_RE[kind].match(text, label_end)
+        if closing is not None:
+            span_end = closing.end()
+        elif label_end == len(text):
+            truncated = True
         else:
-            label, span_end = text[header_end + 1:closing.start()], closing.end()
+            result.warnings.append(f"<{kind}> tag not closed by </{kind}>")
     else:  # header interrupted by another '<'
         label, span_end = "", header_end
         result.warnings.append(f"<{kind}> tag not closed by '>'")

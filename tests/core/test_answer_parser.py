@@ -77,6 +77,12 @@ def test_several_tags_and_text_around_them():
     assert a.count is None  # digits inside tags are not counts
 
 
+def test_unclosed_tag_does_not_swallow_the_next_one():
+    a = parse_answer('<points coords="1 1 100 100">cup <points coords="1 1 500 500">plate</points> total of 2')
+    assert [(p.label, p.x) for p in a.points] == [("cup", 100), ("plate", 500)]
+    assert a.count == 2 and any("not closed" in w for w in a.warnings)
+
+
 def test_self_closing_tag():
     a = parse_answer('<points coords="1 1 100 200"/> done')
     assert xyt(a.points) == [(1, 1, 100, 200)] and a.points[0].label == ""

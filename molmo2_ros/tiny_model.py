@@ -228,3 +228,14 @@ def build_tiny_molmo2(out_dir, seed: int = 0, tokenizer_texts: list[str] | None 
     processor.save_pretrained(out)
     (out / "TINY_MODEL.json").write_text(json.dumps({"seed": seed, "sizes": s}, indent=2))
     return out
+
+
+def add_arguments(parser) -> None:
+    """`molmo2-ros tiny-model OUT_DIR`."""
+    parser.add_argument("out_dir", help="folder to write the model and processor to")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args) -> int:
+    print(build_tiny_molmo2(args.out_dir, seed=args.seed))
+    return 0

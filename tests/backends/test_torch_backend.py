@@ -154,3 +154,24 @@ def test_factory_kinds(tiny_model_dir):
         make_backend("torch", str(tiny_model_dir), engine_dir="/tmp")
     b = make_backend("torch", str(tiny_model_dir), dtype="float32", device="cpu")
     assert b.name == "torch" and b.model_id == str(tiny_model_dir) and b.dtype is torch.float32
+
+
+@pytest.mark.parametrize("task", list(Task))
+@pytest.mark.parametrize("n_frames", [1, 3])
+def test_end_to_end_grounding_is_well_formed(backend, synthetic_frames, task, n_frames):
+    from molmo2_ros.core.grounder import ground, grounding_to_dict
+
+    frames = synthetic_frames(n_frames, size=(320, 240))
+    result = ground(backend, frames, "the red square", task, max_new_tokens=24)
+    assert result.task is task and result.backend == "torch"
+    assert result.frame_stamps_ns == [f.stamp_ns for f in frames]
+    assert result.stamp_ns == frames[-1].stamp_ns and result.frame_id == "camera"
+    assert isinstance(result.answer, str) and all(isinstance(w, str) for w in result.warnings)
+    stamps = {f.stamp_ns for f in frames}
+    for p in result.points + [p for t in result.tracks for p in t.points]:
+        assert p.stamp_ns in stamps and 0 <= p.x <= 320 and 0 <= p.y <= 240
+    if task in (Task.POINT, Task.TRACK) and not result.points:
+        assert result.warnings  # an answer without points is reported, not silently empty
+    assert result.timings.generation > 0
+    json_ready = grounding_to_dict(result)
+    assert json_ready["task"] == task.value

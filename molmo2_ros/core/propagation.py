@@ -1,0 +1,433 @@
+"""Camera-rate positions of grounded objects between model answers.
+
+A model answer describes frames that are seconds old when it arrives, and answers come
+perhaps once a second; a robot needs where the object is *now*, on every camera frame.
+`TrackPropagator` keeps a short buffer of recent frames (grayscale, downscaled for
+flow). When an answer arrives it takes each object's newest point, finds the buffered
+frame it was given for and carries it through every frame since then up to the newest
+one (latency compensation); after that it carries it on each new frame until the next
+answer re-anchors it.
+
+Method (established, all OpenCV): pyramidal Lucas-Kanade optical flow with a
+forward-backward consistency check (Kalal et al., "Forward-Backward Error", 2010) and a
+normalised cross-correlation check against the patch the model pointed at. Model
+points often sit in the middle of a uniform region (an object's centre), where a small
+flow window sees no gradient (the aperture problem); each point therefore gets the
+smallest window, out of `WINDOW_SIZES`, whose gradient structure constrains motion in
+both directions. A point that fails a check is marked lost and keeps its last good
+position; nothing is extrapolated.
+
+Re-anchoring keeps object ids stable: the answer's objects are matched to the objects
+being propagated by label and by position at the newest frame (Hungarian assignment).
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from molmo2_ros.core.grounding import GroundedPoint, Grounding
+
+# Square LK/template window sizes (pixels of the flow image), tried smallest first.
+WINDOW_SIZES = (21, 41, 81)
+# Pyramid levels above the base: with a 21 px window this follows up to ~80 px per
+# frame of the flow image.
+PYRAMID_LEVELS = 3
+_LK_CRITERIA = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01)
+# Minimum RMS intensity gradient (grey levels per pixel) along the window's weakest
+# direction for flow to be trusted; well above sensor noise, well below real texture.
+MIN_TEXTURE = 3.0
+_NS = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class TrackedObject:
+    """One object's propagated position; fields map 1:1 onto msg/TrackedObject.msg."""
+
+    object_id: int
+    label: str
+    x: float                # source-image pixels, in the frame of `TrackedObjects.stamp_ns`
+    y: float
+    anchor_stamp_ns: int    # stamp of the frame the model's answer placed it in
+    age_s: float            # time from the anchor to the current frame
+    confidence: float       # in [0, 1]; 0 when lost
+    lost: bool              # x/y are the last good position, not the current one
+
+
+@dataclass(frozen=True)
+class TrackedObjects:
+    """Positions of the latest answer's objects in one camera frame (msg/TrackedObjectArray)."""
+
+    stamp_ns: int           # the camera frame these positions are for (0: no frame yet)
+    query: str              # the query whose answer is propagated
+    objects: tuple[TrackedObject, ...]
+
+
+@dataclass
+class _Frame:
+    stamp_ns: int
+    gray: np.ndarray        # flow image: grayscale, downscaled
+
+
+@dataclass
+class _Object:
+    object_id: int
+    label: str
+    anchor_stamp_ns: int
+    score: float            # the model's confidence in the anchor, 1 when it gives none
+    pos: np.ndarray         # (2,) float32, flow-image pixels
+    win: int
+    template: np.ndarray | None   # float32 win x win patch around the anchor
+    ncc: float = 1.0
+    lost: bool = False
+
+
+class TrackPropagator:
+    """Propagate the newest model answer's points to every camera frame.
+
+    Thread-safe: `add_frame` (camera callback) and `anchor` (inference worker) may be
+    called from different threads. Both return a list of warnings for the caller to log.
+
+    Parameters (seconds for times):
+      enable: off -> every call is a no-op and nothing is buffered.
+      max_points: most objects propagated at once (highest model score kept).
+      max_age: an object is dropped this long after its anchor frame.
+      window: seconds of frames kept; answers older than this cannot be compensated.
+      flow_max_side: frames are downscaled so their longer side is at most this before
+        flow (0 = full resolution); positions are mapped back to source pixels.
+      buffer_mb: memory bound of the frame buffer, which may shorten the window.
+      fb_max_px: largest forward-backward error (flow-image pixels) of a good step.
+      min_ncc: lowest correlation with the anchor patch of a good step.
+      association_radius: farthest match between an answer's object and a propagated
+        one, as a fraction of the image diagonal.
+    """
+
+    def __init__(
+        self,
+        enable: bool = True,
+        max_points: int = 50,
+        max_age: float = 10.0,
+        window: float = 5.0,
+        flow_max_side: int = 640,
+        buffer_mb: float = 128.0,
+        fb_max_px: float = 2.0,
+        min_ncc: float = 0.5,
+        association_radius: float = 0.1,
+    ):
+        if max_points < 1:
+            raise ValueError(f"max_points must be >= 1, got {max_points}")
+        if not max_age > 0:
+            raise ValueError(f"max_age must be > 0 s, got {max_age}")
+        if not window > 0:
+            raise ValueError(f"window must be > 0 s, got {window}")
+        if flow_max_side != 0 and flow_max_side < 2 * WINDOW_SIZES[0]:
+            raise ValueError(
+                f"flow_max_side must be 0 (full resolution) or >= {2 * WINDOW_SIZES[0]}, "
+                f"got {flow_max_side}")
+        if not buffer_mb > 0:
+            raise ValueError(f"buffer_mb must be > 0, got {buffer_mb}")
+        if not fb_max_px > 0:
+            raise ValueError(f"fb_max_px must be > 0, got {fb_max_px}")
+        if not -1.0 <= min_ncc <= 1.0:
+            raise ValueError(f"min_ncc must be in [-1, 1], got {min_ncc}")
+        if not association_radius > 0:
+            raise ValueError(f"association_radius must be > 0, got {association_radius}")
+        self.enable = bool(enable)
+        self.max_points = int(max_points)
+        self.max_age_ns = int(max_age * _NS)
+        self.window_ns = int(window * _NS)
+        self.flow_max_side = int(flow_max_side)
+        self.buffer_bytes = int(buffer_mb * 2**20)
+        self.fb_max_px = float(fb_max_px)
+        self.min_ncc = float(min_ncc)
+        self.association_radius = float(association_radius)
+        self._lock = threading.Lock()
+        self._frames: deque[_Frame] = deque()
+        self._source_size: tuple[int, int] | None = None   # (width, height)
+        self._objects: list[_Object] = []
+        self._query = ""
+        self._next_id = 1
+
+    # ------------------------------------------------------------------ public API
+
+    def add_frame(self, image: np.ndarray, stamp_ns: int) -> list[str]:
+        """Buffer a camera frame (HxW gray or HxWx3/4 RGB(A), uint8) and carry every
+        propagated object onto it."""
+        if not self.enable:
+            return []
+        gray, source_size = self._flow_image(image)
+        stamp_ns = _check_stamp(stamp_ns)
+        warnings: list[str] = []
+        with self._lock:
+            if self._frames and stamp_ns == self._frames[-1].stamp_ns:
+                return [f"duplicate frame stamp {stamp_ns}: frame ignored"]
+            if self._frames and stamp_ns < self._frames[-1].stamp_ns:
+                warnings.append(
+                    f"time jumped back from {self._frames[-1].stamp_ns} to {stamp_ns} ns: "
+                    "propagation buffer and tracks reset")
+                self._reset_locked()
+            elif self._source_size is not None and source_size != self._source_size:
+                warnings.append(
+                    f"image size changed from {self._source_size} to {source_size}: "
+                    "propagation buffer and tracks reset")
+                self._reset_locked()
+            self._source_size = source_size
+            frame = _Frame(stamp_ns, gray)
+            if self._frames:
+                self._step(self._frames[-1], frame, [o for o in self._objects if not o.lost])
+            self._frames.append(frame)
+            self._evict_locked()
+        return warnings
+
+    def anchor(self, grounding: Grounding) -> list[str]:
+        """Re-anchor on a model answer: each object's newest point, propagated from its
+        frame to the newest buffered frame. A new query replaces the old one's objects."""
+        if not self.enable:
+            return []
+        if not isinstance(grounding, Grounding):
+            raise TypeError(f"anchor() needs a Grounding, got {type(grounding).__name__}")
+        points = _newest_point_per_object(grounding)[: self.max_points]
+        warnings: list[str] = []
+        with self._lock:
+            if grounding.query != self._query:
+                self._objects = []
+                self._query = grounding.query
+            if not points:
+                return warnings
+            if not self._frames:
+                return [f"no frames buffered: {len(points)} answer points not propagated"]
+            frames = list(self._frames)
+            new: list[tuple[int, _Object]] = []   # (index of the anchor frame, object)
+            for p in points:
+                index = _frame_index(frames, p.stamp_ns)
+                obj = self._new_object(p, frames[index] if index is not None else None)
+                if index is None:
+                    warnings.append(
+                        f"object {p.label!r} at stamp {p.stamp_ns} is outside the "
+                        f"propagation buffer [{frames[0].stamp_ns}, {frames[-1].stamp_ns}] "
+                        "(raise the window?): marked lost")
+                    index = len(frames) - 1
+                elif obj.lost:
+                    warnings.append(
+                        f"object {p.label!r} at ({p.x:.0f}, {p.y:.0f}) has no image texture "
+                        "to follow: marked lost")
+                new.append((index, obj))
+            for i in range(min(index for index, _ in new), len(frames) - 1):
+                moving = [o for index, o in new if index <= i and not o.lost]
+                if moving:
+                    self._step(frames[i], frames[i + 1], moving)
+            self._merge_locked([o for _, o in new])
+        return warnings
+
+    def current(self) -> TrackedObjects:
+        """Positions of the current objects in the newest buffered frame."""
+        with self._lock:
+            if not self._frames or self._source_size is None:
+                return TrackedObjects(0, self._query, ())
+            stamp = self._frames[-1].stamp_ns
+            sx, sy = self._scale_locked()
+            out = []
+            for o in self._objects:
+                age_ns = stamp - o.anchor_stamp_ns
+                confidence = 0.0 if o.lost else (
+                    o.score * max(0.0, o.ncc) * max(0.0, 1.0 - age_ns / self.max_age_ns))
+                out.append(TrackedObject(
+                    object_id=o.object_id, label=o.label,
+                    x=float((o.pos[0] + 0.5) / sx - 0.5),
+                    y=float((o.pos[1] + 0.5) / sy - 0.5),
+                    anchor_stamp_ns=o.anchor_stamp_ns, age_s=age_ns / _NS,
+                    confidence=float(confidence), lost=o.lost))
+            return TrackedObjects(stamp, self._query, tuple(out))
+
+    def buffered(self) -> tuple[int, int]:
+        """(frames, bytes) held in the frame buffer, e.g. for diagnostics."""
+        with self._lock:
+            return len(self._frames), sum(f.gray.nbytes for f in self._frames)
+
+    def reset(self) -> None:
+        """Forget all frames and objects (object ids keep counting up)."""
+        with self._lock:
+            self._reset_locked()
+
+    # ------------------------------------------------------------------ internals
+
+    def _flow_image(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+            raise ValueError(
+                "add_frame() needs a uint8 numpy image, got "
+                f"{getattr(image, 'dtype', type(image).__name__)}")
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
+        if image.ndim == 3 and image.shape[2] == 3:
+            gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        elif image.ndim == 3 and image.shape[2] == 4:
+            gray = cv2.cvtColor(image, cv2.COLOR_RGBA2GRAY)
+        elif image.ndim == 2:
+            gray = image
+        else:
+            raise ValueError(
+                f"add_frame() needs an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {image.shape}")
+        h, w = gray.shape
+        if min(h, w) < 2 * WINDOW_SIZES[0]:
+            raise ValueError(f"image {w}x{h} too small to track in (min side {2 * WINDOW_SIZES[0]})")
+        side = max(h, w)
+        if self.flow_max_side and side > self.flow_max_side:
+            f = self.flow_max_side / side
+            gray = cv2.resize(gray, (max(1, round(w * f)), max(1, round(h * f))),
+                              interpolation=cv2.INTER_AREA)
+        else:
+            gray = np.ascontiguousarray(gray)
+        return gray, (w, h)
+
+    def _scale_locked(self) -> tuple[float, float]:
+        h, w = self._frames[-1].gray.shape
+        return w / self._source_size[0], h / self._source_size[1]
+
+    def _new_object(self, p: GroundedPoint, frame: _Frame | None) -> _Object:
+        sx, sy = self._scale_locked()
+        pos = np.array([(p.x + 0.5) * sx - 0.5, (p.y + 0.5) * sy - 0.5], np.float32)
+        score = float(np.clip(p.score, 0.0, 1.0)) if np.isfinite(p.score) else 1.0
+        obj = _Object(0, p.label, int(p.stamp_ns), score, pos, WINDOW_SIZES[0], None)
+        if frame is None or not _inside(pos, frame.gray.shape):
+            obj.lost = True
+            return obj
+        for win in WINDOW_SIZES:
+            if win > min(frame.gray.shape):
+                break
+            patch = _patch(frame.gray, pos, win)
+            if _texture(patch) >= MIN_TEXTURE:
+                obj.win, obj.template = win, patch
+                return obj
+        obj.lost = True
+        return obj
+
+    def _step(self, prev: _Frame, nxt: _Frame, objects: list[_Object]) -> None:
+        """Carry `objects` from frame `prev` to frame `nxt` (flow + checks)."""
+        for win in {o.win for o in objects}:
+            group = [o for o in objects if o.win == win]
+            p0 = np.array([o.pos for o in group], np.float32).reshape(-1, 1, 2)
+            lk = dict(winSize=(win, win), maxLevel=PYRAMID_LEVELS, criteria=_LK_CRITERIA)
+            p1, st1, _ = cv2.calcOpticalFlowPyrLK(prev.gray, nxt.gray, p0, None, **lk)
+            p0r, st2, _ = cv2.calcOpticalFlowPyrLK(nxt.gray, prev.gray, p1, None, **lk)
+            fb = np.linalg.norm((p0 - p0r).reshape(-1, 2), axis=1)
+            ok = (st1.ravel() == 1) & (st2.ravel() == 1) & (fb <= self.fb_max_px)
+            for o, good, pos in zip(group, ok, p1.reshape(-1, 2)):
+                if good and _inside(pos, nxt.gray.shape):
+                    ncc = _ncc(o.template, _patch(nxt.gray, pos, win))
+                    if ncc >= self.min_ncc:
+                        o.pos, o.ncc = pos.astype(np.float32), ncc
+                        continue
+                o.lost = True
+
+    def _merge_locked(self, new: list[_Object]) -> None:
+        """Give the answer's objects the ids of the propagated objects they match (same
+        label, nearest at the newest frame, within the association radius; lost objects
+        match only objects left over); keep unmatched old objects until they age out;
+        cap the total at max_points."""
+        old = self._objects
+        matched_old: set[int] = set()
+        if old and new:
+            w, h = self._source_size
+            sx, sy = self._scale_locked()
+            gate = self.association_radius * float(np.hypot(w, h))
+            scale = np.array([1 / sx, 1 / sy], np.float32)
+            d = np.linalg.norm(
+                (np.array([o.pos for o in new])[:, None] - np.array([o.pos for o in old])[None])
+                * scale, axis=2)
+            same_label = np.array([[n.label == o.label for o in old] for n in new])
+            # A lost object's last good position says little about where it is now: it
+            # may take any same-label object that no propagated object is near.
+            was_lost = np.array([o.lost for o in old])[None]
+            cost = np.where(was_lost, gate + d / gate, d)
+            cost = np.where(same_label & (was_lost | (d <= gate)), cost, 1e9)
+            for i, j in zip(*linear_sum_assignment(cost)):
+                if cost[i, j] < 1e9:
+                    new[i].object_id = old[j].object_id
+                    matched_old.add(j)
+        for o in new:
+            if o.object_id == 0:
+                o.object_id = self._next_id
+                self._next_id += 1
+        kept = [o for j, o in enumerate(old) if j not in matched_old]
+        kept.sort(key=lambda o: o.anchor_stamp_ns, reverse=True)
+        self._objects = (new + kept)[: self.max_points]
+        self._drop_aged_locked()
+
+    def _evict_locked(self) -> None:
+        newest = self._frames[-1].stamp_ns
+        size = sum(f.gray.nbytes for f in self._frames)
+        while len(self._frames) > 1 and (
+                self._frames[0].stamp_ns < newest - self.window_ns or size > self.buffer_bytes):
+            size -= self._frames.popleft().gray.nbytes
+        self._drop_aged_locked()
+
+    def _drop_aged_locked(self) -> None:
+        newest = self._frames[-1].stamp_ns
+        self._objects = [o for o in self._objects if newest - o.anchor_stamp_ns <= self.max_age_ns]
+
+    def _reset_locked(self) -> None:
+        self._frames.clear()
+        self._objects = []
+        self._source_size = None
+
+
+def _newest_point_per_object(g: Grounding) -> list[GroundedPoint]:
+    """Each object's newest point: from the tracks if any, else from the points grouped
+    by (label, object_id); highest model score first."""
+    newest: dict[tuple[str, int], GroundedPoint] = {}
+    if g.tracks:
+        for t in g.tracks:
+            if t.points:
+                p = max(t.points, key=lambda q: q.stamp_ns)
+                newest[(t.label, t.id)] = GroundedPoint(p.stamp_ns, p.x, p.y, t.id, t.label, p.score)
+    else:
+        for p in g.points:
+            key = (p.label, p.object_id)
+            if key not in newest or p.stamp_ns > newest[key].stamp_ns:
+                newest[key] = p
+    return sorted(newest.values(), key=lambda p: -p.score if np.isfinite(p.score) else -1.0)
+
+
+def _frame_index(frames: list[_Frame], stamp_ns: int) -> int | None:
+    """Index of the buffered frame with this stamp (nearest within half a frame period)."""
+    stamps = np.array([f.stamp_ns for f in frames], np.int64)
+    i = int(np.argmin(np.abs(stamps - stamp_ns)))
+    period = float(np.median(np.diff(stamps))) if len(stamps) > 1 else 0.0
+    return i if abs(int(stamps[i]) - stamp_ns) <= period / 2 else None
+
+
+def _check_stamp(stamp_ns: int) -> int:
+    if isinstance(stamp_ns, (bool, float)) or not isinstance(stamp_ns, (int, np.integer)):
+        raise ValueError(f"stamp_ns must be integer nanoseconds, got {stamp_ns!r}")
+    if stamp_ns < 0:
+        raise ValueError(f"stamp_ns must be >= 0, got {stamp_ns}")
+    return int(stamp_ns)
+
+
+def _inside(pos: np.ndarray, shape: tuple[int, ...]) -> bool:
+    return bool(0 <= pos[0] <= shape[1] - 1 and 0 <= pos[1] <= shape[0] - 1)
+
+
+def _patch(gray: np.ndarray, pos: np.ndarray, win: int) -> np.ndarray:
+    return cv2.getRectSubPix(gray, (win, win), (float(pos[0]), float(pos[1])),
+                             patchType=cv2.CV_32F)
+
+
+def _texture(patch: np.ndarray) -> float:
+    """RMS gradient along the patch's weakest direction (smallest structure-tensor
+    eigenvalue): how well the patch pins down motion in every direction."""
+    gx = cv2.Sobel(patch, cv2.CV_32F, 1, 0, ksize=3)[1:-1, 1:-1] / 8
+    gy = cv2.Sobel(patch, cv2.CV_32F, 0, 1, ksize=3)[1:-1, 1:-1] / 8
+    a, b, c = float(np.mean(gx * gx)), float(np.mean(gx * gy)), float(np.mean(gy * gy))
+    return float(np.sqrt(max(0.0, (a + c) / 2 - np.hypot((a - c) / 2, b))))
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> float:
+    a = a - a.mean()
+    b = b - b.mean()
+    den = float(np.sqrt(np.sum(a * a) * np.sum(b * b)))
+    return float(np.sum(a * b) / den) if den > 0 else 0.0

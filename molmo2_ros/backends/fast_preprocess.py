@@ -1,0 +1,322 @@
+"""Molmo2's frame preprocessing, done once per frame and reused across queries.
+
+`FastPreprocessor.build(frames, prompt)` returns exactly what
+`molmo2_ros.backends.inputs.build_inputs(processor, frames, prompt)` returns (same keys,
+dtypes and values: integer tensors equal, pixel values bit-identical), but
+- each frame's pixels (resize, rescale/normalise, patchify; for images the overlapping
+  crops) are computed once and cached by (frame_id, stamp, presented size), so a query
+  on a window that gained one frame processes only that frame;
+- the resize reads only the 4 source pixels each output pixel needs, instead of
+  converting the whole camera image to float first;
+- it runs in torch on `device` (a GPU when there is one) and leaves the tensors there.
+
+Exactness. transformers resizes in float32 with torch's bilinear kernel, then rounds to
+uint8. `_bilinear_u8` reproduces that kernel's arithmetic: the source coordinate is
+computed with a fused multiply-add, and the taps are combined in the order (and with the
+FMA contractions) of the kernel torch actually dispatches to, which depends on the thread
+count: one thread (or a tiny output) takes the channels-last kernel, more threads the
+generic one. FMAs are emulated in float64, where the products are exact. Normalisation
+is a 256-entry table computed by the processor's own `rescale_and_normalize`, so it is
+exact by construction. Shape-only helpers (crop geometry, pooling windows) are
+transformers' own functions.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from transformers.image_utils import PILImageResampling
+from transformers.models.molmo2.image_processing_molmo2 import arange_for_pooling, compute_crop_geometry
+
+from molmo2_ros.backends.inputs import ModelInputs, _validate, refuse_control_tokens
+from molmo2_ros.core.grounding import Frame
+
+
+@dataclass(frozen=True)
+class _Taps:
+    """Where the 4 bilinear taps of every output pixel are and how they are weighted."""
+
+    index: torch.Tensor                 # (4 * oh * ow * 3,) flat byte offsets of taps a, b, c, d
+    channels_last: bool                 # which of torch's two kernels to reproduce
+    weights: tuple[torch.Tensor, ...]   # (float32, float64, float32, float64), see _bilinear_u8
+
+
+def _axis_taps(in_size: int, out_size: int):
+    """Source indices and weights along one axis, as torch's CPU kernel computes them
+    (float32 `scale * (i + 0.5) - 0.5`, fused, clamped at 0)."""
+    if in_size == out_size:
+        index = np.arange(out_size)
+        return index, index, np.ones(out_size, np.float32), np.zeros(out_size, np.float32)
+    scale = np.float32(in_size) / np.float32(out_size)
+    centre = np.arange(out_size, dtype=np.float32) + np.float32(0.5)
+    real = (np.float64(scale) * centre.astype(np.float64) - 0.5).astype(np.float32)  # fma
+    real = np.maximum(real, np.float32(0))
+    i0 = np.minimum(np.floor(real).astype(np.int64), in_size - 1)
+    lambda1 = np.clip(real - i0.astype(np.float32), np.float32(0), np.float32(1)).astype(np.float32)
+    return i0, i0 + (i0 < in_size - 1), np.float32(1) - lambda1, lambda1
+
+
+def _fma(x: torch.Tensor, y64: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """float32 fma(x, y, z): the float64 product of two float32 values is exact."""
+    return torch.addcmul(z.double(), x.double(), y64).float()
+
+
+class FastPreprocessor:
+    """Cached, vectorised stand-in for `build_inputs` (see the module docstring).
+
+    `frames_processed` counts the frames whose pixels were actually computed.
+    """
+
+    def __init__(self, processor, device: str | torch.device | None = None):
+        self.processor = processor
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.video = _PixelConfig(processor.video_processor, self.device)
+        self.image = _PixelConfig(processor.image_processor, self.device)
+        self.frames_processed = 0
+        self._video_cache: dict[tuple, torch.Tensor] = {}
+        self._image_cache: dict[tuple, tuple] = {}
+        self._taps: dict[tuple, _Taps] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ public
+    def build(self, frames: Sequence[Frame], prompt: str, *, return_tensors: str = "pt") -> ModelInputs:
+        """Processor inputs for `prompt` over `frames` (1 frame: image; more: video)."""
+        if return_tensors not in ("pt", "np"):
+            raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}")
+        _validate(frames)
+        refuse_control_tokens(self.processor.tokenizer, prompt)
+        is_video = len(frames) > 1
+        kind = "video" if is_video else "image"
+        messages = [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": prompt}]}]
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        with self._lock:
+            if is_video:
+                vision, replacement, frame_times = self._video_inputs(frames)
+                placeholder = self.processor.video_token
+            else:
+                vision, replacement = self._image_inputs(frames[0])
+                frame_times = [1.0]
+                placeholder = self.processor.image_token
+        tensors = {**self._text_inputs(text, placeholder, replacement), **vision}
+        if return_tensors == "np":
+            tensors = {k: v.cpu().numpy() for k, v in tensors.items()}
+        return ModelInputs(tensors=tensors, frame_times=frame_times, is_video=is_video, text=text)
+
+    # ------------------------------------------------------------------ text
+    def _text_inputs(self, text: str, placeholder: str, replacement: str) -> dict[str, torch.Tensor]:
+        """Expand the one vision placeholder, prepend BOS and tokenise, as Molmo2Processor does."""
+        if text.count(placeholder) != 1:
+            raise ValueError(f"expected one {placeholder} in the templated prompt, found {text.count(placeholder)}")
+        tokenizer = self.processor.tokenizer
+        bos = tokenizer.bos_token or tokenizer.eos_token
+        if not text.startswith(bos):
+            text = bos + text
+        ids = tokenizer(text.replace(placeholder, replacement))["input_ids"]
+        types = self.processor.create_mm_token_type_ids([ids])
+        input_ids = torch.tensor([ids], dtype=torch.int64, device=self.device)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "mm_token_type_ids": torch.tensor(types, dtype=torch.int64, device=self.device),
+        }
+
+    # ------------------------------------------------------------------ video
+    def _video_inputs(self, frames: Sequence[Frame]):
+        cfg = self.video
+        height, width = frames[0].image.shape[:2]
+        cache: dict[tuple, torch.Tensor] = {}
+        patches = []
+        for frame in frames:
+            key = (frame.frame_id, frame.stamp_ns, height, width)
+            value = self._video_cache.get(key)
+            if value is None:
+                image = _presented(frame.image, height, width)
+                value = cfg.patchify(self._resize_normalised(image, cfg, cfg.crop_size, cfg.crop_size))
+                self.frames_processed += 1
+            cache[key] = value
+            patches.append(value)
+        self._video_cache = cache          # keep exactly the frames of the latest window
+        pixel_values = torch.stack(patches)
+        num_frames, per_frame = pixel_values.shape[:2]
+        pooling, rows, cols = cfg.pooling(cfg.crop_size // cfg.patch_size, cfg.crop_size // cfg.patch_size)
+        offsets = (torch.arange(num_frames, device=self.device) * per_frame).view(-1, 1, 1)
+        pooling = torch.where(pooling >= 0, pooling + offsets, pooling).reshape(-1, pooling.shape[-1])
+        grid = torch.tensor([[num_frames, rows, cols]], dtype=torch.int64, device=self.device)
+        # Timestamps exactly as build_inputs presents them (fps=1, frame index = seconds).
+        seconds = [(f.stamp_ns - frames[0].stamp_ns) / 1e9 for f in frames]
+        replacement = self.processor.get_video_string(grid[0].cpu(), seconds)
+        frame_times = [float(f"{s:.1f}") for s in seconds]
+        vision = {"pixel_values_videos": pixel_values, "video_token_pooling": pooling, "video_grids": grid}
+        return vision, replacement, frame_times
+
+    # ------------------------------------------------------------------ image
+    def _image_inputs(self, frame: Frame):
+        cfg = self.image
+        height, width = frame.image.shape[:2]
+        key = (frame.frame_id, frame.stamp_ns, height, width)
+        cached = self._image_cache.get(key)
+        if cached is None:
+            cached = self._image_crops(frame.image, cfg)
+            self.frames_processed += 1
+        self._image_cache = {key: cached}
+        patches, pooling, grid = cached
+        replacement = self.processor.replace_image_token({"image_grids": [grid[0].tolist()]}, 0)
+        vision = {
+            "pixel_values": patches,
+            "image_token_pooling": pooling,
+            "image_grids": grid,
+            "image_num_crops": torch.tensor([patches.shape[0]], dtype=torch.int64, device=self.device),
+        }
+        return vision, replacement
+
+    def _image_crops(self, image: np.ndarray, cfg: "_PixelConfig"):
+        """One global view at crop size plus overlapping crops of a resized canvas
+        (Molmo2ImageProcessor._image_batch_to_patches_and_grids for one image)."""
+        crop, patch = cfg.crop_size, cfg.patch_size
+        left, right = cfg.overlap_margins
+        window = (crop // patch - left - right) * patch
+        tiling_h, tiling_w, canvas_h, canvas_w = compute_crop_geometry(
+            image.shape[0], image.shape[1], max_crops=cfg.max_crops, overlap_margins=cfg.overlap_margins,
+            crop_size=crop, patch_size=patch)
+        canvas = self._resize_normalised(image, cfg, canvas_h, canvas_w)
+        crops = canvas.unfold(0, crop, window).unfold(1, crop, window)        # th, tw, C, crop, crop
+        crops = crops.permute(0, 1, 3, 4, 2).reshape(tiling_h * tiling_w, crop, crop, -1)
+        low_res = self._resize_normalised(image, cfg, crop, crop)
+        patches = cfg.patchify(torch.cat([low_res[None], crops]))
+        pooling, rows, cols = cfg.crop_pooling(tiling_h, tiling_w, canvas_h, canvas_w)
+        low_pooling, low_rows, low_cols = cfg.pooling(crop // patch, crop // patch)
+        pooling = torch.cat([low_pooling, torch.where(pooling >= 0, pooling + (crop // patch) ** 2, -1)])
+        grid = torch.tensor([[low_rows, low_cols, rows, cols]], dtype=torch.int64, device=self.device)
+        return patches, pooling, grid
+
+    # ------------------------------------------------------------------ pixels
+    def _resize_normalised(self, image: np.ndarray, cfg: "_PixelConfig", out_h: int, out_w: int) -> torch.Tensor:
+        """uint8 HxWx3 -> normalised float out_h x out_w x 3 on the device."""
+        source = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
+        resized = _bilinear_u8(source, out_h, out_w, self._taps_for(image.shape[0], image.shape[1], out_h, out_w))
+        return cfg.normalise(resized)
+
+    def _taps_for(self, in_h: int, in_w: int, out_h: int, out_w: int) -> _Taps | None:
+        if (in_h, in_w) == (out_h, out_w):
+            return None
+        # Which kernel torch picks (upsample_bilinear2d_kernel_impl_float), for 3 channels.
+        channels_last = torch.get_num_threads() == 1 or out_h + out_w <= 128
+        key = (in_h, in_w, out_h, out_w, channels_last)
+        taps = self._taps.get(key)
+        if taps is None:
+            taps = self._taps[key] = _make_taps(in_h, in_w, out_h, out_w, channels_last, self.device)
+        return taps
+
+
+def _make_taps(in_h: int, in_w: int, out_h: int, out_w: int, channels_last: bool, device) -> _Taps:
+    y0, y1, h0, h1 = _axis_taps(in_h, out_h)
+    x0, x1, w0, w1 = _axis_taps(in_w, out_w)
+    pixel = np.stack([y0[:, None] * in_w + x0, y0[:, None] * in_w + x1,
+                      y1[:, None] * in_w + x0, y1[:, None] * in_w + x1])          # 4, oh, ow
+    index = (pixel[..., None] * 3 + np.arange(3)).reshape(-1)
+    h0, h1 = h0[:, None, None], h1[:, None, None]
+    w0, w1 = w0[None, :, None], w1[None, :, None]
+    if channels_last:
+        # out = ((a*w00 + b*w01) + c*w10) + d*w11, as fma(d, w11, fma(c, w10, fma(a, w00, b*w01)))
+        w00, w01, w10, w11 = h0 * w0, h0 * w1, h1 * w0, h1 * w1
+        weights = (w01, w00.astype(np.float64), w10.astype(np.float64), w11.astype(np.float64))
+    else:
+        # rows: t = fma(a, w0, b*w1); columns: out = fma(t0, h0, t1*h1)
+        weights = (w1, w0.astype(np.float64), h1, h0.astype(np.float64))
+    as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+    return _Taps(as_tensor(index), channels_last, tuple(as_tensor(w) for w in weights))
+
+
+def _bilinear_u8(image: torch.Tensor, out_h: int, out_w: int, taps: _Taps | None) -> torch.Tensor:
+    """HxWx3 uint8 -> out_h x out_w x 3 uint8, equal to transformers' Molmo2
+    `resize_and_normalize_image` before normalisation (float bilinear, no antialias,
+    round, clamp)."""
+    if taps is None:          # torchvision returns the image untouched when the size matches
+        return image
+    a, b, c, d = image.view(-1).index_select(0, taps.index).view(4, out_h, out_w, 3).float().unbind(0)
+    first, w64, second, v64 = taps.weights
+    if taps.channels_last:
+        out = _fma(d, v64, _fma(c, second, _fma(a, w64, b * first)))
+    else:
+        out = _fma(_fma(a, w64, b * first), v64, _fma(c, w64, d * first) * second)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _presented(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The frame as build_inputs stacks it into the video (inputs._video_array)."""
+    if image.shape[:2] == (height, width):
+        return image
+    import cv2
+
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+class _PixelConfig:
+    """One sub-processor's pixel settings, the normalisation table and shape caches."""
+
+    def __init__(self, sub_processor, device: torch.device):
+        resample = getattr(sub_processor, "resample", PILImageResampling.BILINEAR)
+        if resample is not None and int(resample) != int(PILImageResampling.BILINEAR):
+            raise ValueError(f"{type(sub_processor).__name__}: the fast path reproduces bilinear resizing only, "
+                             f"the processor uses resample={resample!r}")
+        size = sub_processor.size
+        height, width = (size["height"], size["width"]) if isinstance(size, dict) else (size.height, size.width)
+        if height != width:
+            raise ValueError(f"Molmo2 only supports a square size, got {height}x{width}")
+        self.crop_size = height
+        self.patch_size = sub_processor.patch_size
+        self.pool_h, self.pool_w = sub_processor.pooling_size
+        self.max_crops = getattr(sub_processor, "max_crops", None)
+        self.overlap_margins = list(getattr(sub_processor, "overlap_margins", None) or [0, 0])
+        self.device = device
+        # The processor's own rescale/normalise of every byte value, per channel: (256, 3).
+        values = torch.arange(256, dtype=torch.uint8).view(1, 1, 1, 256).repeat(1, 3, 1, 1)
+        mean, std = sub_processor.image_mean, sub_processor.image_std
+        table = sub_processor.rescale_and_normalize(
+            values, sub_processor.do_rescale, sub_processor.rescale_factor, sub_processor.do_normalize,
+            tuple(mean) if isinstance(mean, list) else mean, tuple(std) if isinstance(std, list) else std)
+        self.table = table[0, :, 0, :].t().contiguous().view(-1).to(device)
+        self._channel = torch.arange(3, device=device)
+        self._pooling: dict[tuple, tuple] = {}
+
+    def normalise(self, image_u8: torch.Tensor) -> torch.Tensor:
+        return self.table[image_u8.long() * 3 + self._channel]
+
+    def patchify(self, images: torch.Tensor) -> torch.Tensor:
+        """[..., S, S, C] -> [..., n_patches, patch*patch*C] (batch_pixels_to_patches)."""
+        *lead, height, width, channels = images.shape
+        p = self.patch_size
+        x = images.reshape(*lead, height // p, p, width // p, p, channels).transpose(-4, -3)
+        return x.reshape(*lead, (height // p) * (width // p), p * p * channels)
+
+    def pooling(self, rows: int, cols: int):
+        """Pooling windows over a rows x cols patch grid, padded with -1 (cached)."""
+        key = ("grid", rows, cols)
+        if key not in self._pooling:
+            grid = torch.arange(rows * cols, dtype=torch.int32).reshape(rows, cols)
+            indices, r, c = arange_for_pooling(grid, self.pool_h, self.pool_w)
+            self._pooling[key] = (indices.to(self.device), r, c)
+        return self._pooling[key]
+
+    def crop_pooling(self, tiling_h: int, tiling_w: int, canvas_h: int, canvas_w: int):
+        """Pooling windows over the crops' patches with the overlap margins removed
+        (Molmo2ImageProcessor._build_overlapping_crops), cached by tiling."""
+        key = ("crops", tiling_h, tiling_w, canvas_h, canvas_w)
+        if key not in self._pooling:
+            n = self.crop_size // self.patch_size
+            left, right = self.overlap_margins
+            grid = torch.arange(tiling_h * tiling_w * n * n, dtype=torch.int32).reshape(tiling_h, tiling_w, n, n)
+            if left:
+                grid[1:, :, :left, :] = -1
+                grid[:, 1:, :, :left] = -1
+            if right:
+                grid[:-1, :, -right:, :] = -1
+                grid[:, :-1, :, -right:] = -1
+            grid = grid.permute(0, 2, 1, 3).reshape(-1)
+            grid = grid[grid >= 0].reshape(canvas_h // self.patch_size, canvas_w // self.patch_size)
+            indices, r, c = arange_for_pooling(grid, self.pool_h, self.pool_w)
+            self._pooling[key] = (indices.to(self.device), r, c)
+        return self._pooling[key]

@@ -16,5 +16,21 @@ def make_backend(kind: str, model: str, *, device: str | None = None, dtype=None
         from molmo2_ros.backends.torch_backend import TorchBackend
 
         return TorchBackend(model, device=device, dtype=dtype, **kw)
-    # "onnxruntime" and "tensorrt" branches: added by the engines work (lazy imports, like "torch").
+    if kind in ("onnxruntime", "tensorrt"):
+        if engine_dir is None:
+            raise ValueError(f"the {kind} backend needs engine_dir, a folder made by "
+                             f"`molmo2-engines export --model {model} --out DIR`"
+                             + (" and `molmo2-engines build DIR`" if kind == "tensorrt" else ""))
+        if dtype not in (None, "", "auto"):
+            raise ValueError(f"the {kind} backend runs at the precision its engines were exported/built with; "
+                             "leave dtype unset")
+        if kind == "onnxruntime":
+            from molmo2_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+            return OnnxRuntimeBackend(engine_dir, device=device, **kw)
+        if device not in (None, "", "auto") and not str(device).startswith("cuda"):
+            raise ValueError(f"the tensorrt backend runs on a CUDA GPU, not device={device!r}")
+        from molmo2_ros.backends.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(engine_dir, **kw)
     raise ValueError(f"unknown or unavailable backend {kind!r}; choose one of {', '.join(BACKEND_KINDS)}")

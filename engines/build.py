@@ -1,0 +1,157 @@
+"""Build TensorRT engines from an exported folder with the TensorRT Python API.
+
+One engine per graph (`vision.plan`, `prefill.plan`, `decode.plan`), one optimisation
+profile each, sized from the export settings in the manifest (overridable), a timing
+cache kept in the folder (`timing.cache`) so rebuilds are fast, and progress printed
+per phase. The manifest gains a "tensorrt" section describing the engines and the
+machine they were built on (engines.manifest).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from engines.export import DECODE_FILE, PREFILL_FILE, VISION_FILE
+
+ENGINE_FILES = {VISION_FILE: "vision.plan", PREFILL_FILE: "prefill.plan", DECODE_FILE: "decode.plan"}
+TIMING_CACHE = "timing.cache"
+BUILD_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
+
+
+def default_profiles(config: dict, settings: dict) -> dict:
+    """{graph file: {input name: [min, opt, max] shapes}} for the three graphs."""
+    vision, text = config["vision_config"], config["text_config"]
+    patches = vision.get("num_position_embeddings") or (vision["image_size"][0] // vision["patch_size"]) ** 2
+    patch_dim = vision["patch_size"] ** 2 * vision.get("num_channels", 3)
+    crops = max(settings["max_frames"], settings["max_crops"])
+    opt_crops = max(1, min(settings["max_frames"], 8))
+    tokens = crops * patches            # a pooled token covers at least one patch
+    batch = settings["max_batch"]
+    prompt = settings["max_prompt"]
+    total = prompt + settings["max_new_tokens"]
+    kv = [text["num_key_value_heads"], text["head_dim"]]
+    opt_prompt = max(1, prompt // 2)
+
+    def kv_profile(lo, opt, hi):
+        return [[1, kv[0], lo, kv[1]], [1, kv[0], opt, kv[1]], [batch, kv[0], hi, kv[1]]]
+
+    layers = text["num_hidden_layers"]
+    decode = {"input_ids": [[1, 1], [1, 1], [batch, 1]],
+              "attention_mask": [[1, 2], [1, opt_prompt + 1], [batch, total]],
+              "position_ids": [[1, 1], [1, 1], [batch, 1]]}
+    for i in range(layers):
+        for kind in ("key", "value"):
+            decode[f"past.{i}.{kind}"] = kv_profile(1, opt_prompt, total - 1)
+    return {
+        VISION_FILE: {"pixel_values": [[1, patches, patch_dim], [opt_crops, patches, patch_dim],
+                                       [crops, patches, patch_dim]],
+                      "pooling": [[1, 1], [opt_crops * patches // 9, 9], [tokens, 16]]},
+        PREFILL_FILE: {name: [[1, 1], [1, opt_prompt], [batch, prompt]]
+                       for name in ("input_ids", "attention_mask", "position_ids", "mm_token_type_ids")}
+        | {"image_features": [[1, text["hidden_size"]], [opt_prompt, text["hidden_size"]],
+                              [batch * prompt, text["hidden_size"]]]},
+        DECODE_FILE: decode,
+    }
+
+
+def _progress_monitor(trt, progress):
+    """A trt.IProgressMonitor printing each phase once (None where TensorRT lacks the API)."""
+    if not hasattr(trt, "IProgressMonitor"):
+        return None
+
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            progress(f"  {phase_name} ({num_steps} steps)")
+
+        def step_complete(self, phase_name, step):
+            return True
+
+        def phase_finish(self, phase_name):
+            pass
+
+    return Monitor()
+
+
+def _has_quantize_nodes(onnx_path: Path) -> bool:
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node)
+
+
+def build_engine(trt, onnx_path: Path, engine_path: Path, profile_shapes: dict, precision: str, *,
+                 workspace_gb: float, timing_cache: Path, progress=print) -> float:
+    """Parse `onnx_path`, build a serialized engine into `engine_path`; return seconds."""
+    start = time.perf_counter()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    if precision in ("int8", "fp8"):
+        if not _has_quantize_nodes(onnx_path):
+            raise ValueError(f"--precision {precision} needs an ONNX graph with Q/DQ nodes (explicit quantization, "
+                             f"e.g. from NVIDIA ModelOpt); {onnx_path.name} has none. Use fp16 or bf16.")
+        config.set_flag(trt.BuilderFlag.INT8 if precision == "int8" else trt.BuilderFlag.FP8)
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif precision == "bf16":
+        config.set_flag(trt.BuilderFlag.BF16)
+    profile = builder.create_optimization_profile()
+    names = {network.get_input(i).name for i in range(network.num_inputs)}
+    missing = names - set(profile_shapes)
+    if missing:
+        raise ValueError(f"no profile for inputs {sorted(missing)} of {onnx_path.name}")
+    for name in sorted(names):
+        lo, opt, hi = profile_shapes[name]
+        profile.set_shape(name, tuple(lo), tuple(opt), tuple(hi))
+    config.add_optimization_profile(profile)
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    monitor = _progress_monitor(trt, progress)
+    if monitor is not None:
+        config.progress_monitor = monitor
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT failed to build {engine_path.name} (see the TensorRT log above)")
+    engine_path.write_bytes(bytes(serialized))
+    timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    return time.perf_counter() - start
+
+
+def build_engines(folder: str | Path, precision: str = "fp16", *, profiles: dict | None = None,
+                  workspace_gb: float = 8.0, progress=print) -> dict:
+    """Build all three engines in `folder` (an export folder) and record them in the manifest."""
+    import tensorrt as trt
+
+    from engines import manifest
+
+    if precision not in BUILD_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(BUILD_PRECISIONS)}, got {precision!r}")
+    folder = Path(folder)
+    data = manifest.check_folder(folder, runtime="onnxruntime")  # the ONNX graphs are intact
+    config = json.loads((folder / "config.json").read_text())
+    shapes = default_profiles(config, data["export"]["settings"])
+    for graph, overrides in (profiles or {}).items():
+        if graph not in shapes:
+            raise ValueError(f"--profiles names unknown graph {graph!r}; graphs: {', '.join(shapes)}")
+        shapes[graph].update(overrides)
+    seconds = {}
+    for onnx_name, engine_name in ENGINE_FILES.items():
+        progress(f"building {engine_name} from {onnx_name} ({precision}) ...")
+        seconds[engine_name] = round(build_engine(
+            trt, folder / onnx_name, folder / engine_name, shapes[onnx_name], precision,
+            workspace_gb=workspace_gb, timing_cache=folder / TIMING_CACHE, progress=progress), 3)
+        progress(f"built {engine_name} in {seconds[engine_name]:.1f} s")
+    return manifest.write_engine_manifest(folder, engine_files=list(ENGINE_FILES.values()), precision=precision,
+                                          profiles=shapes, machine=manifest.probe_machine(),
+                                          build_seconds=seconds)

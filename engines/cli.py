@@ -1,0 +1,129 @@
+"""`molmo2-engines export|build|inspect|bench`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _export(args) -> int:
+    from engines.export import ExportSettings, export_checkpoint
+
+    settings = ExportSettings(precision=args.precision, max_frames=args.max_frames, max_crops=args.max_crops,
+                              max_prompt=args.max_prompt, max_new_tokens=args.max_new_tokens,
+                              max_batch=args.max_batch)
+    out = export_checkpoint(args.model, args.out, settings, device=args.device,
+                            progress=lambda m: print(m, file=sys.stderr))
+    print(out)
+    return 0
+
+
+def _profiles(text: str | None) -> dict | None:
+    if not text:
+        return None
+    path = Path(text)
+    return json.loads(path.read_text() if path.is_file() else text)
+
+
+def _build(args) -> int:
+    from engines.build import build_engines
+
+    data = build_engines(args.dir, args.precision, profiles=_profiles(args.profiles), workspace_gb=args.workspace_gb,
+                         progress=lambda m: print(m, file=sys.stderr))
+    print(json.dumps(data["tensorrt"]["build_seconds"]))
+    return 0
+
+
+def _inspect(args) -> int:
+    from engines import manifest
+
+    try:
+        data = manifest.read_manifest(args.dir)
+    except manifest.EngineMismatch as exc:
+        print(f"REFUSED: {exc}", file=sys.stderr)
+        return 2
+    print(manifest.format_manifest(data))
+    source_hash = manifest.checkpoint_hash(args.model) if args.model else None
+    runtimes = [args.runtime] if args.runtime else ["onnxruntime"] + (["tensorrt"] if "tensorrt" in data else [])
+    status = 0
+    machine = manifest.probe_machine()
+    print(f"this machine: {json.dumps(machine.__dict__)}", file=sys.stderr)
+    for runtime in runtimes:
+        try:
+            manifest.check_folder(args.dir, runtime=runtime, machine=machine, source_hash=source_hash)
+            print(f"{runtime}: OK on this machine", file=sys.stderr)
+        except manifest.EngineMismatch as exc:
+            print(f"{runtime}: REFUSED: {exc}", file=sys.stderr)
+            status = 2
+    return status
+
+
+def _bench(args) -> int:
+    from engines.bench import bench_backend
+    from molmo2_ros.backends.factory import make_backend
+
+    backend = make_backend(args.runtime, "bench", engine_dir=args.dir, device=args.device)
+    try:
+        result = bench_backend(backend, frames=args.frames, decode_steps=args.decode_steps, repeats=args.repeats)
+    finally:
+        backend.close()
+    print(json.dumps(result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="molmo2-engines", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("export", help="export a checkpoint folder to ONNX graphs + processor + manifest")
+    p.add_argument("--model", required=True, help="local checkpoint folder (save_pretrained layout)")
+    p.add_argument("--out", required=True, help="engine folder to create")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--max-frames", type=int, default=16)
+    p.add_argument("--max-crops", type=int, default=9)
+    p.add_argument("--max-prompt", type=int, default=4096)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--max-batch", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="device to trace on (cuda for fp16/bf16 exports)")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("build", help="build TensorRT engines in an export folder")
+    p.add_argument("dir")
+    p.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "bf16", "int8", "fp8"])
+    p.add_argument("--profiles", help="JSON (or a JSON file): {graph.onnx: {input: [min, opt, max]}} overrides")
+    p.add_argument("--workspace-gb", type=float, default=8.0)
+    p.set_defaults(func=_build)
+
+    p = sub.add_parser("inspect", help="print the manifest and check it against this machine")
+    p.add_argument("dir")
+    p.add_argument("--runtime", choices=["onnxruntime", "tensorrt"])
+    p.add_argument("--model", help="checkpoint folder the engines must come from (its hash is compared)")
+    p.set_defaults(func=_inspect)
+
+    p = sub.add_parser("bench", help="vision ms/frame, prefill ms, decode tokens/s as JSON")
+    p.add_argument("dir")
+    p.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    p.add_argument("--device", default=None, help="onnxruntime: cpu, cuda or auto")
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--decode-steps", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3)
+    p.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except Exception as exc:  # noqa: BLE001 - a CLI reports, it does not dump a traceback
+        from engines.manifest import EngineMismatch
+
+        if isinstance(exc, (EngineMismatch, ValueError, FileNotFoundError, ImportError)):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

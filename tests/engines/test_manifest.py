@@ -1,0 +1,145 @@
+"""Engine folders that do not match the machine or the checkpoint are refused, with the
+mismatch and the rebuild command in the message — never a crash.
+
+There is no GPU or TensorRT here, so the "current machine" is a stand-in MachineFacts
+passed explicitly, and the engine files are stand-in bytes recorded through the real
+manifest writer; every check under test is the real code.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engines import manifest
+from engines.build import ENGINE_FILES
+from engines.manifest import EngineMismatch, MachineFacts
+
+STAND_IN_MACHINE = MachineFacts(tensorrt_version="10.13.0.35", cuda_version="12.6",
+                                gpu_name="stand-in Orin (no GPU in CI)", compute_capability="8.7")
+
+
+@pytest.fixture
+def built_folder(engine_copy):
+    """An export folder with a "tensorrt" section as `build` writes it (stand-in engine bytes)."""
+    for i, name in enumerate(ENGINE_FILES.values()):
+        (engine_copy / name).write_bytes(bytes(range(256)) * (4 + i))
+    manifest.write_engine_manifest(engine_copy, engine_files=list(ENGINE_FILES.values()), precision="fp16",
+                                   profiles={}, machine=STAND_IN_MACHINE, build_seconds={})
+    return engine_copy
+
+
+def _refusal(folder, **kw) -> str:
+    kw.setdefault("runtime", "tensorrt")
+    kw.setdefault("machine", STAND_IN_MACHINE)
+    with pytest.raises(EngineMismatch) as info:
+        manifest.check_folder(folder, **kw)
+    return str(info.value)
+
+
+def test_matching_folder_is_accepted(built_folder, tiny_model_dir):
+    data = manifest.check_folder(built_folder, runtime="tensorrt", machine=STAND_IN_MACHINE,
+                                 source_hash=manifest.checkpoint_hash(tiny_model_dir))
+    assert data["tensorrt"]["machine"]["compute_capability"] == "8.7"
+    assert manifest.check_folder(built_folder, runtime="onnxruntime")["export"]["settings"]["max_frames"] == 8
+
+
+def test_stale_tensorrt_version(built_folder):
+    machine = MachineFacts("10.14.1", "12.6", STAND_IN_MACHINE.gpu_name, "8.7")
+    message = _refusal(built_folder, machine=machine)
+    assert "TensorRT 10.13.0.35" in message and "10.14.1" in message and "stale" in message
+    assert f"molmo2-engines build {built_folder} --precision fp16" in message
+
+
+def test_other_gpu_arch(built_folder):
+    message = _refusal(built_folder, machine=MachineFacts("10.13.0.35", "12.6", "stand-in H100", "9.0"))
+    assert "compute capability 8.7" in message and "9.0" in message
+    assert "molmo2-engines build" in message
+
+
+def test_other_cuda_major(built_folder):
+    message = _refusal(built_folder, machine=MachineFacts("10.13.0.35", "13.0", STAND_IN_MACHINE.gpu_name, "8.7"))
+    assert "CUDA 12.6" in message and "13.0" in message
+
+
+def test_no_tensorrt_or_gpu_here(built_folder):
+    message = _refusal(built_folder, machine=MachineFacts(None, None, None, None))
+    assert "TensorRT is not installed" in message and "no CUDA GPU" in message
+
+
+def test_other_checkpoint_hash(built_folder):
+    message = _refusal(built_folder, source_hash="f" * 64)
+    assert "another checkpoint" in message and "ffffffffffff" in message
+    assert "molmo2-engines export --model" in message
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncated", "missing"])
+def test_damaged_engine_file(built_folder, damage):
+    path = built_folder / ENGINE_FILES["prefill.onnx"]
+    data = bytearray(path.read_bytes())
+    if damage == "corrupt":
+        data[100] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif damage == "truncated":
+        path.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        path.unlink()
+    message = _refusal(built_folder)
+    expected = {"corrupt": "prefill.plan is corrupt", "truncated": "prefill.plan is 640 bytes, manifest says 1280",
+                "missing": "missing file prefill.plan"}[damage]
+    assert expected in message and "molmo2-engines build" in message
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncated", "missing"])
+def test_damaged_onnx_graph_refused_by_onnxruntime_backend(engine_copy, damage):
+    from molmo2_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    path = engine_copy / "decode.onnx"
+    data = bytearray(path.read_bytes())
+    if damage == "corrupt":
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif damage == "truncated":
+        path.write_bytes(bytes(data[:1000]))
+    else:
+        path.unlink()
+    with pytest.raises(EngineMismatch) as info:
+        OnnxRuntimeBackend(engine_copy, device="cpu")
+    assert "decode.onnx" in str(info.value) and "molmo2-engines export --model" in str(info.value)
+
+
+def test_missing_or_unreadable_manifest(engine_copy):
+    (engine_copy / "manifest.json").write_text("{ not json")
+    assert "unreadable manifest" in _refusal(engine_copy, runtime="onnxruntime")
+    (engine_copy / "manifest.json").write_text(json.dumps({"schema": 99}))
+    assert "not a molmo2_ros engine manifest" in _refusal(engine_copy, runtime="onnxruntime")
+    (engine_copy / "manifest.json").unlink()
+    assert "missing manifest.json" in _refusal(engine_copy, runtime="onnxruntime")
+
+
+def test_tensorrt_requested_before_build(engine_copy):
+    message = _refusal(engine_copy)
+    assert "no TensorRT engines built yet" in message and "molmo2-engines build" in message
+
+
+def test_inspect_cli_reports_instead_of_crashing(built_folder, capsys):
+    from engines.cli import main
+
+    assert main(["inspect", str(built_folder), "--runtime", "onnxruntime"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["tensorrt"]["precision"] == "fp16"
+    (built_folder / ENGINE_FILES["vision.onnx"]).write_bytes(b"x")
+    assert main(["inspect", str(built_folder), "--runtime", "tensorrt"]) == 2
+    assert "vision.plan is 1 bytes" in capsys.readouterr().err
+    (built_folder / "manifest.json").unlink()
+    assert main(["inspect", str(built_folder)]) == 2
+    assert "missing manifest.json" in capsys.readouterr().err
+
+
+def test_factory_refuses_tensorrt_folder_without_engines(engine_copy):
+    from molmo2_ros.backends.factory import make_backend
+
+    with pytest.raises(EngineMismatch, match="molmo2-engines build"):
+        make_backend("tensorrt", "tiny", engine_dir=engine_copy)
+    with pytest.raises(ValueError, match="needs engine_dir"):
+        make_backend("onnxruntime", "tiny")

@@ -133,7 +133,7 @@ class TorchBackend:
         try:
             self.processor = AutoProcessor.from_pretrained(source, **common)
             self.model = Molmo2ForConditionalGeneration.from_pretrained(
-                source, dtype=self.dtype, use_safetensors=not allow_pickle, **common)
+                source, dtype=self.dtype, device_map=self.device, use_safetensors=not allow_pickle, **common)
         except OSError as exc:
             if isinstance(exc, ModelNotFoundError):
                 raise
@@ -142,7 +142,7 @@ class TorchBackend:
                     f"{model}: no safetensors weights ({exc}). Pass allow_pickle=True (--allow-pickle) only if "
                     "you trust the checkpoint's source.") from exc
             raise ModelNotFoundError(f"cannot load {model!r}: {exc}\n{how_to_fetch(self.model_id)}") from exc
-        self.model.to(self.device).eval()
+        self.model.eval()
         self.tokenizer = self.processor.tokenizer
 
     def prepare(self, frames: Sequence[Frame], prompt: str) -> ModelInputs:

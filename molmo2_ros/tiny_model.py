@@ -95,7 +95,6 @@ DEFAULT_SIZES = dict(
     vit_num_hidden_layers=3,
     vit_num_attention_heads=2,
     vit_intermediate_size=64,
-    adapter_hidden_size=32,
     adapter_intermediate_size=64,
     image_size=126,
     patch_size=14,
@@ -183,7 +182,7 @@ def build_tiny_molmo2(out_dir, seed: int = 0, tokenizer_texts: list[str] | None 
             image_size=[s["image_size"], s["image_size"]],
             patch_size=s["patch_size"],
         ),
-        adapter_config=dict(
+        adapter_config=dict(  # pools ViT features, so it works at the ViT's width
             vision_feature_layer=[-1, -2],
             hidden_size=s["vit_hidden_size"],
             num_attention_heads=s["vit_num_attention_heads"],

@@ -125,6 +125,7 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "cv2_threads": cv2.getNumThreads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "load_average_1m": round(os.getloadavg()[0], 2),   # other work on the machine
         "frames_per_run": n_frames,
         "results": results,
     }, indent=2))

@@ -12,10 +12,11 @@ Method (established, all OpenCV): pyramidal Lucas-Kanade optical flow with a
 forward-backward consistency check (Kalal et al., "Forward-Backward Error", 2010) and a
 normalised cross-correlation check against the patch the model pointed at. Model
 points often sit in the middle of a uniform region (an object's centre), where a small
-flow window sees no gradient (the aperture problem); each point therefore gets the
-smallest window, out of `WINDOW_SIZES`, whose gradient structure constrains motion in
-both directions. A point that fails a check is marked lost and keeps its last good
-position; nothing is extrapolated.
+flow window sees no gradient (the aperture problem); each point is therefore tracked on
+the finest level of an image pyramid where its window's gradient structure constrains
+motion in both directions (the Shi-Tomasi criterion) - a coarser level means a window
+that covers more of the object at the same cost. A point that fails a check is marked
+lost and keeps its last good position; nothing is extrapolated.
 
 Re-anchoring keeps object ids stable: the answer's objects are matched to the objects
 being propagated by label and by position at the newest frame (Hungarian assignment).
@@ -32,10 +33,12 @@ from scipy.optimize import linear_sum_assignment
 
 from molmo2_ros.core.grounding import GroundedPoint, Grounding
 
-# Square LK/template window sizes (pixels of the flow image), tried smallest first.
-WINDOW_SIZES = (21, 41, 81)
-# Pyramid levels above the base: with a 21 px window this follows up to ~80 px per
-# frame of the flow image.
+# Square LK/template window (pixels of the pyramid level a point is tracked on).
+WINDOW = 21
+# Pyramid levels a point may be tracked on (0 = the flow image; level k covers 2**k
+# times the area per window), and LK's own pyramid reach above level 0: points follow
+# up to ~10 * 2**PYRAMID_LEVELS flow-image pixels of motion per frame on any level.
+TRACK_LEVELS = 4
 PYRAMID_LEVELS = 3
 _LK_CRITERIA = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01)
 # Minimum RMS intensity gradient (grey levels per pixel) along the window's weakest
@@ -70,7 +73,11 @@ class TrackedObjects:
 @dataclass
 class _Frame:
     stamp_ns: int
-    gray: np.ndarray        # flow image: grayscale, downscaled
+    levels: list[np.ndarray]   # grayscale pyramid; levels[0] is the (downscaled) flow image
+
+    @property
+    def nbytes(self) -> int:
+        return sum(level.nbytes for level in self.levels)
 
 
 @dataclass
@@ -79,9 +86,9 @@ class _Object:
     label: str
     anchor_stamp_ns: int
     score: float            # the model's confidence in the anchor, 1 when it gives none
-    pos: np.ndarray         # (2,) float32, flow-image pixels
-    win: int
-    template: np.ndarray | None   # float32 win x win patch around the anchor
+    pos: np.ndarray         # (2,) float32, flow-image (level 0) pixels
+    level: int              # pyramid level it is tracked on
+    template: np.ndarray | None   # float32 WINDOW x WINDOW patch around the anchor
     ncc: float = 1.0
     lost: bool = False
 
@@ -100,7 +107,8 @@ class TrackPropagator:
       flow_max_side: frames are downscaled so their longer side is at most this before
         flow (0 = full resolution); positions are mapped back to source pixels.
       buffer_mb: memory bound of the frame buffer, which may shorten the window.
-      fb_max_px: largest forward-backward error (flow-image pixels) of a good step.
+      fb_max_px: largest forward-backward error of a good step (pixels of the pyramid
+        level the point is tracked on).
       min_ncc: lowest correlation with the anchor patch of a good step.
       association_radius: farthest match between an answer's object and a propagated
         one, as a fraction of the image diagonal.
@@ -124,9 +132,9 @@ class TrackPropagator:
             raise ValueError(f"max_age must be > 0 s, got {max_age}")
         if not window > 0:
             raise ValueError(f"window must be > 0 s, got {window}")
-        if flow_max_side != 0 and flow_max_side < 2 * WINDOW_SIZES[0]:
+        if flow_max_side != 0 and flow_max_side < 2 * WINDOW:
             raise ValueError(
-                f"flow_max_side must be 0 (full resolution) or >= {2 * WINDOW_SIZES[0]}, "
+                f"flow_max_side must be 0 (full resolution) or >= {2 * WINDOW}, "
                 f"got {flow_max_side}")
         if not buffer_mb > 0:
             raise ValueError(f"buffer_mb must be > 0, got {buffer_mb}")
@@ -148,19 +156,28 @@ class TrackPropagator:
         self._lock = threading.Lock()
         self._frames: deque[_Frame] = deque()
         self._source_size: tuple[int, int] | None = None   # (width, height)
+        self._scale = (1.0, 1.0)     # flow-image pixels per source pixel
+        self._epoch = 0              # counts resets, so a late answer can tell
         self._objects: list[_Object] = []
         self._query = ""
         self._next_id = 1
 
     # ------------------------------------------------------------------ public API
 
-    def add_frame(self, image: np.ndarray, stamp_ns: int) -> list[str]:
+    def add_frame(self, image: np.ndarray, stamp_ns: int,
+                  source_size: tuple[int, int] | None = None) -> list[str]:
         """Buffer a camera frame (HxW gray or HxWx3/4 RGB(A), uint8) and carry every
-        propagated object onto it."""
+        propagated object onto it.
+
+        `source_size` is the camera image's (width, height) when `image` was already
+        shrunk by the caller (answers and outputs stay in the camera's pixels); by
+        default the image is the camera image itself.
+        """
         if not self.enable:
             return []
-        gray, source_size = self._flow_image(image)
+        levels = self._flow_pyramid(image)
         stamp_ns = _check_stamp(stamp_ns)
+        source_size = _check_size(source_size, image)
         warnings: list[str] = []
         with self._lock:
             if self._frames and stamp_ns == self._frames[-1].stamp_ns:
@@ -170,13 +187,16 @@ class TrackPropagator:
                     f"time jumped back from {self._frames[-1].stamp_ns} to {stamp_ns} ns: "
                     "propagation buffer and tracks reset")
                 self._reset_locked()
-            elif self._source_size is not None and source_size != self._source_size:
+            elif self._frames and (source_size != self._source_size
+                                   or levels[0].shape != self._frames[-1].levels[0].shape):
                 warnings.append(
                     f"image size changed from {self._source_size} to {source_size}: "
                     "propagation buffer and tracks reset")
                 self._reset_locked()
             self._source_size = source_size
-            frame = _Frame(stamp_ns, gray)
+            h, w = levels[0].shape
+            self._scale = (w / source_size[0], h / source_size[1])
+            frame = _Frame(stamp_ns, levels)
             if self._frames:
                 self._step(self._frames[-1], frame, [o for o in self._objects if not o.lost])
             self._frames.append(frame)
@@ -191,45 +211,39 @@ class TrackPropagator:
         if not isinstance(grounding, Grounding):
             raise TypeError(f"anchor() needs a Grounding, got {type(grounding).__name__}")
         points = _newest_point_per_object(grounding)[: self.max_points]
+        with self._lock:
+            frames, scale, epoch = list(self._frames), self._scale, self._epoch
         warnings: list[str] = []
+        new: list[_Object] = []
+        if points and not frames:
+            warnings.append(f"no frames buffered: {len(points)} answer points not propagated")
+        elif points:
+            # Compensation over the buffered frames runs unlocked (frames are never
+            # modified), so the camera thread is not held up by it.
+            new = self._compensate(points, frames, scale, warnings)
         with self._lock:
             if grounding.query != self._query:
                 self._objects = []
                 self._query = grounding.query
-            if not points:
+            if not new:
                 return warnings
-            if not self._frames:
-                return [f"no frames buffered: {len(points)} answer points not propagated"]
-            frames = list(self._frames)
-            new: list[tuple[int, _Object]] = []   # (index of the anchor frame, object)
-            for p in points:
-                index = _frame_index(frames, p.stamp_ns)
-                obj = self._new_object(p, frames[index] if index is not None else None)
-                if index is None:
-                    warnings.append(
-                        f"object {p.label!r} at stamp {p.stamp_ns} is outside the "
-                        f"propagation buffer [{frames[0].stamp_ns}, {frames[-1].stamp_ns}] "
-                        "(raise the window?): marked lost")
-                    index = len(frames) - 1
-                elif obj.lost:
-                    warnings.append(
-                        f"object {p.label!r} at ({p.x:.0f}, {p.y:.0f}) has no image texture "
-                        "to follow: marked lost")
-                new.append((index, obj))
-            for i in range(min(index for index, _ in new), len(frames) - 1):
-                moving = [o for index, o in new if index <= i and not o.lost]
-                if moving:
-                    self._step(frames[i], frames[i + 1], moving)
-            self._merge_locked([o for _, o in new])
+            if epoch != self._epoch:
+                return warnings + ["propagation buffer was reset while the answer was "
+                                   "being compensated: answer not used"]
+            prev = frames[-1]
+            for frame in [f for f in self._frames if f.stamp_ns > prev.stamp_ns]:
+                self._step(prev, frame, [o for o in new if not o.lost])
+                prev = frame
+            self._merge_locked(new)
         return warnings
 
     def current(self) -> TrackedObjects:
         """Positions of the current objects in the newest buffered frame."""
         with self._lock:
-            if not self._frames or self._source_size is None:
+            if not self._frames:
                 return TrackedObjects(0, self._query, ())
             stamp = self._frames[-1].stamp_ns
-            sx, sy = self._scale_locked()
+            sx, sy = self._scale
             out = []
             for o in self._objects:
                 age_ns = stamp - o.anchor_stamp_ns
@@ -246,7 +260,7 @@ class TrackPropagator:
     def buffered(self) -> tuple[int, int]:
         """(frames, bytes) held in the frame buffer, e.g. for diagnostics."""
         with self._lock:
-            return len(self._frames), sum(f.gray.nbytes for f in self._frames)
+            return len(self._frames), sum(f.nbytes for f in self._frames)
 
     def reset(self) -> None:
         """Forget all frames and objects (object ids keep counting up)."""
@@ -255,7 +269,7 @@ class TrackPropagator:
 
     # ------------------------------------------------------------------ internals
 
-    def _flow_image(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    def _flow_pyramid(self, image: np.ndarray) -> list[np.ndarray]:
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
             raise ValueError(
                 "add_frame() needs a uint8 numpy image, got "
@@ -272,54 +286,60 @@ class TrackPropagator:
             raise ValueError(
                 f"add_frame() needs an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {image.shape}")
         h, w = gray.shape
-        if min(h, w) < 2 * WINDOW_SIZES[0]:
-            raise ValueError(f"image {w}x{h} too small to track in (min side {2 * WINDOW_SIZES[0]})")
+        if min(h, w) < 2 * WINDOW:
+            raise ValueError(f"image {w}x{h} too small to track in (min side {2 * WINDOW})")
         side = max(h, w)
         if self.flow_max_side and side > self.flow_max_side:
             f = self.flow_max_side / side
             gray = cv2.resize(gray, (max(1, round(w * f)), max(1, round(h * f))),
                               interpolation=cv2.INTER_AREA)
-        else:
-            gray = np.ascontiguousarray(gray)
-        return gray, (w, h)
+        levels = [np.ascontiguousarray(gray)]
+        while len(levels) < TRACK_LEVELS and min(levels[-1].shape) >= 4 * WINDOW:
+            levels.append(cv2.pyrDown(levels[-1]))
+        return levels
 
-    def _scale_locked(self) -> tuple[float, float]:
-        h, w = self._frames[-1].gray.shape
-        return w / self._source_size[0], h / self._source_size[1]
-
-    def _new_object(self, p: GroundedPoint, frame: _Frame | None) -> _Object:
-        sx, sy = self._scale_locked()
-        pos = np.array([(p.x + 0.5) * sx - 0.5, (p.y + 0.5) * sy - 0.5], np.float32)
-        score = float(np.clip(p.score, 0.0, 1.0)) if np.isfinite(p.score) else 1.0
-        obj = _Object(0, p.label, int(p.stamp_ns), score, pos, WINDOW_SIZES[0], None)
-        if frame is None or not _inside(pos, frame.gray.shape):
-            obj.lost = True
-            return obj
-        for win in WINDOW_SIZES:
-            if win > min(frame.gray.shape):
-                break
-            patch = _patch(frame.gray, pos, win)
-            if _texture(patch) >= MIN_TEXTURE:
-                obj.win, obj.template = win, patch
-                return obj
-        obj.lost = True
-        return obj
+    def _compensate(self, points: list[GroundedPoint], frames: list[_Frame],
+                    scale: tuple[float, float], warnings: list[str]) -> list[_Object]:
+        """New objects for `points`, each carried from its own frame to frames[-1]."""
+        new: list[tuple[int, _Object]] = []   # (index of the anchor frame, object)
+        for p in points:
+            index = _frame_index(frames, p.stamp_ns)
+            obj = _new_object(p, frames[index] if index is not None else None, scale)
+            if index is None:
+                warnings.append(
+                    f"object {p.label!r} at stamp {p.stamp_ns} is outside the "
+                    f"propagation buffer [{frames[0].stamp_ns}, {frames[-1].stamp_ns}] "
+                    "(raise the window?): marked lost")
+                index = len(frames) - 1
+            elif obj.lost:
+                warnings.append(
+                    f"object {p.label!r} at ({p.x:.0f}, {p.y:.0f}) has no image texture "
+                    "to follow: marked lost")
+            new.append((index, obj))
+        for i in range(min(index for index, _ in new), len(frames) - 1):
+            moving = [o for index, o in new if index <= i and not o.lost]
+            if moving:
+                self._step(frames[i], frames[i + 1], moving)
+        return [o for _, o in new]
 
     def _step(self, prev: _Frame, nxt: _Frame, objects: list[_Object]) -> None:
-        """Carry `objects` from frame `prev` to frame `nxt` (flow + checks)."""
-        for win in {o.win for o in objects}:
-            group = [o for o in objects if o.win == win]
-            p0 = np.array([o.pos for o in group], np.float32).reshape(-1, 1, 2)
-            lk = dict(winSize=(win, win), maxLevel=PYRAMID_LEVELS, criteria=_LK_CRITERIA)
-            p1, st1, _ = cv2.calcOpticalFlowPyrLK(prev.gray, nxt.gray, p0, None, **lk)
-            p0r, st2, _ = cv2.calcOpticalFlowPyrLK(nxt.gray, prev.gray, p1, None, **lk)
+        """Carry `objects` from frame `prev` to frame `nxt` (flow + checks), each on
+        its own pyramid level."""
+        for k in {o.level for o in objects}:
+            group = [o for o in objects if o.level == k]
+            a, b = prev.levels[k], nxt.levels[k]
+            p0 = (np.array([o.pos for o in group], np.float32) / 2**k).reshape(-1, 1, 2)
+            lk = dict(winSize=(WINDOW, WINDOW), maxLevel=max(0, PYRAMID_LEVELS - k),
+                      criteria=_LK_CRITERIA)
+            p1, st1, _ = cv2.calcOpticalFlowPyrLK(a, b, p0, None, **lk)
+            p0r, st2, _ = cv2.calcOpticalFlowPyrLK(b, a, p1, None, **lk)
             fb = np.linalg.norm((p0 - p0r).reshape(-1, 2), axis=1)
             ok = (st1.ravel() == 1) & (st2.ravel() == 1) & (fb <= self.fb_max_px)
             for o, good, pos in zip(group, ok, p1.reshape(-1, 2)):
-                if good and _inside(pos, nxt.gray.shape):
-                    ncc = _ncc(o.template, _patch(nxt.gray, pos, win))
+                if good and _inside(pos, b.shape):
+                    ncc = _ncc(o.template, _patch(b, pos, WINDOW))
                     if ncc >= self.min_ncc:
-                        o.pos, o.ncc = pos.astype(np.float32), ncc
+                        o.pos, o.ncc = (pos * 2**k).astype(np.float32), ncc
                         continue
                 o.lost = True
 
@@ -332,7 +352,7 @@ class TrackPropagator:
         matched_old: set[int] = set()
         if old and new:
             w, h = self._source_size
-            sx, sy = self._scale_locked()
+            sx, sy = self._scale
             gate = self.association_radius * float(np.hypot(w, h))
             scale = np.array([1 / sx, 1 / sy], np.float32)
             d = np.linalg.norm(
@@ -359,10 +379,10 @@ class TrackPropagator:
 
     def _evict_locked(self) -> None:
         newest = self._frames[-1].stamp_ns
-        size = sum(f.gray.nbytes for f in self._frames)
+        size = sum(f.nbytes for f in self._frames)
         while len(self._frames) > 1 and (
                 self._frames[0].stamp_ns < newest - self.window_ns or size > self.buffer_bytes):
-            size -= self._frames.popleft().gray.nbytes
+            size -= self._frames.popleft().nbytes
         self._drop_aged_locked()
 
     def _drop_aged_locked(self) -> None:
@@ -373,6 +393,26 @@ class TrackPropagator:
         self._frames.clear()
         self._objects = []
         self._source_size = None
+        self._epoch += 1
+
+
+def _new_object(p: GroundedPoint, frame: _Frame | None, scale: tuple[float, float]) -> _Object:
+    """The object for an answer point, on the finest pyramid level where its window has
+    texture (lost when no level has, or when its frame is not buffered)."""
+    sx, sy = scale
+    pos = np.array([(p.x + 0.5) * sx - 0.5, (p.y + 0.5) * sy - 0.5], np.float32)
+    score = float(np.clip(p.score, 0.0, 1.0)) if np.isfinite(p.score) else 1.0
+    obj = _Object(0, p.label, int(p.stamp_ns), score, pos, 0, None)
+    if frame is None or not _inside(pos, frame.levels[0].shape):
+        obj.lost = True
+        return obj
+    for k, level in enumerate(frame.levels):
+        patch = _patch(level, pos / 2**k, WINDOW)
+        if _texture(patch) >= MIN_TEXTURE:
+            obj.level, obj.template = k, patch
+            return obj
+    obj.lost = True
+    return obj
 
 
 def _newest_point_per_object(g: Grounding) -> list[GroundedPoint]:
@@ -406,6 +446,18 @@ def _check_stamp(stamp_ns: int) -> int:
     if stamp_ns < 0:
         raise ValueError(f"stamp_ns must be >= 0, got {stamp_ns}")
     return int(stamp_ns)
+
+
+def _check_size(source_size, image: np.ndarray) -> tuple[int, int]:
+    if source_size is None:
+        return image.shape[1], image.shape[0]
+    try:
+        w, h = (int(v) for v in source_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"source_size must be (width, height), got {source_size!r}") from None
+    if w < 1 or h < 1:
+        raise ValueError(f"source_size must be positive, got {source_size!r}")
+    return w, h
 
 
 def _inside(pos: np.ndarray, shape: tuple[int, ...]) -> bool:

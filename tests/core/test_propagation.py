@@ -7,6 +7,7 @@ under test here; propagation, latency compensation and id association are.
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -54,8 +55,9 @@ def answer_for(clip, i: int, rng) -> Grounding:
                      frame_stamps_ns=[clip.stamps_ns[max(0, i - 15)], clip.stamps_ns[i]])
 
 
-def run(clip, propagator: TrackPropagator):
-    """Play the clip; answers for frames 0, 30, 60, ... arrive 24 frames later.
+def run(clip, propagator: TrackPropagator, shrink: int = 1):
+    """Play the clip (frames shrunk by the caller `shrink` times, as a node may do);
+    answers for frames 0, 30, 60, ... arrive 24 frames later.
 
     Returns, per frame after the first answer arrived, the published snapshot, and per
     answer (arrival frame, the answer, snapshot right after anchoring)."""
@@ -63,7 +65,10 @@ def run(clip, propagator: TrackPropagator):
     snapshots: dict[int, TrackedObjects] = {}
     answers = []
     for i, (frame, stamp) in enumerate(zip(clip.frames, clip.stamps_ns)):
-        assert propagator.add_frame(frame, stamp) == []
+        if shrink > 1:
+            w, h = clip.size
+            frame = cv2.resize(frame, (w // shrink, h // shrink), interpolation=cv2.INTER_AREA)
+        assert propagator.add_frame(frame, stamp, source_size=clip.size) == []
         asked = i - LATENCY_FRAMES
         if asked >= 0 and asked % ANSWER_EVERY == 0:
             g = answer_for(clip, asked, rng)
@@ -81,9 +86,10 @@ def truth_of(clip, i: int, x: float, y: float):
     return clip.objects[i][k].object_id, float(d[k])
 
 
-@pytest.mark.parametrize("flow_max_side", [0, 160], ids=["full-res", "downscaled-2x"])
-def test_points_follow_known_motion_and_ids_stay_stable(clip, flow_max_side):
-    snapshots, answers = run(clip, TrackPropagator(flow_max_side=flow_max_side))
+@pytest.mark.parametrize("flow_max_side, shrink", [(0, 1), (160, 1), (0, 2)],
+                         ids=["full-res", "downscaled-2x", "caller-shrunk-2x"])
+def test_points_follow_known_motion_and_ids_stay_stable(clip, flow_max_side, shrink):
+    snapshots, answers = run(clip, TrackPropagator(flow_max_side=flow_max_side), shrink)
     assert len(answers) >= 5
 
     # ids: the same three ids throughout, each always on the same true object.
@@ -228,6 +234,8 @@ def test_bad_input_raises_and_loses_nothing(small):
         prop.add_frame(frame, stamp / 1e9)
     with pytest.raises(ValueError, match=">= 0"):
         prop.add_frame(frame, -1)
+    with pytest.raises(ValueError, match="source_size"):
+        prop.add_frame(frame, stamp, source_size=(0, 120))
     with pytest.raises(TypeError, match="Grounding"):
         prop.anchor({"points": []})
     assert (prop.buffered(), prop.current()) == state
@@ -263,7 +271,10 @@ def test_buffer_is_bounded_by_window_and_memory(small):
     by_time = TrackPropagator(window=0.3)
     feed(by_time, small, range(40))
     assert by_time.buffered()[0] == 10             # 0.3 s at 30 fps, both ends included
-    frame_bytes = 160 * 120
+    one = TrackPropagator()
+    feed(one, small, [0])
+    (n, frame_bytes) = one.buffered()
+    assert n == 1 and 160 * 120 <= frame_bytes < 1.5 * 160 * 120   # gray + its pyramid
     by_memory = TrackPropagator(window=10.0, buffer_mb=5.5 * frame_bytes / 2**20)
     feed(by_memory, small, range(40))
     assert by_memory.buffered() == (5, 5 * frame_bytes)
@@ -319,7 +330,6 @@ def test_disabled_propagator_does_nothing(small):
 
 
 def test_gray_rgb_and_rgba_frames_track_alike(small):
-    import cv2
     results = []
     for convert in (lambda f: f, lambda f: cv2.cvtColor(f, cv2.COLOR_RGB2GRAY),
                     lambda f: cv2.cvtColor(f, cv2.COLOR_RGB2RGBA)):
@@ -334,7 +344,6 @@ def test_gray_rgb_and_rgba_frames_track_alike(small):
 def test_object_hidden_behind_a_textured_occluder_is_lost_not_left_on_the_occluder():
     """The circle slides behind a static textured bar: flow alone would stay on the bar's
     texture; the correlation check with the anchor patch must mark it lost instead."""
-    import cv2
     c = make_clip(seed=0, n_frames=30, fps=FPS, size=(320, 120), objects=[("red", "circle")],
                   speed_range=(0.4, 0.4), size_range=(0.07, 0.07), n_occluders=1)
     visible = [o[0].visible_fraction for o in c.objects]
@@ -366,7 +375,6 @@ def test_object_hidden_behind_a_textured_occluder_is_lost_not_left_on_the_occlud
 def test_each_check_catches_a_scene_cut(checks):
     """After a cut to unrelated texture, LK still 'finds' the point somewhere; each
     check must reject that in most cases, and both together in all cases."""
-    import cv2
 
     def texture(seed):
         t = cv2.GaussianBlur(np.random.default_rng(seed).integers(0, 256, (120, 160), np.uint8),
@@ -383,3 +391,55 @@ def test_each_check_catches_a_scene_cut(checks):
         prop.add_frame(texture(seed), START_NS + 66_000_000)      # the cut
         lost += prop.current().objects[0].lost
     assert lost == 20 if not checks else lost >= 15
+
+
+def test_camera_frames_are_not_held_up_by_compensation_and_are_caught_up(small):
+    """Frames that arrive (on another thread) while an answer is being compensated
+    are taken at once and the answer's objects are carried onto them too."""
+    import threading
+
+    class CameraDuringCompensation(TrackPropagator):
+        def _compensate(self, *args):
+            new = super()._compensate(*args)
+            camera = threading.Thread(target=feed, args=(self, small, range(10, 14)))
+            camera.start()
+            camera.join(timeout=10)
+            assert not camera.is_alive(), "add_frame blocked during compensation"
+            return new
+
+    prop = CameraDuringCompensation()
+    feed(prop, small, range(0, 10))
+    assert prop.anchor(point_answer(small, 2)) == []
+    snap = prop.current()
+    assert snap.stamp_ns == small.stamps_ns[13]
+    (o,) = snap.objects
+    assert not o.lost and truth_of(small, 13, o.x, o.y)[1] <= MAX_ERROR_PX
+
+
+def test_answer_compensated_across_a_reset_is_not_used(small):
+    class ResetDuringCompensation(TrackPropagator):
+        def _compensate(self, *args):
+            new = super()._compensate(*args)
+            self.reset()
+            self.add_frame(small.frames[0], small.stamps_ns[0])
+            return new
+
+    prop = ResetDuringCompensation()
+    feed(prop, small, range(0, 10))
+    (w,) = prop.anchor(point_answer(small, 2))
+    assert "reset" in w and prop.current().objects == ()
+
+
+def test_large_uniform_object_is_followed_on_a_coarser_pyramid_level():
+    """The centre of a big flat square has no gradient within a flow window at full
+    resolution; the point must still be followed (on a coarser level), not lost."""
+    c = make_clip(seed=5, n_frames=40, fps=FPS, size=(320, 240), objects=[("blue", "square")],
+                  speed_range=(0.3, 0.3), size_range=(0.16, 0.16), start_ns=START_NS)
+    assert c.objects[0][0].size > 21, "precondition: even a 2x window fits inside the square"
+    prop = TrackPropagator(flow_max_side=0)
+    feed(prop, c, range(0, 10))
+    assert prop.anchor(point_answer(c, 0, label="blue square")) == []
+    for i in range(10, 40):
+        feed(prop, c, [i])
+        (o,) = prop.current().objects
+        assert not o.lost and truth_of(c, i, o.x, o.y)[1] <= MAX_ERROR_PX, f"frame {i}"

@@ -166,6 +166,9 @@ class TorchBackend:
         t0 = time.perf_counter()
         inputs = self.prepare(frames, prompt)
         t1 = time.perf_counter()
+        if should_stop is not None and should_stop():  # canceled during preprocessing: skip the prefill
+            return Generation(text="", frame_times=inputs.frame_times, is_video=inputs.is_video,
+                              preprocess_s=t1 - t0, generate_s=0.0, token_ids=[])
         if progress:
             progress(STAGE_GENERATING)
         stopping = StoppingCriteriaList([_StopWhen(should_stop)] if should_stop else [])

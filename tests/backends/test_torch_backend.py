@@ -53,8 +53,16 @@ def test_should_stop_is_polled_between_decode_steps(backend, synthetic_frames):
         return len(polls) >= 3
 
     g = backend.generate(synthetic_frames(2), "Point to the cup.", max_new_tokens=30, should_stop=should_stop)
-    assert len(polls) == 3
-    assert len(g.token_ids) == 3
+    assert len(polls) == 3  # once before the prefill, then after each of the first two tokens
+    assert len(g.token_ids) == 2
+
+
+def test_cancel_before_generation_skips_the_model(backend, synthetic_frames):
+    stages = []
+    g = backend.generate(synthetic_frames(2), "Point to the cup.", max_new_tokens=30,
+                         progress=stages.append, should_stop=lambda: True)
+    assert stages == [STAGE_PREPROCESSING]
+    assert g.token_ids == [] and g.text == "" and g.generate_s == 0.0 and g.frame_times == [0.0, 0.5]
 
 
 def test_bad_budget_is_refused(backend, synthetic_frames):

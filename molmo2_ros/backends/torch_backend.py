@@ -135,8 +135,6 @@ class TorchBackend:
             self.model = Molmo2ForConditionalGeneration.from_pretrained(
                 source, dtype=self.dtype, device_map=self.device, use_safetensors=not allow_pickle, **common)
         except OSError as exc:
-            if isinstance(exc, ModelNotFoundError):
-                raise
             if not allow_pickle and "safetensors" in str(exc).lower():
                 raise PickleWeightsRefusedError(
                     f"{model}: no safetensors weights ({exc}). Pass allow_pickle=True (--allow-pickle) only if "

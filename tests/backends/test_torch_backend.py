@@ -183,3 +183,16 @@ def test_end_to_end_grounding_is_well_formed(backend, synthetic_frames, task, n_
     assert result.timings.generation > 0
     json_ready = grounding_to_dict(result)
     assert json_ready["task"] == task.value
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_bf16_default_and_close_frees_gpu_memory(tiny_model_dir, synthetic_frames):
+    b = TorchBackend(str(tiny_model_dir))
+    assert b.device == "cuda" and b.dtype is torch.bfloat16
+    assert next(b.model.parameters()).device.type == "cuda"
+    g = b.generate(synthetic_frames(3), "Point to the cup.", max_new_tokens=8)
+    assert g.frame_times == [0.0, 0.5, 1.0] and 1 <= len(g.token_ids) <= 8
+    assert torch.cuda.memory_allocated() > 0
+    b.close()
+    assert torch.cuda.memory_allocated() == 0

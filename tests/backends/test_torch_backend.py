@@ -193,6 +193,7 @@ def test_cuda_bf16_default_and_close_frees_gpu_memory(tiny_model_dir, synthetic_
     assert next(b.model.parameters()).device.type == "cuda"
     g = b.generate(synthetic_frames(3), "Point to the cup.", max_new_tokens=8)
     assert g.frame_times == [0.0, 0.5, 1.0] and 1 <= len(g.token_ids) <= 8
-    assert torch.cuda.memory_allocated() > 0
+    weights = sum(p.numel() * p.element_size() for p in b.model.parameters())
+    before = torch.cuda.memory_allocated()
     b.close()
-    assert torch.cuda.memory_allocated() == 0
+    assert torch.cuda.memory_allocated() <= before - weights

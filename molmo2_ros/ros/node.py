@@ -206,6 +206,7 @@ class GroundingNode(LifecycleNode):
         self._topic_runs = 0
         self._running: Query | None = None
         self._frames_in = 0            # camera messages received since the last diagnostics
+        self._frames_total = 0         # camera messages received in all
         self._frames_in_since = time.monotonic()
         self._bad_frames = 0
         self._last_frame_error = ""
@@ -359,6 +360,7 @@ class GroundingNode(LifecycleNode):
     # --- ingest ---------------------------------------------------------------------
     def _on_image(self, msg) -> None:
         self._frames_in += 1
+        self._frames_total += 1
         window, max_side = self._window, self.settings.max_side
         if window is None:
             return
@@ -548,6 +550,7 @@ class GroundingNode(LifecycleNode):
             "backend": self._backend.name if self._backend else "",
             "model": self._backend.model_id if self._backend else "",
             "ingest_rate_hz": f"{rate:.2f}",
+            "frames_received": str(self._frames_total),
             "window_frames": str(stats.frames if stats else 0),
             "window_max_frames": str(stats.max_frames if stats else 0),
             "window_span_s": f"{stats.span_s:.2f}" if stats else "0",

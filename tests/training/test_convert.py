@@ -1,0 +1,75 @@
+"""A recording with camera images and the node's own answers (real MCAP written with
+rosbags, messages serialised by our generated type support) becomes a manifest that
+loads with the right frames and truth, and trains."""
+import json
+
+import numpy as np
+from rclpy.serialization import serialize_message
+from rosbags.rosbag2 import StoragePlugin, Writer
+from sensor_msgs.msg import Image
+
+from molmo2_ros.core.grounding import GroundedPoint, Grounding, Task
+from molmo2_ros.ros.messages import grounding_to_msg, to_time
+from training.config import Data, TinyInit, TrainConfig
+from training.convert import convert, typestore
+from training.dataset import LoadStats, load_examples
+from training.shapes_world import make_clip
+from training.trainer import train
+
+T0 = 1_700_000_000_000_000_000
+CAMERA_HZ = 10
+
+
+def write_bag(path, clip):
+    store = typestore()
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        images = writer.add_connection("/camera/image_raw", "sensor_msgs/msg/Image", typestore=store)
+        results = writer.add_connection("/molmo2/grounding", "molmo2_ros/msg/Grounding", typestore=store)
+        for frame, stamp in zip(clip.frames, clip.stamps_ns):
+            msg = Image(height=frame.shape[0], width=frame.shape[1], encoding="rgb8",
+                        step=frame.shape[1] * 3, data=frame.tobytes())
+            msg.header.stamp = to_time(stamp)
+            msg.header.frame_id = "camera"
+            writer.write(images, stamp, serialize_message(msg))
+        # the node's answer over frames sampled at 2 fps: frames 0, 5, 10, 15
+        sampled = clip.stamps_ns[0:20:5]
+        obj = clip.objects[5][0]
+        answer = Grounding(task=Task.POINT, query=obj.label, frame_stamps_ns=sampled, frame_id="camera",
+                           points=[GroundedPoint(sampled[1], obj.cx, obj.cy, 1, obj.label)])
+        writer.write(results, sampled[-1] + 1, serialize_message(grounding_to_msg(answer, "q1")))
+    return sampled, obj
+
+
+def test_bag_to_manifest_to_training(tmp_path):
+    clip = make_clip(4, n_frames=20, fps=CAMERA_HZ, size=(160, 120), n_objects=2, start_ns=T0)
+    bag = tmp_path / "rec"
+    sampled, obj = write_bag(bag, clip)
+    annotations = tmp_path / "notes.jsonl"
+    second = clip.objects[10][1]
+    annotations.write_text(json.dumps({
+        "task": "count", "query": second.label + "s", "start_ns": T0, "end_ns": clip.stamps_ns[10],
+        "points": [{"t": 1.0, "id": 1, "x": second.cx, "y": second.cy},
+                   {"t": 0.5, "id": 2, "x": 1, "y": 1, "occluded": True},
+                   {"t": 1.4, "id": 3, "x": 1, "y": 1}]}) + "\n")
+    manifest = tmp_path / "data" / "train.jsonl"
+    n = convert(bag, "/camera/image_raw", manifest, results_topic="/molmo2/grounding", annotations=annotations)
+    assert n == 2
+
+    stats = LoadStats()
+    answer, counted = load_examples(manifest, stats)
+    # the node's answer: its own frames again, its point on the frame it named
+    assert [f.stamp_ns for f in answer.frames] == sampled
+    assert answer.task is Task.POINT and answer.query == obj.label
+    assert [(p.stamp_ns, round(p.x, 3)) for p in answer.points] == [(sampled[1], round(obj.cx, 3))]
+    assert np.array_equal(answer.frames[1].image, clip.frames[5])
+    # the annotation: frames at 2 fps over its range; occluded points and points off the sampled frames left out
+    assert [f.stamp_ns for f in counted.frames] == clip.stamps_ns[0:11:5]
+    assert counted.task is Task.COUNT and counted.count == 1
+    assert counted.points[0].stamp_ns == clip.stamps_ns[10]
+    assert (stats.points_occluded, stats.points_off_frame) == (1, 1)
+
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), tiny_init=TinyInit(seed=0),
+                      data=Data(manifest=str(manifest)), steps=2, batch_size=1, lr=1e-3, warmup=1,
+                      save_every=2, threads=1)
+    final = train(cfg, log=lambda m: None)
+    assert (final / "model.safetensors").is_file()

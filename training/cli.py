@@ -1,0 +1,96 @@
+"""Console entry points: `molmo2-train` (and `molmo2-train convert`) and `molmo2-eval`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "convert":
+        from training.convert import main as convert_main
+
+        return convert_main(argv[1:])
+    parser = argparse.ArgumentParser(
+        prog="molmo2-train",
+        description="Fine-tune Molmo2 (full or LoRA) from a config file; resumes from the newest "
+                    "checkpoint in output_dir. `molmo2-train convert --help`: recordings -> manifest.")
+    parser.add_argument("--config", required=True, help="YAML or JSON training config")
+    parser.add_argument("--steps", type=int, help="override the config's steps")
+    args = parser.parse_args(argv)
+    from training.config import load_config, validate
+    from training.trainer import train
+
+    try:
+        config = load_config(args.config)
+        if args.steps is not None:
+            config.steps = args.steps
+            validate(config, args.config)
+    except (OSError, ValueError) as exc:
+        print(f"molmo2-train: {exc}", file=sys.stderr)
+        return 2
+    final = train(config)
+    print(f"final checkpoint: {final}")
+    return 0
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="molmo2-eval",
+        description="Score a model through the real inference path (ground(): processor, generate, "
+                    "parser, mapping) on a manifest or on held-out shapes-world examples.")
+    parser.add_argument("--model", required=True, help="checkpoint folder or hub id")
+    parser.add_argument("--backend", default="torch", help="torch | onnxruntime | tensorrt")
+    parser.add_argument("--engine-dir", help="exported engines (onnxruntime/tensorrt)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--manifest", help="JSONL manifest (see training.dataset)")
+    source.add_argument("--shapes", help="held-out shapes examples, e.g. image_point=100,video_point=50")
+    parser.add_argument("--seed", type=int, default=0, help="held-out shapes seed offset")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    parser.add_argument("--details", action="store_true", help="add per-example answers to the report")
+    parser.add_argument("--out", help="write the JSON report here (default: stdout only)")
+    args = parser.parse_args(argv)
+
+    from molmo2_ros.backends.factory import make_backend
+    from training.evaluate import evaluate
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        examples = _examples(args)
+        kwargs = {"engine_dir": args.engine_dir} if args.engine_dir else {}
+        backend = make_backend(args.backend, args.model, **kwargs)
+    except (OSError, ValueError) as exc:
+        print(f"molmo2-eval: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = evaluate(backend, examples, max_new_tokens=args.max_new_tokens, details=args.details,
+                          log=lambda m: print(m, file=sys.stderr, flush=True))
+    finally:
+        backend.close()
+    text = json.dumps(report, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def _examples(args):
+    if args.manifest:
+        from training.dataset import load_examples
+
+        return list(load_examples(args.manifest))
+    from training.shapes_tasks import HELDOUT_SEED, KINDS, make_example
+
+    plan = {}
+    for part in args.shapes.split(","):
+        kind, _, n = part.partition("=")
+        if kind not in KINDS or not n.isdigit():
+            raise ValueError(f"--shapes: expected KIND=N with KIND in {KINDS}, got {part!r}")
+        plan[kind] = int(n)
+    return [make_example(kind, HELDOUT_SEED + args.seed + i) for kind, n in plan.items() for i in range(n)]

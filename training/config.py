@@ -1,0 +1,125 @@
+"""Training configuration: a YAML or JSON file -> TrainConfig (unknown keys are errors)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Freeze:
+    vision: bool = False       # ViT
+    adapter: bool = False      # pooling + projector (the connector)
+    llm: bool = False          # language model layers, final norm, lm_head
+    embeddings: bool = False   # base input-embedding rows (Molmo2's extra tokens still train, as upstream)
+
+
+@dataclass
+class Lora:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    # Regex over module names; default: every linear layer of the language model.
+    target_modules: str = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+
+
+@dataclass
+class TinyInit:
+    """Build the starting model from scratch (molmo2_ros.tiny_model) instead of loading one."""
+
+    seed: int = 0
+    sizes: dict = field(default_factory=dict)          # build_tiny_molmo2 size overrides
+    tokenizer_texts: list | None = None
+    vision_init_scale: float = 1.0                      # ViT/adapter weights ~ N(0, scale^2 / fan_in)
+
+
+@dataclass
+class Data:
+    manifest: str | None = None                         # JSONL manifest (training.dataset)
+    shapes: dict | None = None                          # {"mix": {kind: weight}, "seed": int}
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str
+    model: str | None = None                            # HF checkpoint folder or hub id
+    tiny_init: TinyInit | None = None
+    # Processor settings saved with the checkpoints, e.g. {"video_pooling_size": [2, 2]}.
+    processor: dict = field(default_factory=dict)
+    data: Data = field(default_factory=Data)
+    steps: int = 1000
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-5                                    # language model (+ lm_head, embeddings)
+    lr_vision: float = 5e-6
+    lr_adapter: float = 5e-6
+    warmup: int = 200
+    min_lr_ratio: float = 0.1                           # cosine decay to this fraction
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.95)
+    eps: float = 1e-6
+    grad_clip: float = 1.0
+    z_loss: float = 1e-4
+    dtype: str = "fp32"                                 # "fp32" | "bf16" (autocast)
+    gradient_checkpointing: bool = False
+    freeze: Freeze = field(default_factory=Freeze)
+    lora: Lora | None = None
+    toy_aux_weight: float = 0.0                         # shapes-world aid (training.toy_aux); 0 = off
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    threads: int = 0                                    # torch CPU threads (0 = torch default)
+    seed: int = 0
+
+    @property
+    def out(self) -> Path:
+        return Path(self.output_dir)
+
+
+def _build(cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(fields)}")
+    nested = {"freeze": Freeze, "lora": Lora, "tiny_init": TinyInit, "data": Data}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in nested and value is not None:
+            value = _build(nested[key], value, f"{where}.{key}")
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"{where}: {exc}") from exc
+
+
+def load_config(path) -> TrainConfig:
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        values = yaml.safe_load(text)
+    else:
+        values = json.loads(text)
+    config = _build(TrainConfig, values, str(path))
+    return validate(config, str(path))
+
+
+def validate(c: TrainConfig, where: str = "config") -> TrainConfig:
+    if (c.model is None) == (c.tiny_init is None):
+        raise ValueError(f"{where}: give exactly one of 'model' (a checkpoint) or 'tiny_init' (from scratch)")
+    if (c.data.manifest is None) == (c.data.shapes is None):
+        raise ValueError(f"{where}: data needs exactly one of 'manifest' or 'shapes'")
+    if c.dtype not in ("fp32", "bf16"):
+        raise ValueError(f"{where}: dtype must be 'fp32' or 'bf16', got {c.dtype!r}")
+    for name in ("steps", "batch_size", "grad_accum", "save_every", "log_every"):
+        if getattr(c, name) < 1:
+            raise ValueError(f"{where}: {name} must be >= 1")
+    if c.lora is not None and c.freeze.llm:
+        raise ValueError(f"{where}: LoRA adapts the language model; do not also freeze it")
+    return c

@@ -1,0 +1,110 @@
+"""Toy-world training aid: an auxiliary loss on the image-patch positions.
+
+A tiny Molmo2 trained from random init on the shapes world ignores the image (its image
+features start ~1e-7 against token embeddings ~0.02, and the language loss alone never
+pulls them up; see docs/notes/training.md). This loss asks each pooled image token (each
+cell of a frame's low-resolution view) which object class, if any, has its centre in
+the cell, and where that centre lies in the frame (for an empty cell: where the cell
+lies), so that image tokens carry both what and where for the language model to read. It needs per-frame object truth
+(`Example.scene`), so it exists for synthetic data only; the head is thrown away and
+the saved checkpoint is a plain Molmo2. Real fine-tuning starts from a pretrained model
+and does not need it.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from training.examples import Example
+
+NO_OBJECT = 0
+
+
+def cell_ranges(n_patches: int, pool: int) -> list[tuple[float, float]]:
+    """Per pooled cell along one axis, the [start, end) fraction of the view it pools
+    (padding as in Molmo2's `arange_for_pooling`: split around the grid)."""
+    cells = math.ceil(n_patches / pool)
+    before = (cells * pool - n_patches) // 2
+    out = []
+    for j in range(cells):
+        a, b = max(0, j * pool - before), min(n_patches, j * pool - before + pool)
+        out.append((a / n_patches, b / n_patches))
+    return out
+
+
+def cell_targets(example: Example, rows: list[tuple[float, float]], cols: list[tuple[float, float]],
+                 labels: list[str], frame: int) -> tuple[list[int], list[tuple[float, float]]]:
+    """Class (0 = none, 1 + label index) and position (u, v in 0..1 of the frame: the
+    object's centre, or the cell's own centre when empty) per cell, row-major, for frame
+    `frame` of the example."""
+    classes = [NO_OBJECT] * (len(rows) * len(cols))
+    positions = [((a + b) / 2, (c + d) / 2) for (c, d) in rows for (a, b) in cols]
+    width, height = example.frames[frame].source_size
+    for obj in example.scene[frame]:
+        if not obj.visible or obj.label not in labels:
+            continue
+        u, v = obj.x / width, obj.y / height
+        r = next((i for i, (a, b) in enumerate(rows) if a <= v < b), len(rows) - 1)
+        c = next((i for i, (a, b) in enumerate(cols) if a <= u < b), len(cols) - 1)
+        k = r * len(cols) + c
+        classes[k] = 1 + labels.index(obj.label)
+        positions[k] = (u, v)
+    return classes, positions
+
+
+class ToyAuxHead(nn.Module):
+    """Linear probe on pooled image tokens: class logits + (u, v) position."""
+
+    def __init__(self, hidden_size: int, labels: list[str], image_size: int, patch_size: int,
+                 image_pool: list[int], video_pool: list[int]):
+        super().__init__()
+        self.labels = list(labels)
+        self.proj = nn.Linear(hidden_size, 1 + len(self.labels) + 2)
+        n = image_size // patch_size
+        self.image_cells = (cell_ranges(n, image_pool[0]), cell_ranges(n, image_pool[1]))
+        self.video_cells = (cell_ranges(n, video_pool[0]), cell_ranges(n, video_pool[1]))
+
+    def targets(self, examples: list[Example], batch: dict[str, torch.Tensor]):
+        """Per pooled token of the batch: class target (-100 = not supervised) and position."""
+        classes: list[int] = []
+        positions: list[tuple[float, float]] = []
+        video = "video_grids" in batch
+        grids = batch["video_grids"] if video else batch["image_grids"]
+        rows, cols = self.video_cells if video else self.image_cells
+        for example, grid in zip(examples, grids.tolist()):
+            if video:
+                n_frames, h, w = grid
+                views, extra = list(range(n_frames)), 0
+            else:
+                h, w, hi_h, hi_w = grid
+                views, extra = [0], hi_h * hi_w   # high-res crop tokens: not supervised
+            if (h, w) != (len(rows), len(cols)):
+                raise ValueError(f"pooled grid {h}x{w} does not match the processor geometry "
+                                 f"{len(rows)}x{len(cols)}")
+            for frame in views:
+                if example.scene is None:
+                    classes += [-100] * (h * w)
+                    positions += [(0.0, 0.0)] * (h * w)
+                else:
+                    c, o = cell_targets(example, rows, cols, self.labels, frame)
+                    classes += c
+                    positions += o
+            classes += [-100] * extra
+            positions += [(0.0, 0.0)] * extra
+        return torch.tensor(classes), torch.tensor(positions)
+
+    def loss(self, features: torch.Tensor, examples: list[Example], batch: dict[str, torch.Tensor]
+             ) -> torch.Tensor:
+        classes, positions = self.targets(examples, batch)
+        if classes.shape[0] != features.shape[0]:
+            raise ValueError(f"{features.shape[0]} image features for {classes.shape[0]} cells")
+        out = self.proj(features.float())
+        n = 1 + len(self.labels)
+        ce = F.cross_entropy(out[:, :n], classes, ignore_index=-100)
+        supervised = classes >= 0
+        if supervised.any():
+            ce = ce + 10.0 * F.mse_loss(out[supervised, n:], positions[supervised])
+        return ce

@@ -1,0 +1,396 @@
+"""The trainer behind `molmo2-train --config FILE`.
+
+Full fine-tuning or LoRA (peft) of a Molmo2 checkpoint, or of a tiny Molmo2 built from
+scratch; freeze switches; fp32 or bf16 autocast; gradient checkpointing; gradient
+accumulation; AdamW with per-part learning rates, warmup and cosine decay (upstream's
+recipe). Multi-GPU goes through `accelerate` (run under `accelerate launch` or
+`torchrun`). Every checkpoint is a plain Hugging Face folder (LoRA merged) that the CLI,
+the node and `molmo2-engines export` load as they are, plus `trainer_state.pt` to
+resume from; a run started again with the same config resumes from its newest
+checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from training.batching import collate, encode
+from training.config import TrainConfig
+from training.examples import Example
+
+STATE_FILE = "trainer_state.pt"
+FINAL_DIR = "final"
+
+
+# ----------------------------------------------------------------------------- data
+class BatchSource:
+    """Deterministic batches by (step, micro-step, rank): resuming needs no data state.
+
+    A batch holds only image or only video examples (the model takes one kind per call).
+    """
+
+    def __init__(self, config: TrainConfig, rank: int = 0, world: int = 1):
+        self.config, self.rank, self.world = config, rank, world
+        shapes = config.data.shapes
+        if shapes is not None:
+            from training.shapes_tasks import KINDS
+
+            mix = shapes.get("mix") or {k: 1.0 for k in KINDS}
+            unknown = set(mix) - set(KINDS)
+            if unknown:
+                raise ValueError(f"data.shapes.mix: unknown kinds {sorted(unknown)}; known: {KINDS}")
+            self.kinds = list(mix)
+            weights = np.array([float(mix[k]) for k in self.kinds])
+            self.probs = weights / weights.sum()
+            self.shapes_seed = int(shapes.get("seed", config.seed))
+            self.examples = None
+        else:
+            from training.dataset import LoadStats, load_examples
+
+            self.stats = LoadStats()
+            self.examples = list(load_examples(config.data.manifest, self.stats))
+            if not self.examples:
+                raise ValueError(f"{config.data.manifest}: no examples")
+            self.batches = self._manifest_batches()
+
+    def _manifest_batches(self) -> list[list[int]]:
+        size = self.config.batch_size * self.world
+        rng = np.random.default_rng(self.config.seed)
+        batches = []
+        for video in (False, True):
+            idx = [i for i, e in enumerate(self.examples) if e.is_video == video]
+            rng.shuffle(idx)
+            batches += [idx[i:i + size] for i in range(0, len(idx), size)]
+        rng.shuffle(batches)
+        return batches
+
+    def get(self, step: int, micro: int) -> list[Example]:
+        b = self.config.batch_size
+        if self.examples is None:
+            from training.shapes_tasks import make_example
+
+            rng = np.random.default_rng([self.shapes_seed, step, micro])
+            kind = self.kinds[rng.choice(len(self.kinds), p=self.probs)]
+            base = int(rng.integers(2**40))
+            return [make_example(kind, base + self.rank * b + i) for i in range(b)]
+        n = step * self.config.grad_accum + micro
+        batch = self.batches[n % len(self.batches)]
+        mine = batch[self.rank::self.world] or batch[:1]
+        return [self.examples[i] for i in mine]
+
+
+# ---------------------------------------------------------------------------- model
+def build_start_model(config: TrainConfig) -> str:
+    """The folder of the model training starts from (built once for tiny_init)."""
+    if config.model is not None:
+        return config.model
+    from molmo2_ros.tiny_model import build_tiny_molmo2
+    from transformers import AutoModelForImageTextToText
+
+    init_dir = config.out / "init"
+    if not (init_dir / "config.json").is_file():
+        t = config.tiny_init
+        tmp = config.out / "init.partial"
+        build_tiny_molmo2(tmp, seed=t.seed, tokenizer_texts=t.tokenizer_texts, **t.sizes)
+        if t.vision_init_scale:
+            model = AutoModelForImageTextToText.from_pretrained(tmp)
+            _rescale_vision_init(model, t.vision_init_scale, t.seed)
+            model.save_pretrained(tmp)
+        tmp.rename(init_dir)
+    return str(init_dir)
+
+
+def _rescale_vision_init(model, scale: float, seed: int) -> None:
+    """N(0, scale^2/fan_in) for ViT and adapter linear layers: with the default
+    N(0, 0.02^2) a tiny model's image features start ~1e-7 and never matter."""
+    g = torch.Generator().manual_seed(seed + 1)
+    parts = [model.model.vision_tower, model.model.multi_modal_projector]
+    with torch.no_grad():
+        for part in parts:
+            for module in part.modules():
+                if isinstance(module, nn.Linear):
+                    module.weight.normal_(0.0, scale / math.sqrt(module.in_features), generator=g)
+        pos = model.model.vision_tower.positional_embedding
+        pos.normal_(0.0, 0.5 * scale, generator=g)
+
+
+def apply_processor_settings(processor, settings: dict) -> None:
+    known = {"video_pooling_size": (processor.video_processor, "pooling_size"),
+             "image_pooling_size": (processor.image_processor, "pooling_size"),
+             "max_crops": (processor.image_processor, "max_crops")}
+    for key, value in settings.items():
+        if key not in known:
+            raise ValueError(f"processor: unknown setting {key!r}; known: {sorted(known)}")
+        target, attr = known[key]
+        setattr(target, attr, value)
+
+
+def parameter_groups(model, config: TrainConfig) -> list[dict]:
+    """Trainable parameters grouped by part with their learning rates; applies freezes."""
+    f = config.freeze
+    groups = {"vision": [], "adapter": [], "llm": []}
+    for name, p in model.named_parameters():
+        if "vision_tower" in name:
+            part, frozen = "vision", f.vision
+        elif "multi_modal_projector" in name:
+            part, frozen = "adapter", f.adapter
+        else:
+            part, frozen = "llm", f.llm
+        if config.lora is not None:
+            frozen = "lora_" not in name
+        if frozen:
+            p.requires_grad_(False)
+        if p.requires_grad:
+            groups[part].append(p)
+    lrs = {"vision": config.lr_vision, "adapter": config.lr_adapter, "llm": config.lr}
+    return [{"params": ps, "lr": lrs[k], "name": k} for k, ps in groups.items() if ps]
+
+
+def _freeze_base_embeddings(model) -> None:
+    """Zero the gradient of the base vocabulary rows; Molmo2's extra tokens keep training."""
+    emb = model.get_input_embeddings().weight
+    base = model.config.text_config.vocab_size
+    if emb.requires_grad:
+        def hook(grad):
+            grad = grad.clone()
+            grad[:base] = 0
+            return grad
+        emb.register_hook(hook)
+
+
+class TrainStep(nn.Module):
+    """Model + optional toy-world head; forward returns (loss, parts) for one micro-batch."""
+
+    def __init__(self, model, config: TrainConfig, aux_head=None):
+        super().__init__()
+        self.model = model
+        self.aux_head = aux_head
+        self.z_loss = config.z_loss
+        self.aux_weight = config.toy_aux_weight
+
+    def forward(self, batch: dict, examples: list[Example]):
+        labels = batch.pop("labels")
+        weights = batch.pop("weights")
+        out = self.model(**batch, use_cache=False)
+        logits = out.logits[:, :-1].float()
+        target = labels[:, 1:]
+        w = weights[:, 1:].to(logits.device)
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1).clamp(min=0),
+                             reduction="none").view_as(target)
+        norm = w.sum().clamp(min=1e-8)
+        lm = (ce * w).sum() / norm
+        loss = lm
+        parts = {"lm": lm.detach()}
+        if self.z_loss:
+            z = torch.logsumexp(logits, dim=-1).pow(2)
+            loss = loss + self.z_loss * (z * w).sum() / norm
+        if self.aux_head is not None and self.aux_weight:
+            aux = self.aux_head.loss(out.image_hidden_states, examples, batch)
+            loss = loss + self.aux_weight * aux
+            parts["aux"] = aux.detach()
+        return loss, parts
+
+
+# ---------------------------------------------------------------------- checkpoints
+def checkpoints(out: Path) -> list[Path]:
+    found = [p for p in out.glob("checkpoint-*") if (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_hf(model, processor, folder: Path, lora: bool) -> None:
+    """A plain HF checkpoint: LoRA merged into a copy, so training can go on."""
+    folder.mkdir(parents=True, exist_ok=True)
+    plain = copy.deepcopy(model).merge_and_unload() if lora else model
+    plain.save_pretrained(folder, safe_serialization=True)
+    processor.save_pretrained(folder)
+
+
+def save_checkpoint(step_module: TrainStep, processor, optimizer, scheduler, step: int,
+                    config: TrainConfig) -> Path:
+    folder = config.out / f"checkpoint-{step}"
+    tmp = config.out / f"checkpoint-{step}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_hf(step_module.model, processor, tmp, config.lora is not None)
+    state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "trainable": {n: p.detach().cpu() for n, p in step_module.named_parameters() if p.requires_grad}}
+    torch.save(state, tmp / STATE_FILE)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    for old in checkpoints(config.out)[:-config.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+# ----------------------------------------------------------------------------- loop
+def lr_factor(step: int, config: TrainConfig) -> float:
+    if step < config.warmup:
+        return (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine
+
+
+def _print(message: str) -> None:
+    print(message, flush=True)
+
+
+def train(config: TrainConfig, log=_print) -> Path:
+    """Run (or resume) training; returns the final checkpoint folder."""
+    from accelerate import Accelerator
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    config.out.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(mixed_precision="bf16" if config.dtype == "bf16" else "no",
+                              gradient_accumulation_steps=1)
+    torch.manual_seed(config.seed)
+    main = accelerator.is_main_process
+    if main:
+        (config.out / "train_config.json").write_text(json.dumps(_as_dict(config), indent=2))
+    start_dir = build_start_model(config) if main else None
+    accelerator.wait_for_everyone()
+    start_dir = start_dir or (config.model or str(config.out / "init"))
+
+    processor = AutoProcessor.from_pretrained(start_dir)
+    apply_processor_settings(processor, config.processor)
+    model = AutoModelForImageTextToText.from_pretrained(start_dir, dtype=torch.float32)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    if config.lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        lc = config.lora
+        model = get_peft_model(model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
+                                                 target_modules=lc.target_modules))
+    groups = parameter_groups(model, config)
+    if config.freeze.embeddings:
+        _freeze_base_embeddings(model)
+
+    aux_head = None
+    if config.toy_aux_weight:
+        from training.shapes_tasks import LABELS
+        from training.toy_aux import ToyAuxHead
+
+        text_cfg = model.config.text_config
+        vision_cfg = model.config.vision_config
+        aux_head = ToyAuxHead(text_cfg.hidden_size, list(LABELS), vision_cfg.image_size[0],
+                              vision_cfg.patch_size, processor.image_processor.pooling_size,
+                              processor.video_processor.pooling_size)
+        groups.append({"params": list(aux_head.parameters()), "lr": config.lr, "name": "toy_aux"})
+    step_module = TrainStep(model, config, aux_head)
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps,
+                                  weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
+
+    start_step = 0
+    found = checkpoints(config.out)
+    if found:
+        state = torch.load(found[-1] / STATE_FILE, map_location="cpu", weights_only=False)
+        params = dict(step_module.named_parameters())
+        with torch.no_grad():
+            for name, value in state["trainable"].items():
+                params[name].copy_(value)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_step = state["step"]
+        log(f"resumed from {found[-1]} at step {start_step}")
+
+    step_module, optimizer = accelerator.prepare(step_module, optimizer)
+    inner = accelerator.unwrap_model(step_module)
+    source = BatchSource(config, accelerator.process_index, accelerator.num_processes)
+    pad_id = processor.tokenizer.pad_token_id
+    trainable = [p for g in groups for p in g["params"]]
+    progress = Progress(config, start_step, log, enabled=main)
+    step_module.train()
+    for step in range(start_step, config.steps):
+        parts_sum: dict[str, float] = {}
+        n_tokens = n_examples = 0
+        for micro in range(config.grad_accum):
+            examples = source.get(step, micro)
+            encoded = [encode(processor, e) for e in examples]
+            batch = collate(encoded, pad_id)
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            n_tokens += int(batch["attention_mask"].sum())
+            n_examples += len(examples)
+            with accelerator.autocast():
+                loss, parts = step_module(batch, examples)
+            accelerator.backward(loss / config.grad_accum)
+            parts["loss"] = loss.detach()
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + float(v) / config.grad_accum
+        if not all(math.isfinite(v) for v in parts_sum.values()):
+            raise FloatingPointError(f"non-finite loss at step {step}: {parts_sum}; lower the learning rate "
+                                     "or use dtype fp32")
+        if config.grad_clip:
+            accelerator.clip_grad_norm_(trainable, config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        progress.update(step + 1, parts_sum, n_examples * accelerator.num_processes, n_tokens)
+        done = step + 1
+        if main and (done % config.save_every == 0 or done == config.steps):
+            save_checkpoint(inner, processor, optimizer, scheduler, done, config)
+        accelerator.wait_for_everyone()
+    progress.close()
+    final = config.out / FINAL_DIR
+    if main:
+        shutil.rmtree(final, ignore_errors=True)
+        save_hf(inner.model, processor, final, config.lora is not None)
+        log(f"saved {final}")
+    accelerator.wait_for_everyone()
+    return final
+
+
+class Progress:
+    """Loss, throughput and ETA: a tqdm bar on a terminal, a line every log_every steps."""
+
+    def __init__(self, config: TrainConfig, start: int, log, enabled: bool):
+        self.config, self.start, self.log, self.enabled = config, start, log, enabled
+        self.t0 = time.perf_counter()
+        self.examples = self.tokens = 0
+        self.smooth: dict[str, float] = {}
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=config.steps, initial=start, unit="step", dynamic_ncols=True)
+
+    def update(self, step: int, parts: dict, examples: int, tokens: int) -> None:
+        if not self.enabled:
+            return
+        self.examples += examples
+        self.tokens += tokens
+        for k, v in parts.items():
+            self.smooth[k] = v if k not in self.smooth else 0.9 * self.smooth[k] + 0.1 * v
+        elapsed = time.perf_counter() - self.t0
+        rate = (step - self.start) / elapsed if elapsed > 0 else 0.0
+        eta = (self.config.steps - step) / rate if rate > 0 else float("inf")
+        stats = " ".join(f"{k} {v:.4f}" for k, v in self.smooth.items())
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{stats} {self.examples / elapsed:.1f} ex/s")
+            self.bar.update(1)
+        if step % self.config.log_every == 0 or step == self.config.steps:
+            self.log(f"step {step}/{self.config.steps} {stats} | {self.examples / elapsed:.1f} ex/s "
+                     f"{self.tokens / elapsed:.0f} tok/s | elapsed {elapsed:.0f}s ETA {eta:.0f}s")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _as_dict(config: TrainConfig) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(config)

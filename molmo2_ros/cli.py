@@ -59,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.annotate and not args.annotate.lower().endswith((".png", ".mp4")):
         raise ValueError(f"--annotate must end in .png or .mp4, got {args.annotate!r}")
+    if args.allow_pickle and args.backend != "torch":
+        raise ValueError("--allow-pickle applies to the torch backend's checkpoint loading only")
     started = time.perf_counter()
     if args.video:
         frames = read_video(args.video, fps=args.fps, max_frames=args.max_frames, max_side=args.max_side)

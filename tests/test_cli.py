@@ -80,6 +80,9 @@ def test_bad_arguments_are_refused(tmp_path, capsys):
     assert cli.main(["infer", "--video", str(tmp_path / "none.mp4"), "--query", "cup"]) == 1
     assert "does not exist" in capsys.readouterr().err
     assert cli.main(["infer", "--video", "x.mp4", "--query", "cup", "--annotate", "out.gif"]) == 1
+    assert cli.main(["infer", "--images", "a.png", "--query", "cup", "--backend", "onnxruntime",
+                     "--allow-pickle"]) == 1
+    assert "torch backend" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["infer", "--query", "cup"])  # neither --video nor --images
 

@@ -1,8 +1,9 @@
 """TrackPropagator on shapes-world video with known motion.
 
 The "model answers" are Groundings built from the true object centres of the frame the
-answer is for (plus noise, with answer-local object ids shuffled each time) and handed to
-the propagator 0.8 s after that frame, as a real answer would arrive. The model is not
+answer is for (plus noise; answer-local object ids shuffled and object order reversed
+every other answer, so only position and label can carry identity) and handed to the
+propagator 0.8 s after that frame, as a real answer would arrive. The model is not
 under test here; propagation, latency compensation and id association are.
 """
 from __future__ import annotations

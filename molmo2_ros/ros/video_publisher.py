@@ -35,6 +35,17 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def parse_objects(text: str) -> list[tuple[str, str]]:
+    """'red circle,blue square' -> [("red", "circle"), ("blue", "square")]."""
+    objects = []
+    for label in text.split(","):
+        words = label.split()
+        if len(words) != 2:
+            raise argparse.ArgumentTypeError(f"each object is 'colour shape', got {label.strip()!r}")
+        objects.append((words[0], words[1]))
+    return objects
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="video_publisher", description=__doc__.split("\n\n")[0])
     parser.add_argument("--video", help="video file to publish (default: the synthetic shapes scene)")
@@ -48,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="synthetic scene size WxH (default 320x240)")
     parser.add_argument("--seconds", type=float, default=6.0,
                         help="length of the synthetic scene before it loops (default %(default)s)")
-    parser.add_argument("--objects", type=int, default=3, help="shapes in the synthetic scene")
+    parser.add_argument("--objects", type=parse_objects, default="red circle,blue square,yellow triangle",
+                        help="the synthetic scene's shapes, 'colour shape' comma-separated "
+                             "(default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="synthetic scene seed")
     parser.add_argument("--frame-id", default="camera_optical_frame", help="header frame_id")
     parser.add_argument("--reliability", choices=("best_effort", "reliable"), default="reliable",
@@ -68,7 +81,7 @@ def load_frames(args) -> list:
     from training.shapes_world import make_clip
 
     clip = make_clip(args.seed, n_frames=max(1, round(args.seconds * args.rate)), fps=args.rate,
-                     size=args.size, n_objects=args.objects, speed_range=(0.05, 0.15))
+                     size=args.size, objects=args.objects, speed_range=(0.05, 0.15))
     return clip.frames
 
 

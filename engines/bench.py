@@ -29,16 +29,13 @@ def _median_ms(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def bench_backend(backend, *, frames: int = 8, decode_steps: int = 32, repeats: int = 3,
-                  prompt: str = "Point to the person.") -> dict:
-    """Time one backend's runner stage by stage (after one warm-up of each stage)."""
-    from molmo2_ros.backends.inputs import build_inputs
+def bench_runner(runner, tensors: dict, *, decode_steps: int = 32, repeats: int = 3) -> dict:
+    """Time a kv_greedy.GraphRunner stage by stage on processor-shaped `tensors` (numpy),
+    after one warm-up of each stage."""
     from molmo2_ros.backends.kv_greedy import vision_arrays
 
-    runner = backend.runner
-    inputs = build_inputs(backend.processor, synthetic_frames(frames), prompt, return_tensors="np")
-    tensors = inputs.tensors
     pixels, pooling = vision_arrays(tensors)
+    frames = pixels.shape[0]
     valid = (pooling >= 0).any(-1)
     ids = np.asarray(tensors["input_ids"], dtype=np.int64)
     mask = np.asarray(tensors["attention_mask"], dtype=np.int64)
@@ -60,8 +57,7 @@ def bench_backend(backend, *, frames: int = 8, decode_steps: int = 32, repeats: 
         position += 1
     decode_s = time.perf_counter() - start
     return {
-        "backend": backend.name,
-        "frames": frames,
+        "frames": int(frames),
         "prompt_tokens": int(ids.shape[1]),
         "vision_tokens": int(valid.sum()),
         "vision_ms_per_frame": round(vision_ms / frames, 3),
@@ -69,3 +65,13 @@ def bench_backend(backend, *, frames: int = 8, decode_steps: int = 32, repeats: 
         "decode_tokens_per_s": round(decode_steps / decode_s, 2),
         "decode_steps": decode_steps,
     }
+
+
+def bench_backend(backend, *, frames: int = 8, decode_steps: int = 32, repeats: int = 3,
+                  prompt: str = "Point to the person.") -> dict:
+    """bench_runner over a GraphBackend, on synthetic frames through its real processor."""
+    from molmo2_ros.backends.inputs import build_inputs
+
+    inputs = build_inputs(backend.processor, synthetic_frames(frames), prompt, return_tensors="np")
+    result = bench_runner(backend.runner, inputs.tensors, decode_steps=decode_steps, repeats=repeats)
+    return {"backend": backend.name, **result}

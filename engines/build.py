@@ -97,9 +97,6 @@ def build_engine(trt, onnx_path: Path, engine_path: Path, profile_shapes: dict, 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     if precision in ("int8", "fp8"):
-        if not _has_quantize_nodes(onnx_path):
-            raise ValueError(f"--precision {precision} needs an ONNX graph with Q/DQ nodes (explicit quantization, "
-                             f"e.g. from NVIDIA ModelOpt); {onnx_path.name} has none. Use fp16 or bf16.")
         config.set_flag(trt.BuilderFlag.INT8 if precision == "int8" else trt.BuilderFlag.FP8)
         config.set_flag(trt.BuilderFlag.FP16)
     elif precision == "fp16":
@@ -131,14 +128,22 @@ def build_engine(trt, onnx_path: Path, engine_path: Path, profile_shapes: dict, 
 def build_engines(folder: str | Path, precision: str = "fp16", *, profiles: dict | None = None,
                   workspace_gb: float = 8.0, progress=print) -> dict:
     """Build all three engines in `folder` (an export folder) and record them in the manifest."""
-    import tensorrt as trt
-
     from engines import manifest
 
     if precision not in BUILD_PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(BUILD_PRECISIONS)}, got {precision!r}")
     folder = Path(folder)
     data = manifest.check_folder(folder, runtime="onnxruntime")  # the ONNX graphs are intact
+    if precision in ("int8", "fp8"):
+        plain = [name for name in ENGINE_FILES if not _has_quantize_nodes(folder / name)]
+        if plain:
+            raise ValueError(f"--precision {precision} needs ONNX graphs with Q/DQ nodes (explicit quantization, "
+                             f"e.g. from NVIDIA ModelOpt); {', '.join(plain)} have none. Use fp16 or bf16.")
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise ImportError(f"building engines needs TensorRT's Python package ({exc}); install the wheel matching "
+                          "your CUDA (e.g. `pip install tensorrt-cu12`) or use the onnxruntime backend") from exc
     config = json.loads((folder / "config.json").read_text())
     shapes = default_profiles(config, data["export"]["settings"])
     for graph, overrides in (profiles or {}).items():

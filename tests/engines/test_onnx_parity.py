@@ -60,10 +60,13 @@ def test_vision_graph_matches_pytorch(synthetic_frames, num_frames, hf_model, pr
     pixels, pooling = vision_arrays({k: v.numpy() for k, v in tensors.items()})
     got = ort_backend.runner.vision(pixels, pooling, (pooling >= 0).any(-1))
     assert got.shape == ref.shape
+    scale = float(np.abs(ref).max())
     diff = float(np.abs(got - ref).max())
     record_property("vision_max_abs_diff", diff)
-    print(f"vision graph vs PyTorch ({'image' if num_frames == 1 else 'video'}): max abs diff {diff:.3g}")
-    assert diff <= VISION_TOLERANCE
+    print(f"vision graph vs PyTorch ({'image' if num_frames == 1 else 'video'}): max abs diff {diff:.3g}, "
+          f"features up to {scale:.3g}")
+    # the tiny model's features are small, so hold the difference to 1e-4 of their scale too
+    assert scale > 0 and diff <= VISION_TOLERANCE and diff <= VISION_TOLERANCE * scale
 
 
 def test_prefill_matches_pytorch_and_keeps_the_prefix_mask(synthetic_frames, hf_model, processor, ort_backend):

@@ -1,0 +1,414 @@
+"""GPU check: a real-shaped Molmo2-4B with random weights, HF baseline, export, parity.
+
+    python -m engines.gpu_check [--budget-s 330] [--frames 8] [--decode-steps 32]
+    python -m engines.gpu_check --tiny          # the same code path on the tiny model (CPU ok)
+
+Sections, each timed and guarded (an exception or a missing package is recorded as
+the section's reason, and the script goes on):
+  environment   versions, GPU, which runtimes import
+  model         Molmo2-4B-shaped config (Qwen3-4B LLM, SigLIP ViT 27x27 at 378 px), random
+                weights initialised on the GPU in bf16
+  hf_baseline   transformers eager generate (bf16, default attention): vision ms/frame,
+                prefill ms, time to first token, decode tokens/s
+  reference     the same weights in the export precision (fp16, eager attention): vision
+                features, prefill logits, greedy tokens (the parity reference)
+  export        the three ONNX graphs in fp16 (engines.export), sizes and seconds
+  onnxruntime   ONNX Runtime CUDA EP (needs onnxruntime-gpu): parity + timings
+  tensorrt      TensorRT engines (needs tensorrt): build seconds, parity + timings
+A time budget is checked before every section so the whole run stays inside --budget-s.
+Prints one JSON object; also writes $OUT/gpu_check.json when OUT is set.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+STARTED = time.monotonic()
+
+# Molmo2-4B: dimensions of the released config.json (allenai/Molmo2-4B family, e.g.
+# Molmo2-VideoPoint-4B): Qwen3-4B text model, SigLIP so400m ViT at 378 px / 14 px patches,
+# features from ViT layers -3 and -9 (the 27-layer ViT is trimmed to the 25 layers read).
+MOLMO2_4B = {
+    "vision_config": dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=25, num_attention_heads=16,
+                          num_key_value_heads=16, head_dim=72, image_size=[378, 378], patch_size=14),
+    "adapter_config": dict(vision_feature_layer=[-3, -9], hidden_size=1152, num_attention_heads=16,
+                           num_key_value_heads=16, head_dim=72, intermediate_size=9728, text_hidden_size=2560),
+    "text_config": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+                        num_key_value_heads=8, head_dim=128, vocab_size=151936, additional_vocab_size=128,
+                        max_position_embeddings=36864, qk_norm_type="qwen3",
+                        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
+}
+VIDEO_POOL = (3, 3)   # Molmo2VideoProcessor's default pooling of frame patches
+
+
+class Report:
+    def __init__(self, budget_s: float):
+        self.budget_s = budget_s
+        self.data: dict = {"budget_s": budget_s, "sections": {}}
+
+    def left(self) -> float:
+        return self.budget_s - (time.monotonic() - STARTED)
+
+    def run(self, name: str, fn, *, needs_s: float = 0.0):
+        """Run one section unless the budget cannot cover `needs_s`; record result or reason."""
+        if self.left() < needs_s:
+            self.data["sections"][name] = {"status": "skipped",
+                                           "reason": f"{self.left():.0f} s left, section needs ~{needs_s:.0f} s"}
+            return None
+        start = time.monotonic()
+        try:
+            result = fn()
+            entry = {"status": "ok", **(result or {})}
+        except _Skip as exc:
+            entry, result = {"status": "skipped", "reason": str(exc)}, None
+        except Exception as exc:  # noqa: BLE001 - a check records every failure and goes on
+            entry, result = {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:2000],
+                             "traceback": traceback.format_exc()[-3000:]}, None
+        entry["seconds"] = round(time.monotonic() - start, 2)
+        self.data["sections"][name] = entry
+        self.save()  # a run killed later still leaves what it measured
+        print(f"[gpu_check] {name}: {entry['status']} ({entry['seconds']} s, {self.left():.0f} s left)",
+              file=sys.stderr, flush=True)
+        return result
+
+
+    def save(self) -> None:
+        self.data["total_seconds"] = round(time.monotonic() - STARTED, 2)
+        if os.environ.get("OUT"):
+            Path(os.environ["OUT"]).mkdir(parents=True, exist_ok=True)
+            Path(os.environ["OUT"], "gpu_check.json").write_text(json.dumps(self.data, indent=1, default=str))
+
+
+class _Skip(Exception):
+    pass
+
+
+def _sync(torch, device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _median_ms(torch, device, fn, repeats=3) -> float:
+    fn()
+    _sync(torch, device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(torch, device)
+        times.append((time.perf_counter() - start) * 1000)
+    return float(np.median(times))
+
+
+def environment() -> dict:
+    import torch
+    import transformers
+
+    env = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
+           "transformers": transformers.__version__, "gpu": None}
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(0)
+        env["gpu"] = f"{torch.cuda.get_device_name(0)} (sm_{major}{minor})"
+    for package in ("onnx", "onnxruntime", "tensorrt"):
+        try:
+            module = __import__(package)
+            env[package] = module.__version__
+        except Exception as exc:  # noqa: BLE001
+            env[package] = f"not importable: {type(exc).__name__}: {exc}"[:300]
+    try:
+        import onnxruntime
+
+        env["onnxruntime_providers"] = onnxruntime.get_available_providers()
+    except Exception:  # noqa: BLE001
+        pass
+    return env
+
+
+def keep_rotary_fp32(model, dtype):
+    """Cast `model` to `dtype` but keep the RoPE inverse frequencies in fp32 (as loading does)."""
+    rotary = {name: buf.float().clone() for name, buf in model.named_buffers() if name.endswith("inv_freq")}
+    model.to(dtype)
+    for name, value in rotary.items():
+        module = model.get_submodule(name.rsplit(".", 1)[0])
+        setattr(module, name.rsplit(".", 1)[1], value.to(next(model.parameters()).device))
+    return model
+
+
+def build_model(tiny: bool, device: str, dtype, work: Path):
+    """(model, kind): Molmo2-4B-shaped random weights, or the project's tiny model."""
+    import torch
+    from transformers import Molmo2Config, Molmo2ForConditionalGeneration
+
+    if tiny:
+        from molmo2_ros.tiny_model import build_tiny_molmo2
+
+        folder = build_tiny_molmo2(work / "tiny_model", seed=0)
+        model = Molmo2ForConditionalGeneration.from_pretrained(str(folder), dtype=dtype)
+        return model.to(device).eval(), "tiny"
+    config = Molmo2Config(**MOLMO2_4B)
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = Molmo2ForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(previous)
+    return keep_rotary_fp32(model, dtype).eval(), "molmo2-4b-shaped"
+
+
+def synthetic_video(config, frames: int, text_tokens: int = 32, seed: int = 0) -> dict:
+    """Processor-shaped video inputs (numpy) built from the config: per frame a timestamp,
+    <frame_start>, rows x cols <im_patch> (3x3 pooled patches), <frame_end>; then text.
+    Pooling indices come from transformers' own `arange_for_pooling`."""
+    import torch
+    from transformers.models.molmo2.video_processing_molmo2 import arange_for_pooling
+
+    rng = np.random.default_rng(seed)
+    vision = config.vision_config
+    grid = vision.image_size[0] // vision.patch_size
+    per_frame = grid * grid
+    pooling, rows, cols = arange_for_pooling(torch.arange(per_frame).reshape(grid, grid), *VIDEO_POOL)
+    pooling = pooling.numpy()
+    text_vocab = min(config.text_config.vocab_size, config.image_start_token_id)
+    ids, mm = [], []
+    for f in range(frames):
+        stamp = list(rng.integers(3, text_vocab, 3))
+        frame = [config.frame_start_token_id] + [config.image_patch_id] * (rows * cols) + [config.frame_end_token_id]
+        ids += stamp + frame
+        mm += [0] * len(stamp) + [1] * len(frame)
+    tail = list(rng.integers(3, text_vocab, text_tokens))
+    ids += tail
+    mm += [0] * len(tail)
+    all_pooling = np.concatenate([np.where(pooling >= 0, pooling + f * per_frame, -1) for f in range(frames)])
+    patch_dim = vision.patch_size ** 2 * vision.num_channels
+    return {
+        "input_ids": np.asarray([ids], dtype=np.int64),
+        "attention_mask": np.ones((1, len(ids)), dtype=np.int64),
+        "mm_token_type_ids": np.asarray([mm], dtype=np.int64),
+        "pixel_values_videos": rng.standard_normal((frames, per_frame, patch_dim)).astype(np.float32),
+        "video_token_pooling": all_pooling.astype(np.int64),
+        "video_grids": np.asarray([[frames, rows, cols]], dtype=np.int64),
+    }
+
+
+def _torch_inputs(torch, tensors: dict, device, dtype) -> dict:
+    return {k: torch.from_numpy(v).to(device, dtype=dtype if v.dtype == np.float32 else None)
+            for k, v in tensors.items()}
+
+
+def hf_baseline(model, tensors: dict, device, decode_steps: int) -> dict:
+    """transformers' own path: vision, prefill (vision precomputed), generate."""
+    import torch
+
+    inputs = _torch_inputs(torch, tensors, device, model.dtype)
+    frames = tensors["pixel_values_videos"].shape[0]
+    with torch.inference_mode():
+        def vision():
+            return model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_token_pooling"],
+                                                  inputs["video_grids"])
+
+        vision_ms = _median_ms(torch, device, vision)
+        encoded = {"video": vision()}
+        text = {k: inputs[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
+        prefill_ms = _median_ms(torch, device, lambda: model(**text, mm_encoder_outputs=encoded, use_cache=True,
+                                                              logits_to_keep=1))
+
+        def generate(n):
+            return model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+
+        ttft_ms = _median_ms(torch, device, lambda: generate(1))
+        full_ms = _median_ms(torch, device, lambda: generate(decode_steps + 1), repeats=1)
+    return {"attention": model.config._attn_implementation, "dtype": str(model.dtype).replace("torch.", ""),
+            "frames": int(frames), "prompt_tokens": int(tensors["input_ids"].shape[1]),
+            "vision_ms_per_frame": round(vision_ms / frames, 3), "prefill_ms": round(prefill_ms, 3),
+            "time_to_first_token_ms": round(ttft_ms, 3),
+            "decode_tokens_per_s": round(decode_steps / ((full_ms - ttft_ms) / 1000), 2)}
+
+
+def reference(model, tensors: dict, device, steps: int) -> dict:
+    """Vision features, last prefill logits and greedy tokens from transformers (parity reference)."""
+    import torch
+
+    inputs = _torch_inputs(torch, tensors, device, model.dtype)
+    with torch.inference_mode():
+        features = torch.cat(model.model.get_video_features(
+            inputs["pixel_values_videos"], inputs["video_token_pooling"], inputs["video_grids"]).pooler_output)
+        logits = model(**inputs, logits_to_keep=1).logits[0, -1]
+        out = model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
+    return {"features": features.float().cpu().numpy(), "logits": logits.float().cpu().numpy(),
+            "tokens": out[0, tensors["input_ids"].shape[1]:].tolist()}
+
+
+def parity(runner, tensors: dict, ref: dict, steps: int) -> dict:
+    """Compare a GraphRunner with the reference: features, prefill logits, greedy tokens."""
+    from molmo2_ros.backends.kv_greedy import GraphConfig, greedy_generate, vision_arrays
+
+    pixels, pooling = vision_arrays(tensors)
+    valid = (pooling >= 0).any(-1)
+    features = runner.vision(pixels, pooling, valid)
+    features_np = features.float().cpu().numpy() if hasattr(features, "cpu") else np.asarray(features, np.float32)
+    ids, mask, mm = tensors["input_ids"], tensors["attention_mask"], tensors["mm_token_type_ids"]
+    logits, _ = runner.prefill(ids, features, mask, mask.cumsum(-1) - 1, mm)
+    config = GraphConfig(image_patch_id=ref["image_patch_id"], eos_token_ids=())
+    tokens = greedy_generate(runner, tensors, config, max_new_tokens=steps)
+    same = next((i for i, (a, b) in enumerate(zip(tokens, ref["tokens"])) if a != b), min(len(tokens), steps))
+    vision_diff = float(np.abs(features_np - ref["features"]).max())
+    return {"vision_max_abs_diff": vision_diff,
+            "vision_max_rel_diff": vision_diff / max(float(np.abs(ref["features"]).max()), 1e-30),
+            "prefill_logits_max_abs_diff": float(np.abs(logits[0] - ref["logits"]).max()),
+            "prefill_argmax_equal": bool(np.argmax(logits[0]) == np.argmax(ref["logits"])),
+            "greedy_tokens_equal": tokens == ref["tokens"], "greedy_tokens_matching_prefix": same,
+            "greedy_steps": steps}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="the project's tiny model (CPU ok) instead of 4B")
+    parser.add_argument("--budget-s", type=float, default=330.0, help="stop starting sections past this")
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--decode-steps", type=int, default=32)
+    parser.add_argument("--work", default=None, help="folder for the exported graphs (default: a temp dir)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and not args.tiny:
+        print("[gpu_check] no CUDA GPU: the 4B-shaped check needs one (use --tiny on CPU)", file=sys.stderr)
+    work = Path(args.work or tempfile.mkdtemp(prefix="molmo2_gpu_check_"))
+    work.mkdir(parents=True, exist_ok=True)
+    report = Report(args.budget_s)
+    report.data.update({"mode": "tiny" if args.tiny else "molmo2-4b-shaped", "device": device, "work": str(work)})
+    report.run("environment", environment)
+    base_dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    export_precision = "fp16" if device == "cuda" else "fp32"
+    state: dict = {}
+
+    def model_section():
+        if device == "cpu" and not args.tiny:
+            raise _Skip("no CUDA GPU")
+        model, kind = build_model(args.tiny, device, base_dtype, work)
+        state["model"] = model
+        state["tensors"] = synthetic_video(model.config, args.frames)
+        return {"kind": kind, "parameters": sum(p.numel() for p in model.parameters()),
+                "prompt_tokens": int(state["tensors"]["input_ids"].shape[1])}
+
+    report.run("model", model_section, needs_s=30)
+    if "model" not in state:
+        return _finish(report)
+    report.run("hf_baseline", lambda: hf_baseline(state["model"], state["tensors"], device, args.decode_steps),
+               needs_s=30)
+
+    def reference_section():
+        from engines.export import PRECISIONS
+
+        model = keep_rotary_fp32(state["model"], PRECISIONS[export_precision])
+        model.set_attn_implementation("eager")
+        ref = reference(model, state["tensors"], device, args.decode_steps)
+        ref["image_patch_id"] = model.config.image_patch_id
+        state["reference"] = ref
+        return {"dtype": export_precision, "attention": "eager", "tokens": ref["tokens"][:8]}
+
+    report.run("reference", reference_section, needs_s=30)
+
+    def export_section():
+        from engines import export
+
+        model, out = state["model"], work / "engines"
+        out.mkdir(exist_ok=True)
+        seconds, sizes = {}, {}
+        vision_params = sum(p.numel() for n, p in model.named_parameters() if "language_model" not in n
+                            and not n.startswith("lm_head"))
+        lm_ratio = (sum(p.numel() for p in model.parameters()) - vision_params) / vision_params
+        for name, fn in ((export.VISION_FILE, export.export_vision), (export.PREFILL_FILE, export.export_prefill),
+                         (export.DECODE_FILE, export.export_decode)):
+            # a language-model graph takes about (its weights / the vision weights) x the vision export
+            estimate = 10.0 if name == export.VISION_FILE else seconds[export.VISION_FILE] * lm_ratio
+            if report.left() < estimate + 15:
+                raise _Skip(f"{report.left():.0f} s left, {name} needs ~{estimate:.0f} s (exported: {seconds})")
+            start = time.monotonic()
+            fn(model, out / name)
+            seconds[name] = round(time.monotonic() - start, 2)
+            sizes[name] = sum(p.stat().st_size for p in out.glob(name + "*"))
+        state["graphs"] = out
+        return {"precision": export_precision, "seconds": seconds, "bytes": sizes}
+
+    report.run("export", export_section, needs_s=60)
+
+    def onnxruntime_section():
+        if "graphs" not in state:
+            raise _Skip("no exported graphs")
+        import onnxruntime as ort
+
+        from engines.bench import bench_runner
+        from molmo2_ros.backends.onnxruntime_backend import CPU, CUDA, OrtRunner
+
+        if CUDA in ort.get_available_providers():
+            providers = [CUDA, CPU]
+        elif device == "cpu":
+            providers = [CPU]
+        else:
+            raise _Skip("onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu); "
+                        f"providers: {ort.get_available_providers()}")
+        runner = OrtRunner(state["graphs"], providers)
+        result = parity(runner, state["tensors"], state["reference"], args.decode_steps)
+        result["timings"] = bench_runner(runner, state["tensors"], decode_steps=args.decode_steps)
+        result["providers"] = providers
+        return result
+
+    report.run("onnxruntime", onnxruntime_section, needs_s=45)
+
+    def tensorrt_section():
+        if "graphs" not in state:
+            raise _Skip("no exported graphs")
+        try:
+            import tensorrt as trt
+        except ImportError as exc:
+            raise _Skip(f"tensorrt not importable: {exc}") from exc
+        if device != "cuda":
+            raise _Skip("TensorRT needs a CUDA GPU")
+        from engines.bench import bench_runner
+        from engines.build import ENGINE_FILES, build_engine, default_profiles
+        from engines.export import ExportSettings
+        from molmo2_ros.backends.tensorrt_backend import TrtRunner
+
+        settings = ExportSettings(precision=export_precision, max_frames=max(args.frames, 8),
+                                  max_prompt=max(2048, int(state["tensors"]["input_ids"].shape[1]) + 64),
+                                  max_new_tokens=args.decode_steps + 16).__dict__
+        shapes = default_profiles(state["model"].config.to_dict(), settings)
+        seconds = {}
+        for onnx_name, engine_name in ENGINE_FILES.items():
+            if report.left() < 30:
+                raise _Skip(f"budget ran out before building {engine_name} (built: {seconds})")
+            seconds[engine_name] = round(build_engine(
+                trt, state["graphs"] / onnx_name, state["graphs"] / engine_name, shapes[onnx_name], "fp16",
+                workspace_gb=16, timing_cache=state["graphs"] / "timing.cache",
+                progress=lambda m: print(m, file=sys.stderr)), 2)
+        runner = TrtRunner(state["graphs"])
+        result = parity(runner, state["tensors"], state["reference"], args.decode_steps)
+        result["timings"] = bench_runner(runner, state["tensors"], decode_steps=args.decode_steps)
+        result["build_seconds"] = seconds
+        return result
+
+    report.run("tensorrt", tensorrt_section, needs_s=90)
+    return _finish(report)
+
+
+def _finish(report: Report) -> int:
+    report.save()
+    print(json.dumps(report.data, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -11,17 +11,17 @@ dtypes and values: integer tensors equal, pixel values bit-identical), but
 - it runs in torch on `device` (a GPU when there is one) and leaves the tensors there.
 
 Exactness. transformers resizes in float32 with torch's bilinear kernel, then rounds to
-uint8. `_bilinear_u8` reproduces that kernel's arithmetic: the source coordinate is
+uint8. `resize_u8` reproduces that kernel's arithmetic: the source coordinate is
 computed with a fused multiply-add, and the taps are combined in the order (and with the
 FMA contractions) of the kernel torch actually dispatches to, which depends on the thread
 count: one thread (or a tiny output) takes the channels-last kernel, more threads the
-generic one. FMAs are emulated in float64, where the products are exact. Normalisation
-is a 256-entry table computed by the processor's own `rescale_and_normalize`, so it is
-exact by construction. Shape-only helpers (crop geometry, pooling windows) are
-transformers' own functions.
+generic one. FMAs are emulated in float64, where the products are exact. Rescaling and
+normalisation run through the processor's own `rescale_and_normalize`, and shape-only
+helpers (crop geometry, pooling windows) are transformers' own functions.
 """
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 from typing import Sequence
@@ -35,13 +35,20 @@ from molmo2_ros.backends.inputs import ModelInputs, _validate, refuse_control_to
 from molmo2_ros.core.grounding import Frame
 
 
+# Float32 bilinear results of different summation orders differ by < 3e-4 for 0..255
+# inputs (a few roundings of values below 256); only results this close to a rounding
+# boundary (k + 0.5) need the reference's exact operation order to round the same way.
+_TIE_BAND = 1e-3
+
+
 @dataclass(frozen=True)
 class _Taps:
-    """Where the 4 bilinear taps of every output pixel are and how they are weighted."""
+    """Where the 4 bilinear taps of every output value are and how they are weighted."""
 
-    index: torch.Tensor                 # (4 * oh * ow * 3,) flat byte offsets of taps a, b, c, d
-    channels_last: bool                 # which of torch's two kernels to reproduce
-    weights: tuple[torch.Tensor, ...]   # (float32, float64, float32, float64), see _bilinear_u8
+    index: torch.Tensor                 # (4 * oh * ow,) flat pixel offsets of taps a, b, c, d
+    approx: torch.Tensor                # (4, oh * ow, 1) float32 weights of a, b, c, d
+    channels_last: bool                 # which of torch's two kernels to reproduce near ties
+    exact: tuple[torch.Tensor, ...]     # per-pixel (oh * ow,) weights in that kernel's form
 
 
 def _axis_taps(in_size: int, out_size: int):
@@ -59,11 +66,6 @@ def _axis_taps(in_size: int, out_size: int):
     return i0, i0 + (i0 < in_size - 1), np.float32(1) - lambda1, lambda1
 
 
-def _fma(x: torch.Tensor, y64: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """float32 fma(x, y, z): the float64 product of two float32 values is exact."""
-    return torch.addcmul(z.double(), x.double(), y64).float()
-
-
 class FastPreprocessor:
     """Cached, vectorised stand-in for `build_inputs` (see the module docstring).
 
@@ -78,7 +80,6 @@ class FastPreprocessor:
         self.frames_processed = 0
         self._video_cache: dict[tuple, torch.Tensor] = {}
         self._image_cache: dict[tuple, tuple] = {}
-        self._taps: dict[tuple, _Taps] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ public
@@ -196,53 +197,66 @@ class FastPreprocessor:
     def _resize_normalised(self, image: np.ndarray, cfg: "_PixelConfig", out_h: int, out_w: int) -> torch.Tensor:
         """uint8 HxWx3 -> normalised float out_h x out_w x 3 on the device."""
         source = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
-        resized = _bilinear_u8(source, out_h, out_w, self._taps_for(image.shape[0], image.shape[1], out_h, out_w))
-        return cfg.normalise(resized)
-
-    def _taps_for(self, in_h: int, in_w: int, out_h: int, out_w: int) -> _Taps | None:
-        if (in_h, in_w) == (out_h, out_w):
-            return None
-        # Which kernel torch picks (upsample_bilinear2d_kernel_impl_float), for 3 channels.
-        channels_last = torch.get_num_threads() == 1 or out_h + out_w <= 128
-        key = (in_h, in_w, out_h, out_w, channels_last)
-        taps = self._taps.get(key)
-        if taps is None:
-            taps = self._taps[key] = _make_taps(in_h, in_w, out_h, out_w, channels_last, self.device)
-        return taps
+        return cfg.normalise(resize_u8(source, out_h, out_w))
 
 
-def _make_taps(in_h: int, in_w: int, out_h: int, out_w: int, channels_last: bool, device) -> _Taps:
+def resize_u8(image: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
+    """HxWx3 uint8 -> out_h x out_w x 3 uint8, equal to transformers' Molmo2
+    `resize_and_normalize_image` before rescaling (float bilinear without antialias,
+    rounded and clamped back to uint8) on this CPU at the current torch thread count."""
+    in_h, in_w = image.shape[:2]
+    if (in_h, in_w) == (out_h, out_w):   # torchvision returns the image untouched
+        return image
+    # The kernel torch picks for 3 channels (upsample_bilinear2d_kernel_impl_float).
+    channels_last = torch.get_num_threads() == 1 or out_h + out_w <= 128
+    taps = _taps(in_h, in_w, out_h, out_w, channels_last, image.device)
+    values = image.view(-1, 3).index_select(0, taps.index).view(4, -1, 3).float()
+    approx = values[0] * taps.approx[0]
+    for k in (1, 2, 3):
+        approx.addcmul_(values[k], taps.approx[k])
+    out = approx.round()
+    near = ((approx - out).abs_().view(-1) > 0.5 - _TIE_BAND).nonzero().view(-1)
+    if near.numel():
+        pixel, channel = near // 3, near % 3
+        out.view(-1)[near] = _exact_bilinear(values[:, pixel, channel], [w[pixel] for w in taps.exact],
+                                             taps.channels_last).round()
+    return out.clamp_(0, 255).to(torch.uint8).view(out_h, out_w, 3)
+
+
+@functools.lru_cache(maxsize=8)
+def _taps(in_h: int, in_w: int, out_h: int, out_w: int, channels_last: bool, device) -> _Taps:
     y0, y1, h0, h1 = _axis_taps(in_h, out_h)
     x0, x1, w0, w1 = _axis_taps(in_w, out_w)
     pixel = np.stack([y0[:, None] * in_w + x0, y0[:, None] * in_w + x1,
                       y1[:, None] * in_w + x0, y1[:, None] * in_w + x1])          # 4, oh, ow
-    index = (pixel[..., None] * 3 + np.arange(3)).reshape(-1)
-    h0, h1 = h0[:, None, None], h1[:, None, None]
-    w0, w1 = w0[None, :, None], w1[None, :, None]
+    index = pixel.reshape(-1).astype(np.int32 if in_h * in_w < 2**31 else np.int64)
+    h0, h1, w0, w1 = h0[:, None], h1[:, None], w0[None, :], w1[None, :]
+    w00, w01, w10, w11 = h0 * w0, h0 * w1, h1 * w0, h1 * w1                       # float32, as torch does
+    approx = np.stack([w00, w01, w10, w11]).reshape(4, -1, 1)
     if channels_last:
-        # out = ((a*w00 + b*w01) + c*w10) + d*w11, as fma(d, w11, fma(c, w10, fma(a, w00, b*w01)))
-        w00, w01, w10, w11 = h0 * w0, h0 * w1, h1 * w0, h1 * w1
-        weights = (w01, w00.astype(np.float64), w10.astype(np.float64), w11.astype(np.float64))
+        # out = ((a*w00 + b*w01) + c*w10) + d*w11, compiled as fma(d, w11, fma(c, w10, fma(a, w00, b*w01)))
+        exact = (w01, w00.astype(np.float64), w10.astype(np.float64), w11.astype(np.float64))
     else:
-        # rows: t = fma(a, w0, b*w1); columns: out = fma(t0, h0, t1*h1)
-        weights = (w1, w0.astype(np.float64), h1, h0.astype(np.float64))
-    as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
-    return _Taps(as_tensor(index), channels_last, tuple(as_tensor(w) for w in weights))
+        # per row t = a*w0 + b*w1 = fma(a, w0, b*w1); then out = fma(t0, h0, t1*h1)
+        exact = (w1, w0.astype(np.float64), h1, h0.astype(np.float64))
+    as_tensor = lambda a: torch.from_numpy(np.array(a)).to(device)  # noqa: E731  (a writable copy)
+    exact = tuple(as_tensor(np.broadcast_to(w, (out_h, out_w)).reshape(-1)) for w in exact)
+    return _Taps(as_tensor(index), as_tensor(approx), channels_last, exact)
 
 
-def _bilinear_u8(image: torch.Tensor, out_h: int, out_w: int, taps: _Taps | None) -> torch.Tensor:
-    """HxWx3 uint8 -> out_h x out_w x 3 uint8, equal to transformers' Molmo2
-    `resize_and_normalize_image` before normalisation (float bilinear, no antialias,
-    round, clamp)."""
-    if taps is None:          # torchvision returns the image untouched when the size matches
-        return image
-    a, b, c, d = image.view(-1).index_select(0, taps.index).view(4, out_h, out_w, 3).float().unbind(0)
-    first, w64, second, v64 = taps.weights
-    if taps.channels_last:
-        out = _fma(d, v64, _fma(c, second, _fma(a, w64, b * first)))
-    else:
-        out = _fma(_fma(a, w64, b * first), v64, _fma(c, w64, d * first) * second)
-    return out.round_().clamp_(0, 255).to(torch.uint8)
+def _exact_bilinear(values: torch.Tensor, weights: list[torch.Tensor], channels_last: bool) -> torch.Tensor:
+    """torch's float32 result for taps `values` (4, m), operation for operation; a float32
+    fma(x, y, z) is z + x*y in float64 (where x*y is exact), rounded once."""
+    a, b, c, d = values
+    if channels_last:
+        w01, w00, w10, w11 = weights
+        out = (b * w01).double().addcmul_(a.double(), w00).float()
+        out = out.double().addcmul_(c.double(), w10).float()
+        return out.double().addcmul_(d.double(), w11).float()
+    w1, w0, h1, h0 = weights
+    top = (b * w1).double().addcmul_(a.double(), w0).float()
+    bottom = (d * w1).double().addcmul_(c.double(), w0).float()
+    return (bottom * h1).double().addcmul_(top.double(), h0).float()
 
 
 def _presented(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -255,7 +269,7 @@ def _presented(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 class _PixelConfig:
-    """One sub-processor's pixel settings, the normalisation table and shape caches."""
+    """One sub-processor's pixel settings, its rescale/normalise step and shape caches."""
 
     def __init__(self, sub_processor, device: torch.device):
         resample = getattr(sub_processor, "resample", PILImageResampling.BILINEAR)
@@ -272,18 +286,17 @@ class _PixelConfig:
         self.max_crops = getattr(sub_processor, "max_crops", None)
         self.overlap_margins = list(getattr(sub_processor, "overlap_margins", None) or [0, 0])
         self.device = device
-        # The processor's own rescale/normalise of every byte value, per channel: (256, 3).
-        values = torch.arange(256, dtype=torch.uint8).view(1, 1, 1, 256).repeat(1, 3, 1, 1)
+        self._sub_processor = sub_processor
         mean, std = sub_processor.image_mean, sub_processor.image_std
-        table = sub_processor.rescale_and_normalize(
-            values, sub_processor.do_rescale, sub_processor.rescale_factor, sub_processor.do_normalize,
-            tuple(mean) if isinstance(mean, list) else mean, tuple(std) if isinstance(std, list) else std)
-        self.table = table[0, :, 0, :].t().contiguous().view(-1).to(device)
-        self._channel = torch.arange(3, device=device)
+        self._normalise_args = (sub_processor.do_rescale, sub_processor.rescale_factor, sub_processor.do_normalize,
+                                tuple(mean) if isinstance(mean, list) else mean,
+                                tuple(std) if isinstance(std, list) else std)
         self._pooling: dict[tuple, tuple] = {}
 
     def normalise(self, image_u8: torch.Tensor) -> torch.Tensor:
-        return self.table[image_u8.long() * 3 + self._channel]
+        """HxWx3 uint8 -> HxWx3 float through the processor's own rescale_and_normalize."""
+        chw = self._sub_processor.rescale_and_normalize(image_u8.permute(2, 0, 1), *self._normalise_args)
+        return chw.permute(1, 2, 0)
 
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
         """[..., S, S, C] -> [..., n_patches, patch*patch*C] (batch_pixels_to_patches)."""

@@ -262,7 +262,7 @@ def parity(runner, tensors: dict, ref: dict, steps: int) -> dict:
     tokens = greedy_generate(runner, tensors, config, max_new_tokens=steps)
     same = next((i for i, (a, b) in enumerate(zip(tokens, ref["tokens"])) if a != b), min(len(tokens), steps))
     vision_diff = float(np.abs(features_np - ref["features"]).max())
-    return {"vision_max_abs_diff": vision_diff,
+    return {"vision_max_abs_diff": vision_diff, "vision_ref_max_abs": float(np.abs(ref["features"]).max()),
             "vision_max_rel_diff": vision_diff / max(float(np.abs(ref["features"]).max()), 1e-30),
             "prefill_logits_max_abs_diff": float(np.abs(logits[0] - ref["logits"]).max()),
             "prefill_argmax_equal": bool(np.argmax(logits[0]) == np.argmax(ref["logits"])),

@@ -14,10 +14,13 @@ import numpy as np
 import pytest
 from action_msgs.msg import GoalStatus
 from lifecycle_msgs.msg import Transition
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from visualization_msgs.msg import MarkerArray
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
 from molmo2_ros.action import Ground
+from molmo2_ros.msg import Grounding as GroundingMsg
 from molmo2_ros.ros.image_conversion import rgb_to_compressed, rgb_to_image
 from molmo2_ros.ros.messages import from_time, to_time
 
@@ -88,6 +91,33 @@ def test_goal_result_carries_the_source_frame_id_and_published_stamps(served):
                      "the result on ~/grounding")
     window_of_4 = harness.ask("red square", max_frames=4)[1].grounding
     assert len(window_of_4.frame_stamps) == 4
+
+
+def test_debug_image_and_markers_while_subscribed_and_qos_mismatch_warned(served):
+    harness, node = served
+    got = {"image": [], "markers": []}
+    qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
+    subs = [harness.node.create_subscription(Image, "/molmo2_grounding/debug_image", got["image"].append, qos),
+            harness.node.create_subscription(MarkerArray, "/molmo2_grounding/markers", got["markers"].append, qos)]
+    # A subscriber demanding transient-local durability cannot match the volatile results.
+    subs.append(harness.node.create_subscription(
+        GroundingMsg, "/molmo2_grounding/grounding", lambda m: None,
+        QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)))
+    try:
+        time.sleep(1.0)  # discovery
+        harness.publish_frames(6)
+        status, result, _ = harness.ask("red square")
+        assert status == GoalStatus.STATUS_SUCCEEDED, result.error_message
+        harness.wait_for(lambda: got["image"] and got["markers"], 20, "debug image and markers")
+        image = got["image"][-1]
+        assert image.header.frame_id == harness.frame_id
+        assert image.header.stamp == result.grounding.header.stamp
+        assert (image.width, image.height, image.encoding) == (160, 120, "rgb8")
+        assert got["markers"][-1].markers[0].action == got["markers"][-1].markers[0].DELETEALL
+        harness.wait_for(lambda: "QoS incompatible" in node.log(), 20, "the QoS warning")
+    finally:
+        for sub in subs:
+            harness.node.destroy_subscription(sub)
 
 
 def test_cancel_and_queue_policy(served):

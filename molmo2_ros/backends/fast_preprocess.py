@@ -31,7 +31,8 @@ import torch
 from transformers.image_utils import PILImageResampling
 from transformers.models.molmo2.image_processing_molmo2 import arange_for_pooling, compute_crop_geometry
 
-from molmo2_ros.backends.inputs import ModelInputs, _validate, refuse_control_tokens
+from molmo2_ros.backends.inputs import (ModelInputs, chat_text, presented_image, refuse_control_tokens,
+                                        validate_frames)
 from molmo2_ros.core.grounding import Frame
 
 
@@ -87,12 +88,10 @@ class FastPreprocessor:
         """Processor inputs for `prompt` over `frames` (1 frame: image; more: video)."""
         if return_tensors not in ("pt", "np"):
             raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}")
-        _validate(frames)
+        validate_frames(frames)
         refuse_control_tokens(self.processor.tokenizer, prompt)
         is_video = len(frames) > 1
-        kind = "video" if is_video else "image"
-        messages = [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": prompt}]}]
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = chat_text(self.processor, prompt, is_video)
         with self._lock:
             if is_video:
                 vision, replacement, frame_times = self._video_inputs(frames)
@@ -134,7 +133,7 @@ class FastPreprocessor:
             key = (frame.frame_id, frame.stamp_ns, height, width)
             value = self._video_cache.get(key)
             if value is None:
-                image = _presented(frame.image, height, width)
+                image = presented_image(frame.image, height, width)
                 value = cfg.patchify(self._resize_normalised(image, cfg, cfg.crop_size, cfg.crop_size))
                 self.frames_processed += 1
             cache[key] = value
@@ -257,15 +256,6 @@ def _exact_bilinear(values: torch.Tensor, weights: list[torch.Tensor], channels_
     top = (b * w1).double().addcmul_(a.double(), w0).float()
     bottom = (d * w1).double().addcmul_(c.double(), w0).float()
     return (bottom * h1).double().addcmul_(top.double(), h0).float()
-
-
-def _presented(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """The frame as build_inputs stacks it into the video (inputs._video_array)."""
-    if image.shape[:2] == (height, width):
-        return image
-    import cv2
-
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
 
 
 class _PixelConfig:

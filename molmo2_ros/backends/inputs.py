@@ -26,7 +26,7 @@ class ModelInputs:
     text: str                    # the chat-templated prompt (before vision tokens are expanded)
 
 
-def _validate(frames: Sequence[Frame]) -> None:
+def validate_frames(frames: Sequence[Frame]) -> None:
     if not frames:
         raise ValueError("no frames: a query needs at least one frame")
     for i, frame in enumerate(frames):
@@ -40,19 +40,21 @@ def _validate(frames: Sequence[Frame]) -> None:
         raise ValueError(f"frame stamps must strictly increase, got {stamps}")
 
 
-def _video_array(frames: Sequence[Frame]) -> np.ndarray:
-    """Stack frames to T x H x W x 3. Frames of another size are resized to the first
-    frame's size: the processor squashes every frame to its square input anyway, so
+def presented_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A video frame as the model gets it: frames of another size are resized to the first
+    frame's size; the processor squashes every frame to its square input anyway, so
     0..1000 coordinates keep referring to each frame's full extent."""
+    if image.shape[:2] == (height, width):
+        return image
     import cv2
 
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def _video_array(frames: Sequence[Frame]) -> np.ndarray:
+    """Stack frames to T x H x W x 3 (see presented_image)."""
     height, width = frames[0].image.shape[:2]
-    images = [
-        f.image if f.image.shape[:2] == (height, width)
-        else cv2.resize(f.image, (width, height), interpolation=cv2.INTER_AREA)
-        for f in frames
-    ]
-    return np.stack(images)
+    return np.stack([presented_image(f.image, height, width) for f in frames])
 
 
 def presented_frame_times(input_ids: Sequence[int], processor) -> list[float]:
@@ -90,18 +92,23 @@ def refuse_control_tokens(tokenizer, prompt: str) -> None:
                          "(build_prompt / sanitize_query), which neutralises them")
 
 
+def chat_text(processor, prompt: str, is_video: bool) -> str:
+    """The chat-templated prompt with one image or video placeholder."""
+    kind = "video" if is_video else "image"
+    messages = [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": prompt}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
 def build_inputs(processor, frames: Sequence[Frame], prompt: str, *, return_tensors: str = "pt") -> ModelInputs:
     """Processor inputs for `prompt` over `frames` (1 frame: image; more: video).
 
     `prompt` must already be sanitised (molmo2_ros.core.prompts) — it goes into the chat
     template as user text. `return_tensors` is "pt" (torch) or "np" (numpy).
     """
-    _validate(frames)
+    validate_frames(frames)
     refuse_control_tokens(processor.tokenizer, prompt)
     is_video = len(frames) > 1
-    kind = "video" if is_video else "image"
-    messages = [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": prompt}]}]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    text = chat_text(processor, prompt, is_video)
 
     if is_video:
         seconds = [(f.stamp_ns - frames[0].stamp_ns) / 1e9 for f in frames]

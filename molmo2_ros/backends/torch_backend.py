@@ -20,7 +20,8 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from molmo2_ros.backends.inputs import ModelInputs, build_inputs
+from molmo2_ros.backends.fast_preprocess import FastPreprocessor
+from molmo2_ros.backends.inputs import ModelInputs
 from molmo2_ros.core.backend import STAGE_GENERATING, STAGE_PREPROCESSING, Generation
 from molmo2_ros.core.grounding import Frame
 
@@ -142,10 +143,12 @@ class TorchBackend:
             raise ModelNotFoundError(f"cannot load {model!r}: {exc}\n{how_to_fetch(self.model_id)}") from exc
         self.model.eval()
         self.tokenizer = self.processor.tokenizer
+        # Same inputs as inputs.build_inputs (the HF processor), computed per frame and cached.
+        self.preprocessor = FastPreprocessor(self.processor, device=self.device)
 
     def prepare(self, frames: Sequence[Frame], prompt: str) -> ModelInputs:
         """Processor inputs on the model's device (what generate() feeds the model)."""
-        inputs = build_inputs(self.processor, frames, prompt, return_tensors="pt")
+        inputs = self.preprocessor.build(frames, prompt, return_tensors="pt")
         inputs.tensors = {
             k: v.to(self.device, dtype=self.dtype if v.is_floating_point() else None)
             for k, v in inputs.tensors.items()
@@ -184,6 +187,7 @@ class TorchBackend:
 
     def close(self) -> None:
         self.model = None
+        self.preprocessor = None   # its frame cache may hold GPU memory
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -161,3 +161,13 @@ def test_non_bilinear_processor_is_refused(processor):
         tokenizer=processor.tokenizer, chat_template=processor.chat_template)
     with pytest.raises(ValueError, match="bilinear"):
         FastPreprocessor(bicubic, "cpu")
+
+
+def test_torch_backend_prepares_with_the_fast_path(tiny_model_dir, processor):
+    from molmo2_ros.backends.torch_backend import TorchBackend
+
+    backend = TorchBackend(str(tiny_model_dir), device="cpu")
+    frames = random_frames(3, 200, 150, seed=9)
+    assert_same_inputs(build_inputs(processor, frames, PROMPT), backend.prepare(frames, PROMPT))
+    backend.prepare(frames[1:] + random_frames(1, 200, 150, seed=10, t0=frames[-1].stamp_ns + 1), PROMPT)
+    assert backend.preprocessor.frames_processed == 4

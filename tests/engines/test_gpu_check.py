@@ -59,3 +59,17 @@ def test_synthetic_video_has_the_processor_structure(tiny_model_dir, synthetic_f
     real_ids, real_mm = real["input_ids"][0], real["mm_token_type_ids"][0]
     fake_ids, fake_mm = fake["input_ids"][0], fake["mm_token_type_ids"][0]
     assert list(fake_ids[fake_mm == 1]) == list(real_ids[real_mm == 1])
+
+
+def test_cpu_vision_fallback_matches_reference(tiny_model_dir, tiny_export_dir):
+    """Where onnxruntime has no CUDA provider, the GPU check still compares the vision
+    graph on the CPU provider (first frame) with transformers."""
+    from transformers import Molmo2ForConditionalGeneration
+
+    from engines.gpu_check import reference, synthetic_video, vision_parity_on_cpu
+
+    model = Molmo2ForConditionalGeneration.from_pretrained(str(tiny_model_dir), attn_implementation="eager").eval()
+    tensors = synthetic_video(model.config, 2)
+    result = vision_parity_on_cpu(tiny_export_dir, tensors, reference(model, tensors, "cpu", 2))
+    assert result["vision_ref_max_abs"] > 0
+    assert result["vision_max_abs_diff"] <= 1e-4 * result["vision_ref_max_abs"]

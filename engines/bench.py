@@ -1,7 +1,8 @@
 """`molmo2-engines bench DIR`: vision ms/frame, prefill ms, decode tokens/s as JSON.
 
 Runs the folder's graphs (ONNX Runtime, or TensorRT engines) on synthetic frames
-through the real processor, the same path the backends take.
+through the real processor, the same path the backends take; `--baseline` adds
+transformers' own generate on the source checkpoint, in the same process, with ratios.
 """
 from __future__ import annotations
 
@@ -20,13 +21,61 @@ def synthetic_frames(count: int, size=(640, 480)):
                   stamp_ns=i * 500_000_000, source_size=size) for i in range(count)]
 
 
-def _median_ms(fn, repeats: int) -> float:
+def _median_ms(fn, repeats: int = 3, sync=None) -> float:
+    """Median wall time of `fn` in ms after one warm-up call; `sync` waits for the device."""
+    fn()
+    if sync:
+        sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        if sync:
+            sync()
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
+
+
+def torch_inputs(tensors: dict, device, dtype) -> dict:
+    """numpy processor outputs -> torch tensors on `device` (floats in `dtype`)."""
+    import torch
+
+    return {k: torch.from_numpy(np.asarray(v)).to(device, dtype=dtype if np.asarray(v).dtype == np.float32 else None)
+            for k, v in tensors.items()}
+
+
+def hf_baseline(model, tensors: dict, device, decode_steps: int, repeats: int = 3) -> dict:
+    """transformers' own path on the same inputs: vision encoder, prefill with the vision
+    features precomputed, time to first token and decode speed of `generate`."""
+    import torch
+
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else None
+    inputs = torch_inputs(tensors, device, model.dtype)
+    if "pixel_values_videos" in inputs:
+        kind, encode = "video", lambda: model.model.get_video_features(
+            inputs["pixel_values_videos"], inputs["video_token_pooling"], inputs["video_grids"])
+        frames = inputs["pixel_values_videos"].shape[0]
+    else:
+        kind, encode = "image", lambda: model.model.get_image_features(
+            inputs["pixel_values"], inputs["image_token_pooling"], inputs["image_grids"])
+        frames = inputs["pixel_values"].reshape(-1, *inputs["pixel_values"].shape[-2:]).shape[0]
+    with torch.inference_mode():
+        vision_ms = _median_ms(encode, repeats, sync)
+        encoded = {kind: encode()}
+        text = {k: inputs[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
+        prefill_ms = _median_ms(lambda: model(**text, mm_encoder_outputs=encoded, use_cache=True, logits_to_keep=1),
+                                repeats, sync)
+
+        def generate(n):
+            return model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+
+        ttft_ms = _median_ms(lambda: generate(1), repeats, sync)
+        full_ms = _median_ms(lambda: generate(decode_steps + 1), 1, sync)
+    return {"attention": model.config._attn_implementation, "dtype": str(model.dtype).replace("torch.", ""),
+            "frames": int(frames), "prompt_tokens": int(inputs["input_ids"].shape[1]),
+            "vision_ms_per_frame": round(vision_ms / frames, 3), "prefill_ms": round(prefill_ms, 3),
+            "time_to_first_token_ms": round(ttft_ms, 3),
+            "decode_tokens_per_s": round(decode_steps / max((full_ms - ttft_ms) / 1000, 1e-9), 2)}
 
 
 def bench_runner(runner, tensors: dict, *, decode_steps: int = 32, repeats: int = 3) -> dict:
@@ -44,7 +93,6 @@ def bench_runner(runner, tensors: dict, *, decode_steps: int = 32, repeats: int 
 
     features = runner.vision(pixels, pooling, valid)
     vision_ms = _median_ms(lambda: runner.vision(pixels, pooling, valid), repeats)
-    runner.prefill(ids, features, mask, positions, mm)
     prefill_ms = _median_ms(lambda: runner.prefill(ids, features, mask, positions, mm), repeats)
 
     logits, kv = runner.prefill(ids, features, mask, positions, mm)
@@ -68,10 +116,25 @@ def bench_runner(runner, tensors: dict, *, decode_steps: int = 32, repeats: int 
 
 
 def bench_backend(backend, *, frames: int = 8, decode_steps: int = 32, repeats: int = 3,
-                  prompt: str = "Point to the person.") -> dict:
-    """bench_runner over a GraphBackend, on synthetic frames through its real processor."""
+                  prompt: str = "Point to the person.", baseline_model=None) -> dict:
+    """bench_runner over a GraphBackend, on synthetic frames through its real processor;
+    with `baseline_model` (the source checkpoint folder) also transformers on the same
+    inputs in this process, and the speed-up ratios."""
     from molmo2_ros.backends.inputs import build_inputs
 
     inputs = build_inputs(backend.processor, synthetic_frames(frames), prompt, return_tensors="np")
-    result = bench_runner(backend.runner, inputs.tensors, decode_steps=decode_steps, repeats=repeats)
-    return {"backend": backend.name, **result}
+    result = {"backend": backend.name,
+              **bench_runner(backend.runner, inputs.tensors, decode_steps=decode_steps, repeats=repeats)}
+    if baseline_model is not None:
+        import torch
+        from transformers import Molmo2ForConditionalGeneration
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = Molmo2ForConditionalGeneration.from_pretrained(str(baseline_model)).to(device).eval()
+        base = hf_baseline(model, inputs.tensors, device, decode_steps, repeats)
+        result["baseline"] = base
+        result["speedup_vs_baseline"] = {
+            "vision": round(base["vision_ms_per_frame"] / result["vision_ms_per_frame"], 3),
+            "prefill": round(base["prefill_ms"] / result["prefill_ms"], 3),
+            "decode": round(result["decode_tokens_per_s"] / base["decode_tokens_per_s"], 3)}
+    return result

@@ -63,9 +63,16 @@ def _bench(args) -> int:
     from engines.bench import bench_backend
     from molmo2_ros.backends.factory import make_backend
 
-    backend = make_backend(args.runtime, "bench", engine_dir=args.dir, device=args.device)
+    from engines import manifest
+
+    source = manifest.read_manifest(args.dir)["export"]["source"] if args.baseline else None
+    if source is not None and not Path(source, "config.json").is_file():
+        raise FileNotFoundError(f"--baseline needs the source checkpoint {source} (from the manifest) on this machine")
+    kw = {"device": args.device} if args.runtime == "onnxruntime" else {}
+    backend = make_backend(args.runtime, "bench", engine_dir=args.dir, **kw)
     try:
-        result = bench_backend(backend, frames=args.frames, decode_steps=args.decode_steps, repeats=args.repeats)
+        result = bench_backend(backend, frames=args.frames, decode_steps=args.decode_steps, repeats=args.repeats,
+                               baseline_model=source)
     finally:
         backend.close()
     print(json.dumps(result))
@@ -108,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--decode-steps", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--baseline", action="store_true",
+                   help="also time transformers on the source checkpoint (same inputs, same process) and print ratios")
     p.set_defaults(func=_bench)
     return parser
 

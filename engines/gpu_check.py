@@ -91,23 +91,6 @@ class _Skip(Exception):
     pass
 
 
-def _sync(torch, device):
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _median_ms(torch, device, fn, repeats=3) -> float:
-    fn()
-    _sync(torch, device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(torch, device)
-        times.append((time.perf_counter() - start) * 1000)
-    return float(np.median(times))
-
-
 def environment() -> dict:
     import torch
     import transformers
@@ -200,45 +183,13 @@ def synthetic_video(config, frames: int, text_tokens: int = 32, seed: int = 0) -
     }
 
 
-def _torch_inputs(torch, tensors: dict, device, dtype) -> dict:
-    return {k: torch.from_numpy(v).to(device, dtype=dtype if v.dtype == np.float32 else None)
-            for k, v in tensors.items()}
-
-
-def hf_baseline(model, tensors: dict, device, decode_steps: int) -> dict:
-    """transformers' own path: vision, prefill (vision precomputed), generate."""
-    import torch
-
-    inputs = _torch_inputs(torch, tensors, device, model.dtype)
-    frames = tensors["pixel_values_videos"].shape[0]
-    with torch.inference_mode():
-        def vision():
-            return model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_token_pooling"],
-                                                  inputs["video_grids"])
-
-        vision_ms = _median_ms(torch, device, vision)
-        encoded = {"video": vision()}
-        text = {k: inputs[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
-        prefill_ms = _median_ms(torch, device, lambda: model(**text, mm_encoder_outputs=encoded, use_cache=True,
-                                                              logits_to_keep=1))
-
-        def generate(n):
-            return model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-
-        ttft_ms = _median_ms(torch, device, lambda: generate(1))
-        full_ms = _median_ms(torch, device, lambda: generate(decode_steps + 1), repeats=1)
-    return {"attention": model.config._attn_implementation, "dtype": str(model.dtype).replace("torch.", ""),
-            "frames": int(frames), "prompt_tokens": int(tensors["input_ids"].shape[1]),
-            "vision_ms_per_frame": round(vision_ms / frames, 3), "prefill_ms": round(prefill_ms, 3),
-            "time_to_first_token_ms": round(ttft_ms, 3),
-            "decode_tokens_per_s": round(decode_steps / ((full_ms - ttft_ms) / 1000), 2)}
-
-
 def reference(model, tensors: dict, device, steps: int) -> dict:
     """Vision features, last prefill logits and greedy tokens from transformers (parity reference)."""
     import torch
 
-    inputs = _torch_inputs(torch, tensors, device, model.dtype)
+    from engines.bench import torch_inputs
+
+    inputs = torch_inputs(tensors, device, model.dtype)
     with torch.inference_mode():
         features = torch.cat(model.model.get_video_features(
             inputs["pixel_values_videos"], inputs["video_token_pooling"], inputs["video_grids"]).pooler_output)
@@ -326,6 +277,8 @@ def main(argv=None) -> int:
     report.run("model", model_section, needs_s=30)
     if "model" not in state:
         return _finish(report)
+    from engines.bench import hf_baseline
+
     report.run("hf_baseline", lambda: hf_baseline(state["model"], state["tensors"], device, args.decode_steps),
                needs_s=30)
 

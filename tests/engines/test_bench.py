@@ -1,0 +1,21 @@
+"""`molmo2-engines bench` prints stage timings and, with --baseline, transformers' timings on
+the same inputs in the same process and the ratios between them."""
+from __future__ import annotations
+
+import json
+
+
+def test_bench_prints_stage_timings_and_baseline_ratios(tiny_export_dir, capsys):
+    from engines.cli import main
+
+    assert main(["bench", str(tiny_export_dir), "--device", "cpu", "--frames", "3", "--decode-steps", "4",
+                 "--repeats", "1", "--baseline"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["backend"] == "onnxruntime" and result["frames"] == 3 and result["decode_steps"] == 4
+    assert result["vision_tokens"] > 0 and result["prompt_tokens"] > result["vision_tokens"]
+    for key in ("vision_ms_per_frame", "prefill_ms", "decode_tokens_per_s"):
+        assert result[key] > 0 and result["baseline"][key] > 0
+    assert result["baseline"]["prompt_tokens"] == result["prompt_tokens"]
+    ratios = result["speedup_vs_baseline"]
+    assert ratios["prefill"] == round(result["baseline"]["prefill_ms"] / result["prefill_ms"], 3)
+    assert set(ratios) == {"vision", "prefill", "decode"}

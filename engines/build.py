@@ -5,6 +5,12 @@ profile each, sized from the export settings in the manifest (overridable), a ti
 cache kept in the folder (`timing.cache`) so rebuilds are fast, and progress printed
 per phase. The manifest gains a "tensorrt" section describing the engines and the
 machine they were built on (engines.manifest).
+
+Networks are strongly typed: the engines run in the precision the graphs were exported
+in (`molmo2-engines export --precision fp16|bf16|fp32`), keeping the fp32 casts around
+softmax and RMSNorm that transformers has. TensorRT 11 removed the weak-typing precision
+flags, and TensorRT 10 accepts the same strongly typed build. int8/fp8 need graphs with
+Q/DQ nodes (explicit quantization).
 """
 from __future__ import annotations
 
@@ -83,26 +89,20 @@ def _has_quantize_nodes(onnx_path: Path) -> bool:
     return any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node)
 
 
-def build_engine(trt, onnx_path: Path, engine_path: Path, profile_shapes: dict, precision: str, *,
+def build_engine(trt, onnx_path: Path, engine_path: Path, profile_shapes: dict, *,
                  workspace_gb: float, timing_cache: Path, progress=print) -> float:
-    """Parse `onnx_path`, build a serialized engine into `engine_path`; return seconds."""
+    """Parse `onnx_path` into a strongly typed network, build a serialized engine into
+    `engine_path`; return seconds."""
     start = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    if precision in ("int8", "fp8"):
-        config.set_flag(trt.BuilderFlag.INT8 if precision == "int8" else trt.BuilderFlag.FP8)
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif precision == "bf16":
-        config.set_flag(trt.BuilderFlag.BF16)
     profile = builder.create_optimization_profile()
     names = {network.get_input(i).name for i in range(network.num_inputs)}
     missing = names - set(profile_shapes)
@@ -125,20 +125,29 @@ def build_engine(trt, onnx_path: Path, engine_path: Path, profile_shapes: dict, 
     return time.perf_counter() - start
 
 
-def build_engines(folder: str | Path, precision: str = "fp16", *, profiles: dict | None = None,
+def build_engines(folder: str | Path, precision: str | None = None, *, profiles: dict | None = None,
                   workspace_gb: float = 8.0, progress=print) -> dict:
-    """Build all three engines in `folder` (an export folder) and record them in the manifest."""
+    """Build all three engines in `folder` (an export folder) and record them in the manifest.
+
+    `precision` defaults to the export precision; fp32/fp16/bf16 must equal it (strongly
+    typed build), int8/fp8 need Q/DQ-quantized graphs."""
     from engines import manifest
 
-    if precision not in BUILD_PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(BUILD_PRECISIONS)}, got {precision!r}")
     folder = Path(folder)
     data = manifest.check_folder(folder, runtime="onnxruntime")  # the ONNX graphs are intact
+    exported = data["export"]["settings"]["precision"]
+    precision = precision or exported
+    if precision not in BUILD_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(BUILD_PRECISIONS)}, got {precision!r}")
     if precision in ("int8", "fp8"):
         plain = [name for name in ENGINE_FILES if not _has_quantize_nodes(folder / name)]
         if plain:
             raise ValueError(f"--precision {precision} needs ONNX graphs with Q/DQ nodes (explicit quantization, "
                              f"e.g. from NVIDIA ModelOpt); {', '.join(plain)} have none. Use fp16 or bf16.")
+    elif precision != exported:
+        raise ValueError(f"the graphs in {folder} were exported in {exported}; TensorRT builds them strongly typed "
+                         f"in that precision. For {precision} engines re-export: molmo2-engines export --model "
+                         f"{data['export']['source']} --out {folder} --precision {precision} --device cuda")
     try:
         import tensorrt as trt
     except ImportError as exc:
@@ -154,8 +163,7 @@ def build_engines(folder: str | Path, precision: str = "fp16", *, profiles: dict
     for onnx_name, engine_name in ENGINE_FILES.items():
         progress(f"building {engine_name} from {onnx_name} ({precision}) ...")
         seconds[engine_name] = round(build_engine(
-            trt, folder / onnx_name, folder / engine_name, shapes[onnx_name], precision,
-            workspace_gb=workspace_gb, timing_cache=folder / TIMING_CACHE, progress=progress), 3)
+            trt, folder / onnx_name, folder / engine_name, shapes[onnx_name], workspace_gb=workspace_gb, timing_cache=folder / TIMING_CACHE, progress=progress), 3)
         progress(f"built {engine_name} in {seconds[engine_name]:.1f} s")
     return manifest.write_engine_manifest(folder, engine_files=list(ENGINE_FILES.values()), precision=precision,
                                           profiles=shapes, machine=manifest.probe_machine(),

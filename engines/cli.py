@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build", help="build TensorRT engines in an export folder")
     p.add_argument("dir")
-    p.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "bf16", "int8", "fp8"])
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8", "fp8"],
+                   help="default: the export precision (engines are built strongly typed from the graphs)")
     p.add_argument("--profiles", help="JSON (or a JSON file): {graph.onnx: {input: [min, opt, max]}} overrides")
     p.add_argument("--workspace-gb", type=float, default=8.0)
     p.set_defaults(func=_build)

@@ -363,8 +363,7 @@ def main(argv=None) -> int:
             if report.left() < 30:
                 raise _Skip(f"budget ran out before building {engine_name} (built: {seconds})")
             seconds[engine_name] = round(build_engine(
-                trt, state["graphs"] / onnx_name, state["graphs"] / engine_name, shapes[onnx_name], "fp16",
-                workspace_gb=16, timing_cache=state["graphs"] / "timing.cache",
+                trt, state["graphs"] / onnx_name, state["graphs"] / engine_name, shapes[onnx_name], workspace_gb=16, timing_cache=state["graphs"] / "timing.cache",
                 progress=lambda m: print(m, file=sys.stderr)), 2)
         runner = TrtRunner(state["graphs"])
         result = parity(runner, state["tensors"], state["reference"], args.decode_steps)

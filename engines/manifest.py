@@ -174,8 +174,9 @@ def export_command(folder, data: dict | None) -> str:
 
 
 def build_command(folder, data: dict | None) -> str:
-    precision = (data or {}).get("tensorrt", {}).get("precision", "fp16")
-    return f"Rebuild with: molmo2-engines build {folder} --precision {precision}"
+    data = data or {}
+    precision = data.get("tensorrt", {}).get("precision") or data.get("export", {}).get("settings", {}).get("precision")
+    return f"Rebuild with: molmo2-engines build {folder}" + (f" --precision {precision}" if precision else "")
 
 
 def _file_problems(folder: Path, files: dict) -> list[str]:

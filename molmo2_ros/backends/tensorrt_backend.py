@@ -106,8 +106,7 @@ class TensorRTBackend(GraphBackend):
 
     name = "tensorrt"
 
-    def __init__(self, engine_dir: str | Path, *, source_hash: str | None = None, build_if_needed: bool = False,
-                 precision: str = "fp16"):
+    def __init__(self, engine_dir: str | Path, *, source_hash: str | None = None, build_if_needed: bool = False):
         from engines import manifest
 
         try:
@@ -117,6 +116,6 @@ class TensorRTBackend(GraphBackend):
                 raise
             from engines.build import build_engines
 
-            build_engines(engine_dir, precision)
+            build_engines(engine_dir)
             data = manifest.check_folder(engine_dir, runtime="tensorrt", source_hash=source_hash)
         super().__init__(engine_dir, TrtRunner(engine_dir), data)

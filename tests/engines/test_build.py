@@ -48,6 +48,14 @@ def test_int8_without_quantized_graphs_is_refused(tiny_export_dir):
         build_engines(tiny_export_dir, "int4")
 
 
+def test_build_precision_must_match_the_export(tiny_export_dir):
+    """Strongly typed engines take the graphs' precision; asking for another says how to re-export."""
+    from engines.build import build_engines
+
+    with pytest.raises(ValueError, match="exported in fp32.*--precision fp16 --device cuda"):
+        build_engines(tiny_export_dir, "fp16")
+
+
 def test_build_without_tensorrt_says_what_to_install(tiny_export_dir):
     try:
         import tensorrt  # noqa: F401
@@ -59,7 +67,7 @@ def test_build_without_tensorrt_says_what_to_install(tiny_export_dir):
     with pytest.raises(ImportError, match="pip install tensorrt"):
         from engines.build import build_engines
 
-        build_engines(tiny_export_dir, "fp16")
+        build_engines(tiny_export_dir)
     assert main(["build", str(tiny_export_dir)]) == 2
 
 
@@ -98,7 +106,7 @@ def test_tensorrt_engines_decode_like_onnxruntime(engine_copy, synthetic_frames)
     from molmo2_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
     from molmo2_ros.backends.tensorrt_backend import TensorRTBackend
 
-    build_engines(engine_copy, "fp32", workspace_gb=2)
+    build_engines(engine_copy, workspace_gb=2)
     assert check_folder(engine_copy, runtime="tensorrt")["tensorrt"]["precision"] == "fp32"
     frames = synthetic_frames(3)
     expected = OnnxRuntimeBackend(engine_copy, device="cpu").generate(frames, "Point to it.", max_new_tokens=32)

@@ -46,8 +46,8 @@ _TIE_BAND = 1e-3
 class _Taps:
     """Where the 4 bilinear taps of every output value are and how they are weighted."""
 
-    index: torch.Tensor                 # (4 * oh * ow,) flat pixel offsets of taps a, b, c, d
-    approx: torch.Tensor                # (4, oh * ow, 1) float32 weights of a, b, c, d
+    index: torch.Tensor                 # (oh * ow * 4,) flat pixel offsets of taps a, b, c, d per pixel
+    approx: torch.Tensor                # (oh * ow, 4, 1) float32 weights of a, b, c, d
     channels_last: bool                 # which of torch's two kernels to reproduce near ties
     exact: tuple[torch.Tensor, ...]     # per-pixel (oh * ow,) weights in that kernel's form
 
@@ -209,15 +209,15 @@ def resize_u8(image: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
     # The kernel torch picks for 3 channels (upsample_bilinear2d_kernel_impl_float).
     channels_last = torch.get_num_threads() == 1 or out_h + out_w <= 128
     taps = _taps(in_h, in_w, out_h, out_w, channels_last, image.device)
-    values = image.view(-1, 3).index_select(0, taps.index).view(4, -1, 3).float()
-    approx = values[0] * taps.approx[0]
+    values = image.view(-1, 3).index_select(0, taps.index).view(-1, 4, 3).float()   # pixel-major: cache friendly
+    approx = values[:, 0] * taps.approx[:, 0]
     for k in (1, 2, 3):
-        approx.addcmul_(values[k], taps.approx[k])
+        approx.addcmul_(values[:, k], taps.approx[:, k])
     out = approx.round()
     near = ((approx - out).abs_().view(-1) > 0.5 - _TIE_BAND).nonzero().view(-1)
     if near.numel():
         pixel, channel = near // 3, near % 3
-        out.view(-1)[near] = _exact_bilinear(values[:, pixel, channel], [w[pixel] for w in taps.exact],
+        out.view(-1)[near] = _exact_bilinear(values[pixel, :, channel].t(), [w[pixel] for w in taps.exact],
                                              taps.channels_last).round()
     return out.clamp_(0, 255).to(torch.uint8).view(out_h, out_w, 3)
 
@@ -228,10 +228,10 @@ def _taps(in_h: int, in_w: int, out_h: int, out_w: int, channels_last: bool, dev
     x0, x1, w0, w1 = _axis_taps(in_w, out_w)
     pixel = np.stack([y0[:, None] * in_w + x0, y0[:, None] * in_w + x1,
                       y1[:, None] * in_w + x0, y1[:, None] * in_w + x1])          # 4, oh, ow
-    index = pixel.reshape(-1).astype(np.int32 if in_h * in_w < 2**31 else np.int64)
+    index = pixel.transpose(1, 2, 0).reshape(-1).astype(np.int32 if in_h * in_w < 2**31 else np.int64)
     h0, h1, w0, w1 = h0[:, None], h1[:, None], w0[None, :], w1[None, :]
     w00, w01, w10, w11 = h0 * w0, h0 * w1, h1 * w0, h1 * w1                       # float32, as torch does
-    approx = np.stack([w00, w01, w10, w11]).reshape(4, -1, 1)
+    approx = np.stack([w00, w01, w10, w11], axis=-1).reshape(-1, 4, 1)
     if channels_last:
         # out = ((a*w00 + b*w01) + c*w10) + d*w11, compiled as fma(d, w11, fma(c, w10, fma(a, w00, b*w01)))
         exact = (w01, w00.astype(np.float64), w10.astype(np.float64), w11.astype(np.float64))

@@ -171,3 +171,15 @@ def test_torch_backend_prepares_with_the_fast_path(tiny_model_dir, processor):
     assert_same_inputs(build_inputs(processor, frames, PROMPT), backend.prepare(frames, PROMPT))
     backend.prepare(frames[1:] + random_frames(1, 200, 150, seed=10, t0=frames[-1].stamp_ns + 1), PROMPT)
     assert backend.preprocessor.frames_processed == 4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("num_threads", [1, 4])
+def test_gpu_path_equals_processor_on_cpu(full_size_processor, threads, num_threads):
+    threads(num_threads)
+    fast = FastPreprocessor(full_size_processor, "cuda")
+    for frames in (random_frames(3, 1920, 1080, seed=11), random_frames(1, 1280, 720, seed=12)):
+        ours = fast.build(frames, PROMPT)
+        assert all(v.device.type == "cuda" for v in ours.tensors.values())
+        assert_same_inputs(build_inputs(full_size_processor, frames, PROMPT), ours)

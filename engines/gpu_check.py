@@ -6,7 +6,7 @@
 Sections, each timed and guarded (an exception or a missing package is recorded as
 the section's reason, and the script goes on):
   environment   versions, GPU, which runtimes import
-  model         Molmo2-4B-shaped config (Qwen3-4B LLM, SigLIP ViT 27x27 at 378 px), random
+  model         Molmo2-4B-shaped config (Qwen3-4B LLM, SigLIP ViT 27x27 patches at 378 px), random
                 weights initialised on the GPU in bf16
   hf_baseline   transformers eager generate (bf16, default attention): vision ms/frame,
                 prefill ms, time to first token, decode tokens/s
@@ -35,11 +35,12 @@ STARTED = time.monotonic()
 
 # Molmo2-4B: dimensions of the released config.json (allenai/Molmo2-4B family, e.g.
 # Molmo2-VideoPoint-4B): Qwen3-4B text model, SigLIP so400m ViT at 378 px / 14 px patches,
-# features from ViT layers -3 and -9 (the 27-layer ViT is trimmed to the 25 layers read).
+# features from ViT layers -3 and -9 of 27, which transformers' config turns into layers
+# 24 and 18 of a ViT trimmed to 25 layers (what loading the checkpoint builds).
 MOLMO2_4B = {
     "vision_config": dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=25, num_attention_heads=16,
                           num_key_value_heads=16, head_dim=72, image_size=[378, 378], patch_size=14),
-    "adapter_config": dict(vision_feature_layer=[-3, -9], hidden_size=1152, num_attention_heads=16,
+    "adapter_config": dict(vision_feature_layer=[24, 18], hidden_size=1152, num_attention_heads=16,
                            num_key_value_heads=16, head_dim=72, intermediate_size=9728, text_hidden_size=2560),
     "text_config": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
                         num_key_value_heads=8, head_dim=128, vocab_size=151936, additional_vocab_size=128,

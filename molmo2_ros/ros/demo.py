@@ -1,7 +1,8 @@
 """`molmo2-ros demo`: the whole system end to end on one command.
 
 Starts the video publisher (the synthetic shapes scene, or --video) and the grounding
-node as their own processes, waits until the node's window holds frames, sends one
+node as their own processes, waits until the node's window holds --frames frames (from
+its /diagnostics), sends one
 action goal, prints the result and writes the frames the model saw with the answer
 drawn on them. Uses --model, by default the packaged trained model, else the tiny
 random model built into the cache (it runs everything; its answers are meaningless).
@@ -13,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", help="video file to publish (default: the synthetic shapes scene)")
     parser.add_argument("--query", default="red circle", help="what to ground (default: %(default)s)")
     parser.add_argument("--task", choices=("point", "count", "track", "ask"), default="point")
-    parser.add_argument("--frames", type=int, default=4, help="frames to buffer before asking (2 fps)")
+    parser.add_argument("--frames", type=int, default=4,
+                        help="frames the node's window must hold before asking (default %(default)s, at 2 fps)")
     parser.add_argument("--out", default="molmo2_demo.png", help="annotated image (.png) or video (.mp4)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before giving up")
@@ -55,6 +56,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.action import ActionClient
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
@@ -88,16 +90,23 @@ def run(args: argparse.Namespace) -> int:
 
     rclpy.init()
     node = rclpy.create_node("molmo2_demo_client", namespace=NAMESPACE)
-    seen: dict[int, Image] = {}
-    lock = threading.Lock()
+    seen: dict[int, Image] = {}  # camera frames by stamp, to draw the answer on
 
     def keep(msg: Image) -> None:
-        with lock:
-            seen[from_time(msg.header.stamp)] = msg
-            while len(seen) > 200:
-                seen.pop(min(seen))
+        seen[from_time(msg.header.stamp)] = msg
+        while len(seen) > 200:
+            seen.pop(min(seen))
 
     node.create_subscription(Image, TOPIC, keep, QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
+    window_frames = [0]
+
+    def diagnostics(msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if status.name.startswith(f"{NAMESPACE.strip('/')}/molmo2_grounding:"):
+                values = {kv.key: kv.value for kv in status.values}
+                window_frames[0] = int(values.get("window_frames", 0))
+
+    node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics, 10)
     client = ActionClient(node, Ground, f"{NAMESPACE}/molmo2_grounding/ground")
     deadline = time.monotonic() + args.timeout
     try:
@@ -109,22 +118,19 @@ def run(args: argparse.Namespace) -> int:
                     raise RuntimeError(f"the {name} exited with code {proc.returncode}; see {logs}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the node did not come up in {args.timeout} s; see {logs / 'node.log'}")
-        goal = Ground.Goal(query=args.query, task=TASK_TO_MSG[Task(args.task)])
-        while True:  # ask until the window has filled enough (the node says EMPTY_WINDOW before)
-            wait_until = time.monotonic() + args.frames / 2.0
-            while time.monotonic() < wait_until:
-                rclpy.spin_once(node, timeout_sec=0.1)
-            print(f"asking: {args.task} {args.query!r}")
-            future = client.send_goal_async(goal)
-            rclpy.spin_until_future_complete(node, future, timeout_sec=max(1.0, deadline - time.monotonic()))
-            result_future = future.result().get_result_async()
-            rclpy.spin_until_future_complete(node, result_future,
-                                             timeout_sec=max(1.0, deadline - time.monotonic()))
-            if not result_future.done():
-                raise RuntimeError(f"no answer in {args.timeout} s")
-            result = result_future.result().result
-            if result.error_code != Ground.Result.ERROR_EMPTY_WINDOW or time.monotonic() > deadline:
-                break
+        print(f"waiting for {args.frames} frames in the node's window ...")
+        while window_frames[0] < args.frames:
+            rclpy.spin_once(node, timeout_sec=0.1)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the node's window did not fill in {args.timeout} s; see {logs}")
+        print(f"asking: {args.task} {args.query!r}")
+        future = client.send_goal_async(Ground.Goal(query=args.query, task=TASK_TO_MSG[Task(args.task)]))
+        rclpy.spin_until_future_complete(node, future, timeout_sec=max(1.0, deadline - time.monotonic()))
+        result_future = future.result().get_result_async()
+        rclpy.spin_until_future_complete(node, result_future, timeout_sec=max(1.0, deadline - time.monotonic()))
+        if not result_future.done():
+            raise RuntimeError(f"no answer in {args.timeout} s")
+        result = result_future.result().result
         if result.error_code != Ground.Result.ERROR_NONE:
             print(f"error {result.error_code}: {result.error_message}", file=sys.stderr)
             return 1
@@ -142,8 +148,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"warning: {w}")
         t = grounding.timings
         print(f"timings: queue {t.queue_wait:.3f} s, preprocess {t.preprocess:.3f} s, generation {t.generation:.3f} s")
-        with lock:
-            images = [seen.get(s) for s in grounding.frame_stamps_ns]
+        images = [seen.get(s) for s in grounding.frame_stamps_ns]
         frames = []
         for stamp, image in zip(grounding.frame_stamps_ns, images):
             if image is not None:

@@ -571,7 +571,7 @@ class GroundingNode(LifecycleNode):
             level, message = DiagnosticStatus.WARN, "no camera frames in the window"
         else:
             level, message = DiagnosticStatus.OK, f"{stats.frames} frames buffered"
-        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: grounding",
+        status = DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name().lstrip('/')}: grounding",
                                   hardware_id=values["backend"], message=message,
                                   values=[KeyValue(key=k, value=v) for k, v in values.items()])
         array = DiagnosticArray(status=[status])

@@ -25,14 +25,15 @@ def env(domain: int) -> dict:
     return dict(os.environ, ROS_DOMAIN_ID=str(domain), OMP_NUM_THREADS="1")
 
 
-def test_demo_runs_publisher_node_and_one_query(tiny_model_dir, tmp_path):
+def test_demo_runs_publisher_node_and_one_query(pointing_model_dir, tmp_path):
     out = tmp_path / "demo.png"
-    done = subprocess.run([str(BIN / "molmo2-ros"), "demo", "--model", str(tiny_model_dir), "--out", str(out),
-                           "--max-new-tokens", "32", "--timeout", "240"],
+    done = subprocess.run([str(BIN / "molmo2-ros"), "demo", "--model", str(pointing_model_dir), "--out", str(out),
+                           "--max-new-tokens", "64", "--timeout", "240"],
                           env=env(50 + (os.getpid() + 11) % 100), capture_output=True, text=True,
                           timeout=300, start_new_session=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "over" in done.stdout and "'camera_optical_frame'" in done.stdout and "answer:" in done.stdout
+    assert "point 1 'red square'" in done.stdout  # the pointing model's answer, mapped to pixels
     assert out.is_file() and out.stat().st_size > 1000
 
 

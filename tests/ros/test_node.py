@@ -47,10 +47,10 @@ def nan_model_dir(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def served(tiny_model_dir, tmp_path_factory):
+def served(pointing_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("node")
     domain = 50 + os.getpid() % 100
-    params = write_params(tmp / "params.yaml", model=str(tiny_model_dir), image_topic=TOPIC,
+    params = write_params(tmp / "params.yaml", model=str(pointing_model_dir), image_topic=TOPIC,
                           max_new_tokens=384, queue_size=1, max_frames=8, query_period=0.5,
                           diagnostics_period=0.5)
     node = NodeProcess(params, domain, tmp / "node.log")
@@ -83,7 +83,8 @@ def test_goal_result_carries_the_source_frame_id_and_published_stamps(served):
     window = stamps_of(g)
     assert window and window <= published and len(window) >= 2
     assert from_time(g.header.stamp) == max(window)  # header stamp: newest frame used
-    assert all(from_time(p.stamp) in window for p in g.points)
+    assert g.points and all(from_time(p.stamp) in window for p in g.points)
+    assert all(0 <= p.x <= 160 and 0 <= p.y <= 120 for p in g.points)  # source pixels
     assert g.backend == "torch" and g.query == "red square" and g.generation.sec + g.generation.nanosec > 0
     assert stages[:3] == [Ground.Feedback.STAGE_QUEUED, Ground.Feedback.STAGE_PREPROCESSING,
                           Ground.Feedback.STAGE_GENERATING]
@@ -120,9 +121,12 @@ def test_debug_image_and_markers_while_subscribed_and_qos_mismatch_warned(served
             harness.node.destroy_subscription(sub)
 
 
-def test_cancel_and_queue_policy(served):
-    """queue_size 1: one running, one waiting, the third is refused BUSY; both canceled."""
+def test_cancel_and_queue_policy(served, tiny_model_dir, pointing_model_dir):
+    """queue_size 1: one running, one waiting, the third is refused BUSY; both canceled.
+    On the random tiny model, whose answers run to max_new_tokens (long enough to cancel)."""
     harness, node = served
+    assert harness.reconfigure(model=str(tiny_model_dir))
+    harness.publish_frames(6)
     running, running_stages = harness.send_goal("red square")
     harness.wait_for(lambda: Ground.Feedback.STAGE_GENERATING in running_stages, 30, "generation to start")
     waiting, _ = harness.send_goal("blue circle")
@@ -136,6 +140,7 @@ def test_cancel_and_queue_policy(served):
         assert status == GoalStatus.STATUS_CANCELED
         assert result.error_code == R.ERROR_CANCELED, result.error_message
     assert harness.ask("red square")[1].error_code == R.ERROR_NONE  # and it still serves
+    assert harness.reconfigure(model=str(pointing_model_dir))
 
 
 @pytest.mark.parametrize("query,task,why", [
@@ -225,7 +230,7 @@ def test_out_of_order_duplicate_and_time_jump_back(served):
     assert node.alive()
 
 
-def test_lifecycle_inactive_queries_and_failing_backends(served, nan_model_dir, tiny_model_dir, tmp_path):
+def test_lifecycle_inactive_queries_and_failing_backends(served, nan_model_dir, pointing_model_dir, tmp_path):
     harness, node = served
     assert harness.transition(Transition.TRANSITION_DEACTIVATE)
     status, result, _ = harness.ask("red square")
@@ -251,7 +256,7 @@ def test_lifecycle_inactive_queries_and_failing_backends(served, nan_model_dir, 
     assert harness.ask("red square")[1].error_code == R.ERROR_NOT_ACTIVE
 
     # Invalid parameters: refused at configure, each named.
-    harness.set_params(model=str(tiny_model_dir), fps=-1.0, image_reliability="sometimes")
+    harness.set_params(model=str(pointing_model_dir), fps=-1.0, image_reliability="sometimes")
     assert not harness.transition(Transition.TRANSITION_CONFIGURE)
     assert "fps must be > 0" in node.log() and "image_reliability must be" in node.log()
 

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     publisher_cmd = [sys.executable, "-m", "molmo2_ros.ros.video_publisher", "--topic", TOPIC, "--rate", "10"]
     if args.video:
         publisher_cmd += ["--video", args.video]
-    node_cmd = [str(Path(sys.executable).parent / "molmo2-ros"), "node", "--ros-args",
+    node_cmd = [sys.executable, "-m", "molmo2_ros.cli", "node", "--ros-args",
                 "-r", f"__ns:={NAMESPACE}", "-p", f"model:={model}", "-p", f"backend:={args.backend}",
                 "-p", f"image_topic:={TOPIC}", "-p", f"max_new_tokens:={args.max_new_tokens}"]
     for name, value in (("engine_dir", args.engine_dir), ("device", args.device)):

@@ -173,6 +173,12 @@ def test_topic_mode_streams_repeated_results(served):
     settled = len(harness.groundings)
     time.sleep(2.0)
     assert len(harness.groundings) == settled
+    # The `query` parameter starts continuous mode at configure.
+    assert harness.reconfigure(query="point: red square")
+    harness.publish_frames(5)
+    harness.wait_for(lambda: len(topic_results()) > len(topic) and topic_results()[-1].task == 0, 60,
+                     "a continuous result from the query parameter")
+    assert harness.reconfigure(query="")
 
 
 def malformed_images():

@@ -78,7 +78,11 @@ def load_frames(args) -> list:
         from molmo2_ros.video_io import read_video
 
         return [f.image for f in read_video(args.video, fps=args.rate)]
-    from training.shapes_world import make_clip
+    try:
+        from training.shapes_world import make_clip
+    except ImportError as exc:
+        raise ValueError(f"the synthetic scene needs the repository's `training` package ({exc}); "
+                         "install the repository with pip, or pass --video FILE") from None
 
     clip = make_clip(args.seed, n_frames=max(1, round(args.seconds * args.rate)), fps=args.rate,
                      size=args.size, objects=args.objects, speed_range=(0.05, 0.15))

@@ -127,19 +127,21 @@ class FastPreprocessor:
     def _video_inputs(self, frames: Sequence[Frame]):
         cfg = self.video
         height, width = frames[0].image.shape[:2]
-        cache: dict[tuple, torch.Tensor] = {}
-        patches = []
-        for frame in frames:
-            key = (frame.frame_id, frame.stamp_ns, height, width)
-            value = self._video_cache.get(key)
-            if value is None:
-                image = presented_image(frame.image, height, width)
-                value = cfg.patchify(self._resize_normalised(image, cfg, cfg.crop_size, cfg.crop_size))
-                self.frames_processed += 1
-            cache[key] = value
-            patches.append(value)
-        self._video_cache = cache          # keep exactly the frames of the latest window
-        pixel_values = torch.stack(patches)
+        keys = [(f.frame_id, f.stamp_ns, height, width) for f in frames]
+        new = [(key, f) for key, f in zip(keys, frames) if key not in self._video_cache]
+        # A GPU takes all new frames in one batch (one upload, one set of kernels); a CPU one
+        # at a time (a frame's temporaries stay in cache).
+        step = max(len(new), 1) if self.device.type == "cuda" else 1
+        for start in range(0, len(new), step):
+            batch = new[start:start + step]
+            presented = [presented_image(f.image, height, width) for _, f in batch]
+            images = presented[0][None] if len(presented) == 1 else np.stack(presented)   # no copy for one
+            fresh = cfg.patchify(self._resize_normalised(images, cfg, cfg.crop_size, cfg.crop_size))
+            self._video_cache.update((key, patches) for (key, _), patches in zip(batch, fresh))
+            self.frames_processed += len(batch)
+        # keep exactly the frames of the latest window
+        self._video_cache = {key: self._video_cache[key] for key in keys}
+        pixel_values = torch.stack([self._video_cache[key] for key in keys])
         num_frames, per_frame = pixel_values.shape[:2]
         pooling, rows, cols = cfg.pooling(cfg.crop_size // cfg.patch_size, cfg.crop_size // cfg.patch_size)
         offsets = (torch.arange(num_frames, device=self.device) * per_frame).view(-1, 1, 1)
@@ -181,10 +183,10 @@ class FastPreprocessor:
         tiling_h, tiling_w, canvas_h, canvas_w = compute_crop_geometry(
             image.shape[0], image.shape[1], max_crops=cfg.max_crops, overlap_margins=cfg.overlap_margins,
             crop_size=crop, patch_size=patch)
-        canvas = self._resize_normalised(image, cfg, canvas_h, canvas_w)
+        canvas = self._resize_normalised(image[None], cfg, canvas_h, canvas_w)[0]
         crops = canvas.unfold(0, crop, window).unfold(1, crop, window)        # th, tw, C, crop, crop
         crops = crops.permute(0, 1, 3, 4, 2).reshape(tiling_h * tiling_w, crop, crop, -1)
-        low_res = self._resize_normalised(image, cfg, crop, crop)
+        low_res = self._resize_normalised(image[None], cfg, crop, crop)[0]
         patches = cfg.patchify(torch.cat([low_res[None], crops]))
         pooling, rows, cols = cfg.crop_pooling(tiling_h, tiling_w, canvas_h, canvas_w)
         low_pooling, low_rows, low_cols = cfg.pooling(crop // patch, crop // patch)
@@ -193,33 +195,39 @@ class FastPreprocessor:
         return patches, pooling, grid
 
     # ------------------------------------------------------------------ pixels
-    def _resize_normalised(self, image: np.ndarray, cfg: "_PixelConfig", out_h: int, out_w: int) -> torch.Tensor:
-        """uint8 HxWx3 -> normalised float out_h x out_w x 3 on the device."""
-        source = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
+    def _resize_normalised(self, images: np.ndarray, cfg: "_PixelConfig", out_h: int, out_w: int) -> torch.Tensor:
+        """uint8 K x H x W x 3 -> normalised float K x out_h x out_w x 3 on the device."""
+        source = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
         return cfg.normalise(resize_u8(source, out_h, out_w))
 
 
-def resize_u8(image: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
-    """HxWx3 uint8 -> out_h x out_w x 3 uint8, equal to transformers' Molmo2
+def resize_u8(images: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
+    """K x H x W x 3 uint8 -> K x out_h x out_w x 3 uint8, equal to transformers' Molmo2
     `resize_and_normalize_image` before rescaling (float bilinear without antialias,
     rounded and clamped back to uint8) on this CPU at the current torch thread count."""
-    in_h, in_w = image.shape[:2]
+    if images.dim() != 4 or images.shape[-1] != 3 or images.dtype != torch.uint8:
+        raise ValueError(f"expected K x H x W x 3 uint8 images, got {tuple(images.shape)} {images.dtype}")
+    count, in_h, in_w = images.shape[:3]
     if (in_h, in_w) == (out_h, out_w):   # torchvision returns the image untouched
-        return image
+        return images
     # The kernel torch picks for 3 channels (upsample_bilinear2d_kernel_impl_float).
     channels_last = torch.get_num_threads() == 1 or out_h + out_w <= 128
-    taps = _taps(in_h, in_w, out_h, out_w, channels_last, image.device)
-    values = image.view(-1, 3).index_select(0, taps.index).view(-1, 4, 3).float()   # pixel-major: cache friendly
-    approx = values[:, 0] * taps.approx[:, 0]
+    taps = _taps(in_h, in_w, out_h, out_w, channels_last, images.device)
+    index = taps.index
+    if count > 1:
+        index = (index + torch.arange(count, device=images.device).view(-1, 1) * (in_h * in_w)).view(-1)
+    pixels = out_h * out_w
+    values = images.view(-1, 3).index_select(0, index).view(count, pixels, 4, 3).float()   # pixel-major
+    approx = values[:, :, 0] * taps.approx[:, 0]
     for k in (1, 2, 3):
-        approx.addcmul_(values[:, k], taps.approx[:, k])
+        approx.addcmul_(values[:, :, k], taps.approx[:, k])
     out = approx.round()
     near = ((approx - out).abs_().view(-1) > 0.5 - _TIE_BAND).nonzero().view(-1)
     if near.numel():
-        pixel, channel = near // 3, near % 3
-        out.view(-1)[near] = _exact_bilinear(values[pixel, :, channel].t(), [w[pixel] for w in taps.exact],
+        image, pixel, channel = near // (3 * pixels), (near // 3) % pixels, near % 3
+        out.view(-1)[near] = _exact_bilinear(values[image, pixel, :, channel].t(), [w[pixel] for w in taps.exact],
                                              taps.channels_last).round()
-    return out.clamp_(0, 255).to(torch.uint8).view(out_h, out_w, 3)
+    return out.clamp_(0, 255).to(torch.uint8).view(count, out_h, out_w, 3)
 
 
 @functools.lru_cache(maxsize=8)
@@ -283,10 +291,10 @@ class _PixelConfig:
                                 tuple(std) if isinstance(std, list) else std)
         self._pooling: dict[tuple, tuple] = {}
 
-    def normalise(self, image_u8: torch.Tensor) -> torch.Tensor:
-        """HxWx3 uint8 -> HxWx3 float through the processor's own rescale_and_normalize."""
-        chw = self._sub_processor.rescale_and_normalize(image_u8.permute(2, 0, 1), *self._normalise_args)
-        return chw.permute(1, 2, 0)
+    def normalise(self, images_u8: torch.Tensor) -> torch.Tensor:
+        """... x H x W x 3 uint8 -> float, through the processor's own rescale_and_normalize."""
+        chw = self._sub_processor.rescale_and_normalize(images_u8.movedim(-1, -3), *self._normalise_args)
+        return chw.movedim(-3, -1)
 
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
         """[..., S, S, C] -> [..., n_patches, patch*patch*C] (batch_pixels_to_patches)."""

@@ -105,14 +105,14 @@ def test_resize_equals_torch_kernel_including_ties(threads, num_threads, size, o
     reference = F.interpolate(image.permute(2, 0, 1)[None].contiguous().float(), size=out, mode="bilinear",
                               align_corners=False, antialias=False)
     reference = reference.round().clamp(0, 255).to(torch.uint8)[0].permute(1, 2, 0)
-    ours = fast_preprocess.resize_u8(image, *out)
+    ours = fast_preprocess.resize_u8(image[None], *out)[0]
     assert torch.equal(ours, reference)
 
 
 def test_sliding_window_processes_only_the_new_frame(processor, monkeypatch):
     resized = []
     real_resize = fast_preprocess.resize_u8
-    monkeypatch.setattr(fast_preprocess, "resize_u8", lambda *a: resized.append(a[0].shape) or real_resize(*a))
+    monkeypatch.setattr(fast_preprocess, "resize_u8", lambda *a: resized.extend(a[0]) or real_resize(*a))
     stream = random_frames(6, 320, 240, seed=5)
     fast = FastPreprocessor(processor, "cpu")
 

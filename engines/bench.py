@@ -117,12 +117,10 @@ def bench_runner(runner, tensors: dict, *, decode_steps: int = 32, repeats: int 
 
 def bench_backend(backend, *, frames: int = 8, decode_steps: int = 32, repeats: int = 3,
                   prompt: str = "Point to the person.", baseline_model=None) -> dict:
-    """bench_runner over a GraphBackend, on synthetic frames through its real processor;
+    """bench_runner over a GraphBackend, on synthetic frames through its preprocessing;
     with `baseline_model` (the source checkpoint folder) also transformers on the same
     inputs in this process, and the speed-up ratios."""
-    from molmo2_ros.backends.inputs import build_inputs
-
-    inputs = build_inputs(backend.processor, synthetic_frames(frames), prompt, return_tensors="np")
+    inputs = backend.preprocessor.build(synthetic_frames(frames), prompt, return_tensors="np")
     result = {"backend": backend.name,
               **bench_runner(backend.runner, inputs.tensors, decode_steps=decode_steps, repeats=repeats)}
     if baseline_model is not None:

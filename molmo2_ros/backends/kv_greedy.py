@@ -16,7 +16,6 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from molmo2_ros.backends.inputs import build_inputs
 from molmo2_ros.backends.torch_backend import NonFiniteLogitsError
 from molmo2_ros.core.backend import STAGE_GENERATING, STAGE_PREPROCESSING, Generation
 from molmo2_ros.core.grounding import Frame
@@ -130,12 +129,16 @@ class GraphBackend:
 
     name = ""
 
-    def __init__(self, folder: str | Path, runner: GraphRunner, manifest: dict):
+    def __init__(self, folder: str | Path, runner: GraphRunner, manifest: dict, *, preprocess_device: str = "cpu"):
         from transformers import AutoProcessor
+
+        from molmo2_ros.backends.fast_preprocess import FastPreprocessor
 
         self.folder = Path(folder)
         self.runner: GraphRunner | None = runner
         self.processor = AutoProcessor.from_pretrained(str(self.folder))
+        # the torch backend's preprocessing (same inputs as inputs.build_inputs, cached per frame)
+        self.preprocessor = FastPreprocessor(self.processor, device=preprocess_device)
         self.config = GraphConfig.from_folder(self.folder, self.processor.tokenizer)
         export = manifest["export"]
         self.model_id = f"{export.get('source', '?')} [{self.name} {self.folder}]"
@@ -148,7 +151,7 @@ class GraphBackend:
         if progress:
             progress(STAGE_PREPROCESSING)
         t0 = time.perf_counter()
-        inputs = build_inputs(self.processor, frames, prompt, return_tensors="np")
+        inputs = self.preprocessor.build(frames, prompt, return_tensors="np")
         t1 = time.perf_counter()
         if progress:
             progress(STAGE_GENERATING)

@@ -93,4 +93,5 @@ class OnnxRuntimeBackend(GraphBackend):
 
         data = manifest.check_folder(engine_dir, runtime="onnxruntime", source_hash=source_hash)
         self.providers = resolve_providers(device)
-        super().__init__(engine_dir, OrtRunner(engine_dir, self.providers, threads), data)
+        runner = OrtRunner(engine_dir, self.providers, threads)
+        super().__init__(engine_dir, runner, data, preprocess_device=runner.device)

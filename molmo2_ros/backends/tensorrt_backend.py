@@ -118,4 +118,4 @@ class TensorRTBackend(GraphBackend):
 
             build_engines(engine_dir)
             data = manifest.check_folder(engine_dir, runtime="tensorrt", source_hash=source_hash)
-        super().__init__(engine_dir, TrtRunner(engine_dir), data)
+        super().__init__(engine_dir, TrtRunner(engine_dir), data, preprocess_device="cuda")

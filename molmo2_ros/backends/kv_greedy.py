@@ -153,6 +153,9 @@ class GraphBackend:
         t0 = time.perf_counter()
         inputs = self.preprocessor.build(frames, prompt, return_tensors="np")
         t1 = time.perf_counter()
+        if should_stop is not None and should_stop():  # canceled during preprocessing: skip the prefill
+            return Generation(text="", frame_times=inputs.frame_times, is_video=inputs.is_video,
+                              preprocess_s=t1 - t0, generate_s=0.0, token_ids=[])
         if progress:
             progress(STAGE_GENERATING)
         tokens = greedy_generate(self.runner, inputs.tensors, self.config, max_new_tokens=max_new_tokens,

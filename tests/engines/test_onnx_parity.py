@@ -136,3 +136,19 @@ def test_min_new_tokens_suppresses_eos(synthetic_frames, ort_backend, tiny_expor
     assert greedy_generate(ort_backend.runner, tensors, config, max_new_tokens=8) == [first]
     forced = greedy_generate(ort_backend.runner, tensors, config, max_new_tokens=8, min_new_tokens=5)
     assert len(forced) >= 5 and first not in forced[:5]
+
+
+def test_should_stop_ends_decoding_early(synthetic_frames, ort_backend):
+    calls = []
+
+    def stop_after_three():
+        calls.append(1)
+        return len(calls) > 3
+
+    stages = []
+    got = ort_backend.generate(synthetic_frames(2), PROMPT, max_new_tokens=40, should_stop=stop_after_three,
+                               progress=stages.append)
+    assert stages == ["preprocessing", "generating"]
+    assert 1 <= len(got.token_ids) < 40
+    canceled = ort_backend.generate(synthetic_frames(2), PROMPT, max_new_tokens=40, should_stop=lambda: True)
+    assert canceled.token_ids == [] and canceled.text == ""

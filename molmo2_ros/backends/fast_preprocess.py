@@ -105,6 +105,12 @@ class FastPreprocessor:
             tensors = {k: v.cpu().numpy() for k, v in tensors.items()}
         return ModelInputs(tensors=tensors, frame_times=frame_times, is_video=is_video, text=text)
 
+    @staticmethod
+    def frame_keys(frames: Sequence[Frame]) -> list[tuple]:
+        """What identifies a video frame's pixels: camera, stamp and the size it is presented at."""
+        height, width = frames[0].image.shape[:2]
+        return [(f.frame_id, f.stamp_ns, height, width) for f in frames]
+
     # ------------------------------------------------------------------ text
     def _text_inputs(self, text: str, placeholder: str, replacement: str) -> dict[str, torch.Tensor]:
         """Expand the one vision placeholder, prepend BOS and tokenise, as Molmo2Processor does."""
@@ -127,7 +133,7 @@ class FastPreprocessor:
     def _video_inputs(self, frames: Sequence[Frame]):
         cfg = self.video
         height, width = frames[0].image.shape[:2]
-        keys = [(f.frame_id, f.stamp_ns, height, width) for f in frames]
+        keys = self.frame_keys(frames)
         new = [(key, f) for key, f in zip(keys, frames) if key not in self._video_cache]
         # A GPU takes all new frames in one batch (one upload, one set of kernels); a CPU one
         # at a time (a frame's temporaries stay in cache).

@@ -21,6 +21,7 @@ from transformers import (
 )
 
 from molmo2_ros.backends.fast_preprocess import FastPreprocessor
+from molmo2_ros.backends.frame_features import VisionFeatureCache
 from molmo2_ros.backends.inputs import ModelInputs
 from molmo2_ros.core.backend import STAGE_GENERATING, STAGE_PREPROCESSING, Generation
 from molmo2_ros.core.grounding import Frame
@@ -145,6 +146,7 @@ class TorchBackend:
         self.tokenizer = self.processor.tokenizer
         # Same inputs as inputs.build_inputs (the HF processor), computed per frame and cached.
         self.preprocessor = FastPreprocessor(self.processor, device=self.device)
+        self.vision_cache = VisionFeatureCache(self.model)     # frames' vision features, reused likewise
 
     def prepare(self, frames: Sequence[Frame], prompt: str) -> ModelInputs:
         """Processor inputs on the model's device (what generate() feeds the model)."""
@@ -173,9 +175,12 @@ class TorchBackend:
         if progress:
             progress(STAGE_GENERATING)
         stopping = StoppingCriteriaList([_StopWhen(should_stop)] if should_stop else [])
+        tensors = inputs.tensors
+        if inputs.is_video:
+            tensors = self.vision_cache.video_inputs(self.preprocessor.frame_keys(frames), tensors)
         with torch.inference_mode():
             output = self.model.generate(
-                **inputs.tensors, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                **tensors, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                 logits_processor=LogitsProcessorList([FiniteLogitsGuard()]), stopping_criteria=stopping)
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
@@ -187,7 +192,7 @@ class TorchBackend:
 
     def close(self) -> None:
         self.model = None
-        self.preprocessor = None   # its frame cache may hold GPU memory
+        self.preprocessor = self.vision_cache = None   # their frame caches may hold GPU memory
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -183,3 +183,23 @@ def test_gpu_path_equals_processor_on_cpu(full_size_processor, threads, num_thre
         ours = fast.build(frames, PROMPT)
         assert all(v.device.type == "cuda" for v in ours.tensors.values())
         assert_same_inputs(build_inputs(full_size_processor, frames, PROMPT), ours)
+
+
+def test_vision_features_are_reused_and_generation_is_unchanged(tiny_model_dir):
+    from molmo2_ros.backends.torch_backend import TorchBackend
+
+    backend = TorchBackend(str(tiny_model_dir), device="cpu")
+    stream = random_frames(5, 160, 120, seed=21)
+    for window in (stream[0:4], stream[1:5]):                 # the second window gained one frame
+        inputs = backend.prepare(window, PROMPT)
+        with torch.inference_mode():
+            full = backend.model.get_video_features(inputs.tensors["pixel_values_videos"],
+                                                    inputs.tensors["video_token_pooling"],
+                                                    inputs.tensors["video_grids"]).pooler_output[0]
+            reference = backend.model.generate(**inputs.tensors, max_new_tokens=12, do_sample=False)
+        cached = backend.vision_cache.video_inputs(backend.preprocessor.frame_keys(window), inputs.tensors)
+        torch.testing.assert_close(cached["mm_encoder_outputs"]["video"].pooler_output[0], full,
+                                   rtol=1e-5, atol=1e-5)
+        generation = backend.generate(window, PROMPT, max_new_tokens=12)
+        assert generation.token_ids == reference[0, inputs.tensors["input_ids"].shape[1]:].tolist()
+    assert backend.vision_cache.frames_encoded == 5        # 4, then only the new frame

@@ -136,7 +136,7 @@ def main() -> None:
 
     # Where our steady-state time goes.
     cfg = fast.video
-    frame = stream[-1].image[None]
+    frame = [stream[-1].image]
     pixels = statistics.median(timed(lambda: cfg.patchify(fast._resize_normalised(frame, cfg, cfg.crop_size,
                                                                                     cfg.crop_size)), sync)
                                for _ in range(q))

@@ -140,8 +140,7 @@ class FastPreprocessor:
         step = max(len(new), 1) if self.device.type == "cuda" else 1
         for start in range(0, len(new), step):
             batch = new[start:start + step]
-            presented = [presented_image(f.image, height, width) for _, f in batch]
-            images = presented[0][None] if len(presented) == 1 else np.stack(presented)   # no copy for one
+            images = [presented_image(f.image, height, width) for _, f in batch]
             fresh = cfg.patchify(self._resize_normalised(images, cfg, cfg.crop_size, cfg.crop_size))
             self._video_cache.update((key, patches) for (key, _), patches in zip(batch, fresh))
             self.frames_processed += len(batch)
@@ -189,10 +188,10 @@ class FastPreprocessor:
         tiling_h, tiling_w, canvas_h, canvas_w = compute_crop_geometry(
             image.shape[0], image.shape[1], max_crops=cfg.max_crops, overlap_margins=cfg.overlap_margins,
             crop_size=crop, patch_size=patch)
-        canvas = self._resize_normalised(image[None], cfg, canvas_h, canvas_w)[0]
+        canvas = self._resize_normalised([image], cfg, canvas_h, canvas_w)[0]
         crops = canvas.unfold(0, crop, window).unfold(1, crop, window)        # th, tw, C, crop, crop
         crops = crops.permute(0, 1, 3, 4, 2).reshape(tiling_h * tiling_w, crop, crop, -1)
-        low_res = self._resize_normalised(image[None], cfg, crop, crop)[0]
+        low_res = self._resize_normalised([image], cfg, crop, crop)[0]
         patches = cfg.patchify(torch.cat([low_res[None], crops]))
         pooling, rows, cols = cfg.crop_pooling(tiling_h, tiling_w, canvas_h, canvas_w)
         low_pooling, low_rows, low_cols = cfg.pooling(crop // patch, crop // patch)
@@ -201,9 +200,14 @@ class FastPreprocessor:
         return patches, pooling, grid
 
     # ------------------------------------------------------------------ pixels
-    def _resize_normalised(self, images: np.ndarray, cfg: "_PixelConfig", out_h: int, out_w: int) -> torch.Tensor:
-        """uint8 K x H x W x 3 -> normalised float K x out_h x out_w x 3 on the device."""
-        source = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+    def _resize_normalised(self, images: list[np.ndarray], cfg: "_PixelConfig", out_h: int, out_w: int):
+        """K uint8 H x W x 3 images of one size -> normalised float K x out_h x out_w x 3 on the device."""
+        if len(images) == 1:
+            source = torch.from_numpy(np.ascontiguousarray(images[0]))[None].to(self.device)
+        else:     # copied straight into one device tensor, without stacking them on the host first
+            source = torch.empty((len(images), *images[0].shape), dtype=torch.uint8, device=self.device)
+            for i, image in enumerate(images):
+                source[i].copy_(torch.from_numpy(np.ascontiguousarray(image)))
         return cfg.normalise(resize_u8(source, out_h, out_w))
 
 

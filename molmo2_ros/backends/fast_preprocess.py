@@ -11,13 +11,14 @@ dtypes and values: integer tensors equal, pixel values bit-identical), but
 - it runs in torch on `device` (a GPU when there is one) and leaves the tensors there.
 
 Exactness. transformers resizes in float32 with torch's bilinear kernel, then rounds to
-uint8. `resize_u8` reproduces that kernel's arithmetic: the source coordinate is
-computed with a fused multiply-add, and the taps are combined in the order (and with the
-FMA contractions) of the kernel torch actually dispatches to, which depends on the thread
-count: one thread (or a tiny output) takes the channels-last kernel, more threads the
-generic one. FMAs are emulated in float64, where the products are exact. Rescaling and
-normalisation run through the processor's own `rescale_and_normalize`, and shape-only
-helpers (crop geometry, pooling windows) are transformers' own functions.
+uint8. `resize_u8` uses that kernel's source indices and weights (the source coordinate is
+a fused multiply-add), sums the 4 taps in float32, and recomputes the few results that lie
+within `_TIE_BAND` of a rounding boundary in the exact operation order (with the FMA
+contractions) of the kernel torch dispatches to, which depends on the thread count: one
+thread (or a tiny output) takes the channels-last kernel, more threads the generic one.
+FMAs are emulated in float64, where the products are exact. Rescaling and normalisation
+run through the processor's own `rescale_and_normalize`, and shape-only helpers (crop
+geometry, pooling windows) are transformers' own functions.
 """
 from __future__ import annotations
 

@@ -31,6 +31,7 @@ ARGUMENTS = {
     "query": ("query", str, "continuous query to start with (e.g. 'count: red circles')"),
     "window": ("window_seconds", float, "seconds of frames a query sees"),
     "fps": ("fps", float, "frames per second kept in the window"),
+    "tracking": ("tracking_enable", _bool, "true: camera-rate tracks between answers on ~/tracked_objects"),
 }
 
 

@@ -12,9 +12,12 @@ from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
 from molmo2_ros.core.grounding import GroundedPoint, Grounding, Task, Timings, Track
+from molmo2_ros.core.propagation import TrackedObjects
 from molmo2_ros.msg import GroundedPoint as GroundedPointMsg
 from molmo2_ros.msg import Grounding as GroundingMsg
 from molmo2_ros.msg import Track as TrackMsg
+from molmo2_ros.msg import TrackedObject as TrackedObjectMsg
+from molmo2_ros.msg import TrackedObjectArray
 
 NS = 1_000_000_000
 TASK_TO_MSG = {Task.POINT: GroundingMsg.TASK_POINT, Task.COUNT: GroundingMsg.TASK_COUNT,
@@ -85,6 +88,19 @@ def grounding_from_msg(msg: GroundingMsg) -> Grounding:
         timings=Timings(queue_wait=from_duration(msg.queue_wait),
                         preprocess=from_duration(msg.preprocess),
                         generation=from_duration(msg.generation)))
+
+
+def tracked_to_msg(snap: TrackedObjects, frame_id: str, query_id: str) -> TrackedObjectArray:
+    """Propagated positions for one camera frame: the header is that frame's
+    (`frame_id` and the snapshot's stamp)."""
+    msg = TrackedObjectArray(query_id=query_id)
+    msg.header.frame_id = frame_id
+    msg.header.stamp = to_time(snap.stamp_ns)
+    msg.objects = [TrackedObjectMsg(
+        object_id=int(o.object_id), label=o.label, x=float(o.x), y=float(o.y),
+        anchor_stamp=to_time(o.anchor_stamp_ns), age=to_duration(o.age_s),
+        confidence=float(o.confidence), lost=bool(o.lost)) for o in snap.objects]
+    return msg
 
 
 _PALETTE = [(0.9, 0.2, 0.2), (0.2, 0.8, 0.3), (0.2, 0.4, 0.95), (0.95, 0.85, 0.2),

@@ -5,8 +5,9 @@ start the inference worker and topic mode; deactivate: stop them and free the ba
 (GPU memory); cleanup/shutdown: release everything. With `autostart` (default) the
 node configures and activates itself, so a plain run just works.
 
-The node is a thin adapter: the frame window, prompting, parsing and mapping live in
-molmo2_ros.core; inference runs on the QueryWorker thread (see its queue policy).
+The node is a thin adapter: the frame window, prompting, parsing, mapping and the
+camera-rate track propagation live in molmo2_ros.core; inference runs on the
+QueryWorker thread (see its queue policy).
 Parameters, topics and QoS are documented in docs/notes/node.md.
 """
 from __future__ import annotations
@@ -34,10 +35,13 @@ from molmo2_ros.action import Ground
 from molmo2_ros.core.frame_window import FrameWindow, Ingest
 from molmo2_ros.core.grounding import Grounding, Task
 from molmo2_ros.core.prompts import InvalidQuery, sanitize_query
+from molmo2_ros.core.propagation import WINDOW as FLOW_WINDOW
+from molmo2_ros.core.propagation import TrackPropagator
 from molmo2_ros.msg import Grounding as GroundingMsg
+from molmo2_ros.msg import TrackedObjectArray
 from molmo2_ros.ros.image_conversion import compressed_to_rgb, image_to_rgb, rgb_to_image
 from molmo2_ros.ros.messages import (TASK_FROM_MSG, from_time, grounding_markers,
-                                     grounding_to_msg, to_time)
+                                     grounding_to_msg, to_time, tracked_to_msg)
 from molmo2_ros.ros.query_worker import (ERROR_CANCELED, ERROR_EMPTY_WINDOW, ERROR_INVALID_QUERY,
                                          ERROR_NONE, ERROR_NOT_ACTIVE, Outcome, Query,
                                          QueryError, QueryWorker)
@@ -78,6 +82,12 @@ PARAMETERS = {
     "query_task": ("point", "task of ~/query text without a 'task:' prefix: point, count, track, ask"),
     "query_period": (1.0, "seconds between re-runs of the continuous query"),
     "diagnostics_period": (1.0, "seconds between /diagnostics messages"),
+    "tracking_enable": (True, "propagate answers' points to every camera frame on ~/tracked_objects"),
+    "tracking_max_points": (50, "most objects propagated at once (highest model score first)"),
+    "tracking_max_age": (10.0, "seconds after its anchor frame a propagated object is dropped"),
+    "tracking_window": (5.0, "seconds of camera frames buffered for latency compensation"),
+    "tracking_max_side": (640, "longer side of the image optical flow runs on (px; 0 = full size)"),
+    "tracking_buffer_mb": (128.0, "memory bound of the tracking frame buffer (MiB)"),
 }
 READ_ONLY = {"queue_size"}  # sizes the executor's thread pool at start
 
@@ -106,6 +116,12 @@ class Settings:
     query_task: str
     query_period: float
     diagnostics_period: float
+    tracking_enable: bool
+    tracking_max_points: int
+    tracking_max_age: float
+    tracking_window: float
+    tracking_max_side: int
+    tracking_buffer_mb: float
 
 
 def parse_task(value) -> Task:
@@ -165,6 +181,12 @@ def validate(values: dict) -> Settings:
     check(1 <= out["queue_size"] <= 16, f"queue_size must be 1..16, got {out['queue_size']}")
     check(out["query_period"] > 0, f"query_period must be > 0, got {out['query_period']}")
     check(out["diagnostics_period"] > 0, f"diagnostics_period must be > 0, got {out['diagnostics_period']}")
+    check(out["tracking_max_points"] >= 1, f"tracking_max_points must be >= 1, got {out['tracking_max_points']}")
+    check(out["tracking_max_age"] > 0, f"tracking_max_age must be > 0, got {out['tracking_max_age']}")
+    check(out["tracking_window"] > 0, f"tracking_window must be > 0, got {out['tracking_window']}")
+    check(out["tracking_max_side"] == 0 or out["tracking_max_side"] >= 2 * FLOW_WINDOW,
+          f"tracking_max_side must be 0 (full size) or >= {2 * FLOW_WINDOW}, got {out['tracking_max_side']}")
+    check(out["tracking_buffer_mb"] > 0, f"tracking_buffer_mb must be > 0, got {out['tracking_buffer_mb']}")
     try:
         parse_task(out["query_task"])
     except ValueError as exc:
@@ -196,6 +218,8 @@ class GroundingNode(LifecycleNode):
         self._backend = None
         self._ground = None
         self._window: FrameWindow | None = None
+        self._propagator: TrackPropagator | None = None
+        self._tracked_query_id = ""    # the query whose answer is propagated; "" = none yet
         self._worker: QueryWorker | None = None
         self._active = False
         self._image_sub = None
@@ -239,6 +263,9 @@ class GroundingNode(LifecycleNode):
         s = self.settings
         self._window = FrameWindow(fps=s.fps, max_seconds=s.window_seconds, max_frames=s.max_frames,
                                    max_side=s.max_side, jump_back_s=s.jump_back_s)
+        self._propagator = TrackPropagator(
+            enable=s.tracking_enable, max_points=s.tracking_max_points, max_age=s.tracking_max_age,
+            window=s.tracking_window, flow_max_side=s.tracking_max_side, buffer_mb=s.tracking_buffer_mb)
         if not self._load_backend():
             return TransitionCallbackReturn.FAILURE
         pub_events = PublisherEventCallbacks(incompatible_qos=self._on_incompatible_qos)
@@ -248,8 +275,10 @@ class GroundingNode(LifecycleNode):
         self._debug_pub = self.create_publisher(Image, "~/debug_image", qos_profile_sensor_data)
         self._markers_pub = self.create_publisher(MarkerArray, "~/markers", RESULTS_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", RESULTS_QOS)
+        self._tracked_pub = self.create_publisher(TrackedObjectArray, "~/tracked_objects", RESULTS_QOS,
+                                                  event_callbacks=pub_events)
         self._publishers = [self._grounding_pub, self._answer_pub, self._debug_pub,
-                            self._markers_pub, self._diag_pub]
+                            self._markers_pub, self._diag_pub, self._tracked_pub]
         self._diag_timer = self.create_timer(s.diagnostics_period, self._publish_diagnostics)
         if s.query:
             self._set_topic_query(s.query)
@@ -339,6 +368,9 @@ class GroundingNode(LifecycleNode):
             self._worker = None
         if self._window is not None:
             self._window.reset()
+        if self._propagator is not None:
+            self._propagator.reset()
+        self._tracked_query_id = ""
 
     def _free_backend(self) -> None:
         if self._backend is not None:
@@ -355,19 +387,32 @@ class GroundingNode(LifecycleNode):
             self.destroy_publisher(publisher)
         self._publishers = []
         self._window = None
+        self._propagator = None
         self._topic_query = None
 
     # --- ingest ---------------------------------------------------------------------
     def _on_image(self, msg) -> None:
         self._frames_in += 1
         self._frames_total += 1
-        window, max_side = self._window, self.settings.max_side
-        if window is None:
+        window, propagator, max_side = self._window, self._propagator, self.settings.max_side
+        if window is None or propagator is None:
             return
         convert = compressed_to_rgb if isinstance(msg, CompressedImage) else image_to_rgb
+        converted = {}
+
+        def rgb(side: int):
+            """(RGB, source size) shrunk to `side`, converted once per size."""
+            if side not in converted:
+                converted[side] = convert(msg, side)
+            return converted[side]
+
         stamp_ns = from_time(msg.header.stamp)
         try:
-            decision = window.add(stamp_ns, lambda: convert(msg, max_side), frame_id=msg.header.frame_id)
+            decision = window.add(stamp_ns, lambda: rgb(max_side), frame_id=msg.header.frame_id)
+            # Tracking takes every frame, kept by the window or not (not an out-of-order
+            # or duplicate one), so tracks move at camera rate.
+            track = propagator.enable and decision.outcome is not Ingest.REJECTED
+            image, source_size = rgb(propagator.flow_max_side) if track else (None, None)
         except ValueError as exc:
             self._bad_frames += 1
             self._last_frame_error = str(exc)
@@ -378,7 +423,23 @@ class GroundingNode(LifecycleNode):
             self.get_logger().warning(f"dropped a camera frame: {decision.reason}", throttle_duration_sec=2.0)
         elif decision.outcome is Ingest.RESET:
             self.get_logger().warning(decision.reason)
-        # Camera-rate track propagation (issue 7) takes every frame, kept or not, here.
+        if track:
+            self._track(propagator, msg.header.frame_id, stamp_ns, image, source_size)
+
+    def _track(self, propagator: TrackPropagator, frame_id: str, stamp_ns: int, image, source_size) -> None:
+        """Carry the propagated objects onto this camera frame and publish them for it
+        (once an answer has been anchored). Runs on the camera callback: flow for one
+        frame only; latency compensation runs on the result path (`_anchor`)."""
+        try:
+            warnings = propagator.add_frame(image, stamp_ns, source_size)
+        except ValueError as exc:  # e.g. an image too small to track in; the window has it
+            self.get_logger().warning(f"tracking: frame not used: {exc}", throttle_duration_sec=2.0)
+            return
+        for warning in warnings:
+            self.get_logger().warning(f"tracking: {warning}", throttle_duration_sec=2.0)
+        snap, query_id = propagator.current(), self._tracked_query_id
+        if query_id and snap.stamp_ns == stamp_ns:
+            self._tracked_pub.publish(tracked_to_msg(snap, frame_id, query_id))
 
     # --- queries --------------------------------------------------------------------
     def _check_query(self, text: str, task) -> Task:
@@ -514,6 +575,8 @@ class GroundingNode(LifecycleNode):
 
     # --- outputs --------------------------------------------------------------------
     def _publish_results(self, grounding: Grounding, query: Query) -> GroundingMsg:
+        """Publish a successful result (worker thread for continuous mode, the goal's
+        executor thread for actions; never the camera callback) and anchor tracking on it."""
         msg = grounding_to_msg(grounding, query.query_id)
         self._grounding_pub.publish(msg)
         self._answer_pub.publish(String(data=grounding.answer))
@@ -523,7 +586,27 @@ class GroundingNode(LifecycleNode):
         if self._debug_pub.get_subscription_count() > 0:
             self._debug_pub.publish(rgb_to_image(self._annotate(grounding, newest),
                                                  to_time(newest.stamp_ns), newest.frame_id))
+        self._anchor(grounding, query.query_id)
         return msg
+
+    def _anchor(self, grounding: Grounding, query_id: str) -> None:
+        """Re-anchor the propagated tracks on an answer with points (point, count and
+        track tasks; an `ask` answer has none and leaves them alone). Latency
+        compensation runs here, outside the propagator's lock, so camera frames keep
+        flowing meanwhile."""
+        propagator = self._propagator
+        if propagator is None or not propagator.enable or not self._active or grounding.task == Task.ASK:
+            return
+        try:
+            warnings = propagator.anchor(grounding)
+        except Exception as exc:  # tracking must never cost the answer, already published
+            self.get_logger().error(f"tracking: answer {query_id} not anchored: {type(exc).__name__}: {exc}")
+            return
+        for warning in warnings:
+            self.get_logger().warning(f"tracking: {warning}", throttle_duration_sec=2.0)
+        # Set once anchor() returns: a frame published between its merge and here still
+        # carries the previous answer's query_id (at most one frame).
+        self._tracked_query_id = query_id
 
     @staticmethod
     def _annotate(grounding: Grounding, frame):
@@ -562,6 +645,11 @@ class GroundingNode(LifecycleNode):
             "queue_length": str(worker.queue_length if worker else 0),
             "inferring": str(bool(worker and worker.busy)),
         }
+        propagator = self._propagator
+        if propagator is not None and propagator.enable:
+            frames, nbytes = propagator.buffered()
+            values["tracking_frames"], values["tracking_bytes"] = str(frames), str(nbytes)
+            values["tracked_objects"] = str(len(propagator.current().objects))
         if self._last_timings is not None:
             for stage in ("queue_wait", "preprocess", "generation", "parse"):
                 values[f"last_{stage}_s"] = f"{getattr(self._last_timings, stage):.3f}"

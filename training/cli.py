@@ -19,6 +19,7 @@ def train_main(argv: list[str] | None = None) -> int:
                     "checkpoint in output_dir. `molmo2-train convert --help`: recordings -> manifest.")
     parser.add_argument("--config", required=True, help="YAML or JSON training config")
     parser.add_argument("--steps", type=int, help="override the config's steps")
+    parser.add_argument("--output-dir", help="override the config's output_dir")
     args = parser.parse_args(argv)
     from training.config import load_config, validate
     from training.trainer import train
@@ -27,7 +28,9 @@ def train_main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         if args.steps is not None:
             config.steps = args.steps
-            validate(config, args.config)
+        if args.output_dir is not None:
+            config.output_dir = args.output_dir
+        validate(config, args.config)
     except (OSError, ValueError) as exc:
         print(f"molmo2-train: {exc}", file=sys.stderr)
         return 2

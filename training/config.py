@@ -67,6 +67,8 @@ class TrainConfig:
     freeze: Freeze = field(default_factory=Freeze)
     lora: Lora | None = None
     toy_aux_weight: float = 0.0                         # shapes-world aid (training.toy_aux); 0 = off
+    toy_attention_weight: float = 0.0                   # its attention supervision; 0 = off
+    toy_attention_layer: int = -2                       # which LM layer's heads are supervised
     save_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -120,6 +122,8 @@ def validate(c: TrainConfig, where: str = "config") -> TrainConfig:
     for name in ("steps", "batch_size", "grad_accum", "save_every", "log_every"):
         if getattr(c, name) < 1:
             raise ValueError(f"{where}: {name} must be >= 1")
+    if c.toy_attention_weight and not c.toy_aux_weight:
+        raise ValueError(f"{where}: toy_attention_weight needs toy_aux_weight (the toy-world aid)")
     if c.lora is not None and c.freeze.llm:
         raise ValueError(f"{where}: LoRA adapts the language model; do not also freeze it")
     return c

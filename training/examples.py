@@ -21,7 +21,8 @@ from molmo2_ros.core.answer_format import (
     format_track_answer,
 )
 from molmo2_ros.core.grounding import Frame, Task
-from molmo2_ros.core.prompts import build_prompt, extract_label
+from molmo2_ros.core.grounder import _sampling_fps
+from molmo2_ros.core.prompts import build_prompt, extract_label, sanitize_query
 
 # Upstream weighting (allenai/molmo2): pointing/counting/tracking answers get a fixed
 # per-token weight; other answers 2/sqrt(n_tokens), divided by sqrt(n_branches) when
@@ -83,11 +84,9 @@ class Example:
         return len({p.object_id for p in self.points})
 
     def prompt(self) -> str:
-        fps = None
-        if self.is_video:
-            span = (self.frames[-1].stamp_ns - self.frames[0].stamp_ns) / 1e9
-            fps = (len(self.frames) - 1) / span if span > 0 else None
-        return build_prompt(self.task, self.query, video=self.is_video, fps=fps)
+        """The user prompt exactly as `molmo2_ros.core.grounder.ground()` builds it."""
+        fps = _sampling_fps(self.frames) if self.is_video else None
+        return build_prompt(self.task, sanitize_query(self.query), video=self.is_video, fps=fps)
 
     def target(self, frame_times: list[float]) -> str:
         """The answer in Molmo2's syntax; `frame_times` are the model-side times of the

@@ -4,8 +4,10 @@ A tiny Molmo2 trained from random init on the shapes world ignores the image (it
 features start ~1e-7 against token embeddings ~0.02, and the language loss alone never
 pulls them up; see docs/notes/training.md). This loss asks each pooled image token (each
 cell of a frame's low-resolution view) which object class, if any, has its centre in
-the cell, and where that centre lies in the frame (for an empty cell: where the cell
-lies), so that image tokens carry both what and where for the language model to read. It needs per-frame object truth
+the cell, and where that centre lies in the frame, so that image tokens carry both what
+and where for the language model to read. Optionally (`attention_loss`) the attention
+heads of one language-model layer are taught to look, while writing a point's
+coordinates, at the cell holding that point. It needs per-frame object truth
 (`Example.scene`), so it exists for synthetic data only; the head is thrown away and
 the saved checkpoint is a plain Molmo2. Real fine-tuning starts from a pretrained model
 and does not need it.
@@ -13,6 +15,7 @@ and does not need it.
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from torch import nn
@@ -38,10 +41,9 @@ def cell_ranges(n_patches: int, pool: int) -> list[tuple[float, float]]:
 def cell_targets(example: Example, rows: list[tuple[float, float]], cols: list[tuple[float, float]],
                  labels: list[str], frame: int) -> tuple[list[int], list[tuple[float, float]]]:
     """Class (0 = none, 1 + label index) and position (u, v in 0..1 of the frame: the
-    object's centre, or the cell's own centre when empty) per cell, row-major, for frame
-    `frame` of the example."""
+    object's centre; unused for empty cells) per cell, row-major, for frame `frame`."""
     classes = [NO_OBJECT] * (len(rows) * len(cols))
-    positions = [((a + b) / 2, (c + d) / 2) for (c, d) in rows for (a, b) in cols]
+    positions = [(0.0, 0.0)] * len(classes)
     width, height = example.frames[frame].source_size
     for obj in example.scene[frame]:
         if not obj.visible or obj.label not in labels:
@@ -104,7 +106,57 @@ class ToyAuxHead(nn.Module):
         out = self.proj(features.float())
         n = 1 + len(self.labels)
         ce = F.cross_entropy(out[:, :n], classes, ignore_index=-100)
-        supervised = classes >= 0
-        if supervised.any():
-            ce = ce + 10.0 * F.mse_loss(out[supervised, n:], positions[supervised])
+        positive = classes > 0
+        if positive.any():
+            ce = ce + 10.0 * F.mse_loss(out[positive, n:], positions[positive])
         return ce
+
+    def attention_loss(self, attentions: torch.Tensor, encoded, batch: dict, tokenizer, patch_id: int
+                       ) -> torch.Tensor:
+        """-log of the attention (`attentions`: [batch, heads, query, key], every head)
+        from each coordinate-digit position to its object's cell: teaches the language
+        model to read the image at the point it is writing down."""
+        video = "video_grids" in batch
+        targets = attention_targets(encoded, tokenizer, patch_id,
+                                    self.video_cells if video else self.image_cells, video)
+        if not targets:
+            return attentions.sum() * 0.0
+        b, q, k = (torch.tensor(x) for x in zip(*targets))
+        return -torch.log(attentions[b, :, q, k].float().clamp_min(1e-6)).mean()
+
+
+_COORDS_RE = re.compile(r'coords="([^"]*)"')
+_NUMBER_RE = re.compile(r"\d+(?:\.\d+)?")
+
+
+def attention_targets(encoded, tokenizer, patch_id: int, cells: tuple[list, list], video: bool
+                      ) -> list[tuple[int, int, int]]:
+    """(batch row, query position, key position): each position whose next token is a
+    digit of a point's x or y, and the low-resolution image token of the cell holding
+    that point in that point's frame."""
+    rows, cols = cells
+    out = []
+    for b, e in enumerate(encoded):
+        ids = e.tensors["input_ids"][0]
+        patches = (ids == patch_id).nonzero().flatten().tolist()
+        prompt_len = int((e.labels != -100).nonzero()[0])
+        per_view = len(rows) * len(cols)
+        offsets = tokenizer(e.answer, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        for m in _COORDS_RE.finditer(e.answer):
+            start = m.start(1)
+            for frame_text in re.split(r"[;\t]", m.group(1)):
+                numbers = [(n.group(), start + n.start(), start + n.end()) for n in _NUMBER_RE.finditer(frame_text)]
+                start += len(frame_text) + 1
+                if not numbers:
+                    continue
+                t = float(numbers[0][0])
+                view = min(range(len(e.frame_times)), key=lambda i: abs(e.frame_times[i] - t)) if video else 0
+                for _, (x, xs, xe), (y, ys, ye) in zip(*[iter(numbers[1:])] * 3):
+                    u, v = int(x) / 1000, int(y) / 1000
+                    r = next((i for i, (a, c) in enumerate(rows) if a <= v < c), len(rows) - 1)
+                    c = next((i for i, (a, d) in enumerate(cols) if a <= u < d), len(cols) - 1)
+                    key = patches[view * per_view + r * len(cols) + c]
+                    for k, (a, z) in enumerate(offsets):
+                        if a < z and (xs <= a < xe or ys <= a < ye):
+                            out.append((b, prompt_len + k - 1, key))
+    return out

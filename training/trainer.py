@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.batching import collate, encode
+from training.batching import Encoded, collate, encode
 from training.config import TrainConfig
 from training.examples import Example
 
@@ -171,17 +171,20 @@ def _freeze_base_embeddings(model) -> None:
 class TrainStep(nn.Module):
     """Model + optional toy-world head; forward returns (loss, parts) for one micro-batch."""
 
-    def __init__(self, model, config: TrainConfig, aux_head=None):
+    def __init__(self, model, config: TrainConfig, aux_head=None, tokenizer=None):
         super().__init__()
         self.model = model
         self.aux_head = aux_head
+        self.tokenizer = tokenizer
         self.z_loss = config.z_loss
         self.aux_weight = config.toy_aux_weight
+        self.attention_weight = config.toy_attention_weight
+        self.attention_layer = config.toy_attention_layer
 
-    def forward(self, batch: dict, examples: list[Example]):
+    def forward(self, batch: dict, encoded: list[Encoded]):
         labels = batch.pop("labels")
         weights = batch.pop("weights")
-        out = self.model(**batch, use_cache=False)
+        out = self.model(**batch, use_cache=False, output_attentions=bool(self.attention_weight))
         logits = out.logits[:, :-1].float()
         target = labels[:, 1:]
         w = weights[:, 1:].to(logits.device)
@@ -195,9 +198,15 @@ class TrainStep(nn.Module):
             z = torch.logsumexp(logits, dim=-1).pow(2)
             loss = loss + self.z_loss * (z * w).sum() / norm
         if self.aux_head is not None and self.aux_weight:
-            aux = self.aux_head.loss(out.image_hidden_states, examples, batch)
+            aux = self.aux_head.loss(out.image_hidden_states, [e.example for e in encoded], batch)
             loss = loss + self.aux_weight * aux
             parts["aux"] = aux.detach()
+        if self.attention_weight:
+            patch_id = self.model.config.image_patch_id
+            attn = out.attentions[self.attention_layer]
+            att = self.aux_head.attention_loss(attn, encoded, batch, self.tokenizer, patch_id)
+            loss = loss + self.attention_weight * att
+            parts["attn"] = att.detach()
         return loss, parts
 
 
@@ -289,7 +298,9 @@ def train(config: TrainConfig, log=_print) -> Path:
                               vision_cfg.patch_size, processor.image_processor.pooling_size,
                               processor.video_processor.pooling_size)
         groups.append({"params": list(aux_head.parameters()), "lr": config.lr, "name": "toy_aux"})
-    step_module = TrainStep(model, config, aux_head)
+    if config.toy_attention_weight:
+        model.set_attn_implementation("eager")   # attention probabilities are needed
+    step_module = TrainStep(model, config, aux_head, processor.tokenizer)
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps,
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
@@ -325,7 +336,7 @@ def train(config: TrainConfig, log=_print) -> Path:
             n_tokens += int(batch["attention_mask"].sum())
             n_examples += len(examples)
             with accelerator.autocast():
-                loss, parts = step_module(batch, examples)
+                loss, parts = step_module(batch, encoded)
             accelerator.backward(loss / config.grad_accum)
             parts["loss"] = loss.detach()
             for k, v in parts.items():

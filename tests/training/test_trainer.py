@@ -46,7 +46,8 @@ def saved_keys(folder):
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_training_lowers_the_loss_and_checkpoints_load(tmp_path, mode):
     # LoRA adapts the language model's linear layers only (lm_head stays random): it learns slower
-    extra = {"lora": Lora(r=8, alpha=16), "lr": 1e-2} if mode == "lora" else {"toy_aux_weight": 1.0}
+    extra = ({"lora": Lora(r=8, alpha=16), "lr": 1e-2} if mode == "lora"
+             else {"toy_aux_weight": 1.0, "toy_attention_weight": 1.0})
     drop = 0.3 if mode == "lora" else 0.5
     cfg = config(tmp_path, **extra)
     final = train(cfg, log=lambda m: None)

@@ -10,6 +10,8 @@ the section's reason, and the script goes on):
                 weights initialised on the GPU in bf16
   hf_baseline   transformers eager generate (bf16, default attention): vision ms/frame,
                 prefill ms, time to first token, decode tokens/s
+  decode_roofline  measured memory bandwidth, LM weight bytes, and the baseline's decode
+                speed as a fraction of the bandwidth roofline
   reference     the same weights in the export precision (fp16, eager attention): vision
                 features, prefill logits, greedy tokens (the parity reference)
   export        the three ONNX graphs in fp16 (engines.export), sizes and seconds
@@ -114,6 +116,37 @@ def environment() -> dict:
     except Exception:  # noqa: BLE001
         pass
     return env
+
+
+def decode_roofline(model, sections: dict) -> dict:
+    """Batch-1 decode reads every language-model weight once per token, so its ceiling is
+    memory bandwidth / weight bytes. Bandwidth is measured here (a device-to-device copy,
+    bytes read + written), not taken from a data sheet."""
+    import torch
+
+    baseline = sections.get("hf_baseline", {})
+    if baseline.get("status") != "ok" or not torch.cuda.is_available():
+        raise _Skip("needs the hf_baseline section on a CUDA GPU")
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(10):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    bandwidth = 2 * 10 * src.numel() / (time.perf_counter() - start)
+    del src, dst
+    # Per token: every layer's weights and the LM head; of the input embedding one row only.
+    head = model.get_output_embeddings().weight
+    weight_bytes = head.numel() * head.element_size() + sum(
+        p.numel() * p.element_size() for n, p in model.named_parameters()
+        if "language_model" in n and "embed_tokens" not in n)
+    ceiling = bandwidth / weight_bytes
+    measured = baseline["decode_tokens_per_s"]
+    return {"bandwidth_gb_s": round(bandwidth / 1e9, 1), "lm_weight_gb": round(weight_bytes / 1e9, 3),
+            "roofline_tokens_per_s": round(ceiling, 1), "hf_decode_tokens_per_s": measured,
+            "hf_fraction_of_roofline": round(measured / ceiling, 3)}
 
 
 def keep_rotary_fp32(model, dtype):
@@ -282,6 +315,7 @@ def main(argv=None) -> int:
 
     report.run("hf_baseline", lambda: hf_baseline(state["model"], state["tensors"], device, args.decode_steps),
                needs_s=30)
+    report.run("decode_roofline", lambda: decode_roofline(state["model"], report.data["sections"]), needs_s=10)
 
     def reference_section():
         from engines.export import PRECISIONS

@@ -261,8 +261,8 @@ def train(config: TrainConfig, log=_print) -> Path:
     if config.threads:
         torch.set_num_threads(config.threads)
     config.out.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(mixed_precision="bf16" if config.dtype == "bf16" else "no",
-                              gradient_accumulation_steps=1)
+    accelerator = Accelerator()   # DDP under torchrun/accelerate launch; bf16 autocast is ours
+    autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=config.dtype == "bf16")
     torch.manual_seed(config.seed)
     main = accelerator.is_main_process
     if main:
@@ -335,7 +335,7 @@ def train(config: TrainConfig, log=_print) -> Path:
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             n_tokens += int(batch["attention_mask"].sum())
             n_examples += len(examples)
-            with accelerator.autocast():
+            with autocast:
                 loss, parts = step_module(batch, encoded)
             accelerator.backward(loss / config.grad_accum)
             parts["loss"] = loss.detach()

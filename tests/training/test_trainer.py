@@ -9,7 +9,7 @@ from safetensors import safe_open
 from molmo2_ros.backends.factory import make_backend
 from molmo2_ros.core.grounder import ground
 from training.batching import collate, encode
-from training.config import TrainConfig, Data, Lora, TinyInit, load_config
+from training.config import Data, Freeze, Lora, TinyInit, TrainConfig, load_config
 from training.shapes_tasks import make_example
 from training.trainer import checkpoints, train
 
@@ -46,8 +46,8 @@ def saved_keys(folder):
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_training_lowers_the_loss_and_checkpoints_load(tmp_path, mode):
     # LoRA adapts the language model's linear layers only (lm_head stays random): it learns slower
-    extra = ({"lora": Lora(r=8, alpha=16), "lr": 1e-2} if mode == "lora"
-             else {"toy_aux_weight": 1.0, "toy_attention_weight": 1.0})
+    extra = ({"lora": Lora(r=8, alpha=16), "lr": 1e-2, "dtype": "bf16", "gradient_checkpointing": True}
+             if mode == "lora" else {"toy_aux_weight": 1.0, "toy_attention_weight": 1.0, "grad_accum": 2})
     drop = 0.3 if mode == "lora" else 0.5
     cfg = config(tmp_path, **extra)
     final = train(cfg, log=lambda m: None)
@@ -83,3 +83,19 @@ def test_config_file_errors_are_clear(tmp_path):
     path.write_text(json.dumps({"output_dir": "x", "data": {"manifest": "a"}}))
     with pytest.raises(ValueError, match="exactly one of 'model'"):
         load_config(path)
+
+
+def test_freeze_switches_keep_those_weights(tmp_path):
+    cfg = config(tmp_path, steps=2, freeze=Freeze(vision=True, adapter=True, embeddings=True))
+    final = train(cfg, log=lambda m: None)
+    with safe_open(str(cfg.out / "init" / "model.safetensors"), "pt") as a, \
+            safe_open(str(final / "model.safetensors"), "pt") as b:
+        for key in a.keys():
+            same = torch.equal(a.get_tensor(key), b.get_tensor(key))
+            if "vision_tower" in key or "multi_modal_projector" in key:
+                assert same, key
+            elif key.endswith("embed_tokens.weight"):
+                vocab = 512   # base rows frozen, Molmo2's extra token rows train
+                assert torch.equal(a.get_tensor(key)[:vocab], b.get_tensor(key)[:vocab])
+            elif key == "lm_head.weight":
+                assert not same

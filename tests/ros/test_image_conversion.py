@@ -95,3 +95,30 @@ def test_compressed_round_trip_and_garbage():
         compressed_to_rgb(CompressedImage(format="jpeg"))
     back, _ = image_to_rgb(rgb_to_image(RGB, Time(), "cam", encoding="bgr8"))
     np.testing.assert_array_equal(back, RGB)
+
+
+@pytest.mark.parametrize("width, height, max_side", [(3840, 2160, 640), (1920, 1080, 640),
+                                                     (641, 479, 640), (1280, 720, 0)])
+def test_large_jpeg_is_decoded_scaled_with_the_full_source_size(width, height, max_side):
+    from builtin_interfaces.msg import Time
+    from molmo2_ros.core.frame_window import fit_to_max_side
+    from molmo2_ros.ros.image_conversion import jpeg_size
+
+    # Smooth content, so a scaled decode and a full decode + shrink agree closely.
+    yy, xx = np.mgrid[0:height, 0:width]
+    pixels = np.stack([xx * 255 // width, yy * 255 // height, (xx + yy) * 127 // (width + height)],
+                      -1).astype(np.uint8)
+    msg = rgb_to_compressed(pixels, Time(), "cam", fmt="jpeg", quality=95)
+    assert jpeg_size(np.frombuffer(msg.data, np.uint8)) == (width, height)
+    rgb, size = compressed_to_rgb(msg, max_side)
+    assert size == (width, height)
+    expected = fit_to_max_side(pixels, max_side)
+    assert rgb.shape == expected.shape
+    assert np.abs(rgb.astype(int) - expected).mean() < 2.0
+
+
+def test_jpeg_size_of_other_data_is_none():
+    from molmo2_ros.ros.image_conversion import jpeg_size
+
+    assert jpeg_size(np.frombuffer(b"\x89PNG\r\n\x1a\n0000", np.uint8)) is None
+    assert jpeg_size(np.frombuffer(b"\xff\xd8\xff\xe0\x00", np.uint8)) is None  # cut short

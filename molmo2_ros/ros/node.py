@@ -8,7 +8,7 @@ node configures and activates itself, so a plain run just works.
 The node is a thin adapter: the frame window, prompting, parsing, mapping and the
 camera-rate track propagation live in molmo2_ros.core; inference runs on the
 QueryWorker thread (see its queue policy).
-Parameters, topics and QoS are documented in docs/notes/node.md.
+Parameters, topics and QoS are documented in README.md and docs/node.md.
 """
 from __future__ import annotations
 

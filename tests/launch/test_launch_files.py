@@ -30,7 +30,7 @@ from node_harness import Harness  # noqa: E402
 
 DOMAIN = 50 + (os.getpid() + 37) % 100
 os.environ["ROS_DOMAIN_ID"] = str(DOMAIN)  # the launched processes inherit it
-TOPIC = "/h4_launch/camera/image_raw"
+TOPIC = "/launch_test/camera/image_raw"
 
 
 def include(name: str, **arguments) -> IncludeLaunchDescription:

@@ -95,10 +95,10 @@ class NodeProcess:
 class Harness:
     """The test side: a camera, an action client, result/diagnostics subscribers."""
 
-    def __init__(self, domain_id: int, image_topic: str, frame_id: str = "h4_camera"):
+    def __init__(self, domain_id: int, image_topic: str, frame_id: str = "test_camera"):
         self.context = Context()
         rclpy.init(context=self.context, domain_id=domain_id)
-        self.node = rclpy.create_node("h4_test_harness", context=self.context)
+        self.node = rclpy.create_node("test_harness", context=self.context)
         self.frame_id = frame_id
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         self.image_pub = self.node.create_publisher(Image, image_topic, reliable)

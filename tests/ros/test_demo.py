@@ -44,15 +44,15 @@ def test_video_file_published_as_compressed_camera_with_increasing_stamps(tmp_pa
     domain = 50 + (os.getpid() + 23) % 100
     context = Context()
     rclpy.init(context=context, domain_id=domain)
-    node = rclpy.create_node("h4_video_listener", context=context)
+    node = rclpy.create_node("video_listener", context=context)
     received = []
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
-    node.create_subscription(CompressedImage, "/h4_video/image_raw/compressed", received.append,
+    node.create_subscription(CompressedImage, "/demo_video/image_raw/compressed", received.append,
                              QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
     publisher = subprocess.Popen(
         [sys.executable, "-m", "molmo2_ros.ros.video_publisher", "--video", str(video), "--topic",
-         "/h4_video/image_raw", "--compressed", "--format", "png", "--rate", "10", "--frame-id", "cam9"],
+         "/demo_video/image_raw", "--compressed", "--format", "png", "--rate", "10", "--frame-id", "cam9"],
         env=env(domain), start_new_session=True)
     try:
         deadline = time.monotonic() + 60

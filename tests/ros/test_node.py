@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from node_harness import Harness, NodeProcess, stamps_of, write_params  # noqa: E402
 
 R = Ground.Result
-TOPIC = "/h4/camera/image_raw"
+TOPIC = "/node_test/camera/image_raw"
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +188,7 @@ def malformed_images():
         msg = Image(height=6, width=8, encoding="rgb8", step=24, data=good.tobytes())
         for key, value in fields.items():
             setattr(msg, key, value)
-        msg.header.frame_id = "h4_camera"
+        msg.header.frame_id = "test_camera"
         return msg
 
     return {

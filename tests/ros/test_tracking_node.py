@@ -25,7 +25,7 @@ from molmo2_ros.ros.messages import from_duration, from_time, to_time
 sys.path.insert(0, str(Path(__file__).parent))
 from node_harness import NODE, Harness, NodeProcess, write_params  # noqa: E402
 
-TOPIC = "/h8/camera/image_raw"
+TOPIC = "/tracking_test/camera/image_raw"
 HZ = 10.0
 SIZE = (160, 120)            # the size the pointing model was fine-tuned on
 SPEED = np.array([2, 1])     # scene motion per frame (px, |x| and |y|)
@@ -106,7 +106,7 @@ def tracking(pointing_model_dir, tmp_path_factory):
                           max_frames=4, query_period=0.5, diagnostics_period=0.5,
                           tracking_max_side=100)
     node = NodeProcess(params, domain, tmp / "node.log")
-    harness = Harness(domain, TOPIC, frame_id="h8_camera")
+    harness = Harness(domain, TOPIC, frame_id="tracking_camera")
     tracked: list[tuple[float, TrackedObjectArray]] = []   # (arrival time, message)
     harness.node.create_subscription(
         TrackedObjectArray, f"{NODE}/tracked_objects", lambda m: tracked.append((time.monotonic(), m)),

@@ -12,6 +12,9 @@ the section's reason, and the script goes on):
                 prefill ms, time to first token, decode tokens/s
   decode_roofline  measured memory bandwidth, LM weight bytes, and the baseline's decode
                 speed as a fraction of the bandwidth roofline
+  torch_static_cache  the torch backend's GPU decode path (static KV cache, compiled by
+                transformers into CUDA graphs) vs the baseline: decode tokens/s, roofline
+                fraction, greedy-token agreement
   reference     the same weights in the export precision (fp16, eager attention): vision
                 features, prefill logits, greedy tokens (the parity reference)
   export        the three ONNX graphs in fp16 (engines.export), sizes and seconds
@@ -53,8 +56,9 @@ VIDEO_POOL = (3, 3)   # Molmo2VideoProcessor's default pooling of frame patches
 
 
 class Report:
-    def __init__(self, budget_s: float):
+    def __init__(self, budget_s: float, only: set[str] | None = None):
         self.budget_s = budget_s
+        self.only = only
         self.data: dict = {"budget_s": budget_s, "sections": {}}
 
     def left(self) -> float:
@@ -62,6 +66,9 @@ class Report:
 
     def run(self, name: str, fn, *, needs_s: float = 0.0):
         """Run one section unless the budget cannot cover `needs_s`; record result or reason."""
+        if self.only is not None and name not in self.only | {"environment", "model"}:
+            self.data["sections"][name] = {"status": "skipped", "reason": "not in --only"}
+            return None
         if self.left() < needs_s:
             self.data["sections"][name] = {"status": "skipped",
                                            "reason": f"{self.left():.0f} s left, section needs ~{needs_s:.0f} s"}
@@ -147,6 +154,47 @@ def decode_roofline(model, sections: dict) -> dict:
     return {"bandwidth_gb_s": round(bandwidth / 1e9, 1), "lm_weight_gb": round(weight_bytes / 1e9, 3),
             "roofline_tokens_per_s": round(ceiling, 1), "hf_decode_tokens_per_s": measured,
             "hf_fraction_of_roofline": round(measured / ceiling, 3)}
+
+
+def static_cache_decode(model, tensors: dict, device, decode_steps: int, sections: dict) -> dict:
+    """The torch backend's GPU decode path (a bucketed static KV cache, which transformers
+    compiles into CUDA graphs) on the baseline's inputs: first-call (compile) seconds, time
+    to first token, decode tokens/s, and how its greedy tokens compare with the baseline's."""
+    import torch
+
+    from engines.bench import _median_ms, torch_inputs
+    from molmo2_ros.backends.torch_backend import cache_kwargs
+
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else None
+    inputs = torch_inputs(tensors, device, model.dtype)
+    n = decode_steps + 1
+    static = cache_kwargs(True, int(inputs["input_ids"].shape[1]), n)
+
+    def generate(tokens, **cache):
+        return model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, **cache)
+
+    with torch.inference_mode():
+        start = time.perf_counter()
+        ours = generate(n, **static)
+        if sync:
+            sync()
+        first_call_s = time.perf_counter() - start
+        ttft_ms = _median_ms(lambda: generate(1, **static), 3, sync)
+        full_ms = _median_ms(lambda: generate(n, **static), 2, sync)
+        baseline_tokens = generate(n)
+    prompt = inputs["input_ids"].shape[1]
+    agree = int((ours[0, prompt:] == baseline_tokens[0, prompt:]).cumprod(0).sum())
+    result = {"max_cache_len": static["max_cache_len"], "first_call_s": round(first_call_s, 2),
+              "time_to_first_token_ms": round(ttft_ms, 3),
+              "decode_tokens_per_s": round(decode_steps / max((full_ms - ttft_ms) / 1000, 1e-9), 2),
+              "greedy_tokens_equal_to_baseline": f"{agree}/{n}"}
+    base = sections.get("hf_baseline", {})
+    if base.get("status") == "ok":
+        result["decode_speedup_vs_baseline"] = round(result["decode_tokens_per_s"] / base["decode_tokens_per_s"], 2)
+    roof = sections.get("decode_roofline", {})
+    if roof.get("status") == "ok":
+        result["fraction_of_roofline"] = round(result["decode_tokens_per_s"] / roof["roofline_tokens_per_s"], 3)
+    return result
 
 
 def keep_rotary_fp32(model, dtype):
@@ -282,6 +330,8 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--decode-steps", type=int, default=32)
     parser.add_argument("--work", default=None, help="folder for the exported graphs (default: a temp dir)")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated sections to run (environment and model always run)")
     args = parser.parse_args(argv)
 
     import torch
@@ -292,7 +342,7 @@ def main(argv=None) -> int:
         print("[gpu_check] no CUDA GPU: the 4B-shaped check needs one (use --tiny on CPU)", file=sys.stderr)
     work = Path(args.work or tempfile.mkdtemp(prefix="molmo2_gpu_check_"))
     work.mkdir(parents=True, exist_ok=True)
-    report = Report(args.budget_s)
+    report = Report(args.budget_s, set(args.only.split(",")) if args.only else None)
     report.data.update({"mode": "tiny" if args.tiny else "molmo2-4b-shaped", "device": device, "work": str(work)})
     report.run("environment", environment)
     base_dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -316,6 +366,8 @@ def main(argv=None) -> int:
     report.run("hf_baseline", lambda: hf_baseline(state["model"], state["tensors"], device, args.decode_steps),
                needs_s=30)
     report.run("decode_roofline", lambda: decode_roofline(state["model"], report.data["sections"]), needs_s=10)
+    report.run("torch_static_cache", lambda: static_cache_decode(
+        state["model"], state["tensors"], device, args.decode_steps, report.data["sections"]), needs_s=60)
 
     def reference_section():
         from engines.export import PRECISIONS

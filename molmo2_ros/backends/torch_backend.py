@@ -34,6 +34,20 @@ DTYPES = {
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
+# Static caches are sized in multiples of this many tokens, so queries of similar
+# length reuse one cache (and its compiled decode graph) instead of recompiling.
+STATIC_CACHE_BUCKET = 1024
+
+
+def cache_kwargs(static_cache: bool, prompt_tokens: int, max_new_tokens: int) -> dict:
+    """generate() arguments for the KV cache: none (dynamic) or a bucketed static cache."""
+    if not static_cache:
+        return {}
+    needed = prompt_tokens + max_new_tokens
+    return {"cache_implementation": "static",
+            "max_cache_len": -(-needed // STATIC_CACHE_BUCKET) * STATIC_CACHE_BUCKET}
+
+
 class ModelNotFoundError(OSError):
     """The checkpoint is neither a local folder with weights nor in the hub cache."""
 
@@ -122,10 +136,14 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, model: str, *, device: str | None = None, dtype=None, allow_pickle: bool = False,
-                 local_files_only: bool = False, revision: str | None = None):
+                 local_files_only: bool = False, revision: str | None = None,
+                 static_cache: bool | None = None):
         self.model_id = str(model)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        # A static KV cache lets transformers compile the decode step into CUDA graphs
+        # (batch-1 decode is kernel-launch bound); on CPU it only costs memory.
+        self.static_cache = self.device.startswith("cuda") if static_cache is None else static_cache
         source = str(model)
         if _looks_like_path(source):
             folder = Path(source).expanduser()
@@ -178,10 +196,12 @@ class TorchBackend:
         tensors = inputs.tensors
         if inputs.is_video:
             tensors = self.vision_cache.video_inputs(self.preprocessor.frame_keys(frames), tensors)
+        cache = cache_kwargs(self.static_cache, inputs.tensors["input_ids"].shape[1], max_new_tokens)
         with torch.inference_mode():
             output = self.model.generate(
                 **tensors, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                logits_processor=LogitsProcessorList([FiniteLogitsGuard()]), stopping_criteria=stopping)
+                logits_processor=LogitsProcessorList([FiniteLogitsGuard()]), stopping_criteria=stopping,
+                **cache)
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
         t2 = time.perf_counter()

@@ -45,6 +45,23 @@ def test_image_generation(backend, synthetic_frames):
     assert 1 <= len(g.token_ids) <= 4
 
 
+@pytest.mark.parametrize("n_frames", [1, 3])
+def test_static_kv_cache_decodes_the_same_tokens(backend, tiny_model_dir, synthetic_frames, n_frames):
+    """The static cache (the GPU default, which lets transformers compile decode into
+    CUDA graphs) is a different cache and mask path: it must not change the answer."""
+    frames = synthetic_frames(n_frames)
+    prompt = build_prompt(Task.TRACK, "the red square", video=n_frames > 1)
+    static = TorchBackend(str(tiny_model_dir), device="cpu", static_cache=True)
+    try:
+        assert not backend.static_cache and static.static_cache
+        expected = backend.generate(frames, prompt, max_new_tokens=24).token_ids
+        assert len(expected) == 24  # the random model runs to the budget: 24 compared steps
+        assert static.generate(frames, prompt, max_new_tokens=24).token_ids == expected
+        assert static.model._previous_max_cache_length % 1024 == 0  # bucketed: reused across queries
+    finally:
+        static.close()
+
+
 def test_should_stop_is_polled_between_decode_steps(backend, synthetic_frames):
     polls = []
 

@@ -69,6 +69,8 @@ PARAMETERS = {
     "model": ("", "checkpoint folder or hub id; empty: the packaged model, else the tiny random one"),
     "backend": ("torch", "torch, onnxruntime or tensorrt"),
     "engine_dir": ("", "folder of exported engines (onnxruntime/tensorrt)"),
+    "force_engine_update": (False, "tensorrt: rebuild engines that do not match this machine "
+                                   "from the folder's ONNX graphs (else they are refused)"),
     "device": ("", "torch device, e.g. cuda or cpu; empty: cuda when available"),
     "dtype": ("auto", "torch dtype: auto, float32, float16 or bfloat16"),
     "fps": (2.0, "frames per second kept in the window (the model's sampling rate)"),
@@ -103,6 +105,7 @@ class Settings:
     model: str
     backend: str
     engine_dir: str
+    force_engine_update: bool
     device: str
     dtype: str
     fps: float
@@ -300,6 +303,8 @@ class GroundingNode(LifecycleNode):
         options = {"device": s.device or None, "engine_dir": s.engine_dir or None}
         if s.backend == "torch":
             options["dtype"] = None if s.dtype == "auto" else s.dtype
+        if s.backend == "tensorrt":
+            options["build_if_needed"] = s.force_engine_update
         try:
             started = time.monotonic()
             self._backend = make_backend(s.backend, model, **options)

@@ -9,7 +9,6 @@ call, then one token per decode step, stopping at EOS or `max_new_tokens`.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -17,7 +16,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from molmo2_ros.backends.torch_backend import NonFiniteLogitsError
-from molmo2_ros.core.backend import STAGE_GENERATING, STAGE_PREPROCESSING, Generation
+from molmo2_ros.core.backend import Generation, staged_generation
 from molmo2_ros.core.grounding import Frame
 
 
@@ -148,22 +147,12 @@ class GraphBackend:
                  should_stop: Callable[[], bool] | None = None, min_new_tokens: int = 0) -> Generation:
         if self.runner is None:
             raise RuntimeError("backend is closed")
-        if progress:
-            progress(STAGE_PREPROCESSING)
-        t0 = time.perf_counter()
-        inputs = self.preprocessor.build(frames, prompt, return_tensors="np")
-        t1 = time.perf_counter()
-        if should_stop is not None and should_stop():  # canceled during preprocessing: skip the prefill
-            return Generation(text="", frame_times=inputs.frame_times, is_video=inputs.is_video,
-                              preprocess_s=t1 - t0, generate_s=0.0, token_ids=[])
-        if progress:
-            progress(STAGE_GENERATING)
-        tokens = greedy_generate(self.runner, inputs.tensors, self.config, max_new_tokens=max_new_tokens,
-                                 min_new_tokens=min_new_tokens, should_stop=should_stop)
-        t2 = time.perf_counter()
-        text = self.processor.tokenizer.decode(tokens, skip_special_tokens=True)
-        return Generation(text=text, frame_times=inputs.frame_times, is_video=inputs.is_video,
-                          preprocess_s=t1 - t0, generate_s=t2 - t1, token_ids=tokens)
+        return staged_generation(
+            lambda: self.preprocessor.build(frames, prompt, return_tensors="np"),
+            lambda inputs: greedy_generate(self.runner, inputs.tensors, self.config, max_new_tokens=max_new_tokens,
+                                           min_new_tokens=min_new_tokens, should_stop=should_stop),
+            lambda tokens: self.processor.tokenizer.decode(tokens, skip_special_tokens=True),
+            progress=progress, should_stop=should_stop)
 
     def close(self) -> None:
         self.runner = None

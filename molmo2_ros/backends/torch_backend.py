@@ -6,7 +6,6 @@ user explicitly allows pickle; picks cuda+bf16 when a GPU is there, else cpu+fp3
 from __future__ import annotations
 
 import gc
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -23,7 +22,7 @@ from transformers import (
 from molmo2_ros.backends.fast_preprocess import FastPreprocessor
 from molmo2_ros.backends.frame_features import VisionFeatureCache
 from molmo2_ros.backends.inputs import ModelInputs
-from molmo2_ros.core.backend import STAGE_GENERATING, STAGE_PREPROCESSING, Generation
+from molmo2_ros.core.backend import Generation, staged_generation
 from molmo2_ros.core.grounding import Frame
 
 DTYPES = {
@@ -182,16 +181,13 @@ class TorchBackend:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if self.model is None:
             raise RuntimeError("backend is closed")
-        if progress:
-            progress(STAGE_PREPROCESSING)
-        t0 = time.perf_counter()
-        inputs = self.prepare(frames, prompt)
-        t1 = time.perf_counter()
-        if should_stop is not None and should_stop():  # canceled during preprocessing: skip the prefill
-            return Generation(text="", frame_times=inputs.frame_times, is_video=inputs.is_video,
-                              preprocess_s=t1 - t0, generate_s=0.0, token_ids=[])
-        if progress:
-            progress(STAGE_GENERATING)
+        return staged_generation(lambda: self.prepare(frames, prompt),
+                                 lambda inputs: self._decode(frames, inputs, max_new_tokens, should_stop),
+                                 lambda tokens: self.tokenizer.decode(tokens, skip_special_tokens=True),
+                                 progress=progress, should_stop=should_stop)
+
+    def _decode(self, frames: Sequence[Frame], inputs: ModelInputs, max_new_tokens: int,
+                should_stop: Callable[[], bool] | None) -> list[int]:
         stopping = StoppingCriteriaList([_StopWhen(should_stop)] if should_stop else [])
         tensors = inputs.tensors
         if inputs.is_video:
@@ -204,11 +200,7 @@ class TorchBackend:
                 **cache)
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
-        t2 = time.perf_counter()
-        new_tokens = output[0, inputs.tensors["input_ids"].shape[1]:].tolist()
-        text = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
-        return Generation(text=text, frame_times=inputs.frame_times, is_video=inputs.is_video,
-                          preprocess_s=t1 - t0, generate_s=t2 - t1, token_ids=new_tokens)
+        return output[0, inputs.tensors["input_ids"].shape[1]:].tolist()
 
     def close(self) -> None:
         self.model = None

@@ -6,8 +6,9 @@ evaluation all drive any backend the same way.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from molmo2_ros.core.grounding import Frame
 
@@ -58,3 +59,27 @@ class Backend(Protocol):
     def close(self) -> None:
         """Free the model and any GPU memory."""
         ...
+
+
+def staged_generation(prepare: Callable[[], Any], decode: Callable[[Any], list[int]],
+                      detokenize: Callable[[list[int]], str], *,
+                      progress: Callable[[str], None] | None = None,
+                      should_stop: Callable[[], bool] | None = None) -> Generation:
+    """One query's stages as every backend runs them: `prepare()` the model inputs (an
+    object with `frame_times` and `is_video`), skip the model if the query was canceled
+    meanwhile, `decode(inputs)` the answer's token ids, `detokenize` them; each stage
+    timed and announced through `progress`."""
+    if progress:
+        progress(STAGE_PREPROCESSING)
+    t0 = time.perf_counter()
+    inputs = prepare()
+    t1 = time.perf_counter()
+    if should_stop is not None and should_stop():
+        return Generation(text="", frame_times=inputs.frame_times, is_video=inputs.is_video,
+                          preprocess_s=t1 - t0, generate_s=0.0, token_ids=[])
+    if progress:
+        progress(STAGE_GENERATING)
+    tokens = decode(inputs)
+    t2 = time.perf_counter()
+    return Generation(text=detokenize(tokens), frame_times=inputs.frame_times, is_video=inputs.is_video,
+                      preprocess_s=t1 - t0, generate_s=t2 - t1, token_ids=tokens)

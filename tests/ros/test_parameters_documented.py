@@ -5,7 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from molmo2_ros.ros.node import PARAMETERS
+from molmo2_ros.ros.settings import PARAMETERS
 
 ROOT = Path(__file__).resolve().parents[2]
 

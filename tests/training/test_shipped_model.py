@@ -1,0 +1,53 @@
+"""The shipped shapes-world model grounds held-out clips end to end (processor,
+generate, parser, mapping) through the torch backend, as the node would run it.
+
+Thresholds: this sample measured image_point F1 0.63, video_point F1 0.58, image_count
+exact 0.63 (majority baseline 0.38); the full held-out evaluation (docs/notes/training.md)
+0.77 / 0.80 / 0.56. Each threshold leaves one to two examples of slack for numeric
+differences between machines.
+"""
+from pathlib import Path
+
+import pytest
+
+import molmo2_ros
+from molmo2_ros.backends.factory import make_backend
+from training.evaluate import evaluate
+from training.shapes_tasks import HELDOUT_SEED, make_example
+
+ASSET = Path(molmo2_ros.__file__).parent / "assets" / "shapes-tiny"
+# (group, examples, metric, threshold)
+CHECKS = [
+    ("image_point", 16, "f1", 0.5),
+    ("video_point", 12, "f1", 0.45),
+    ("image_count", 16, "exact", 0.45),
+]
+
+
+def test_shipped_model_is_small_and_complete():
+    files = {p.name: p.stat().st_size for p in ASSET.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"} <= set(files)
+    assert sum(files.values()) < 20 * 2**20
+
+
+@pytest.fixture(scope="module")
+def report():
+    import torch
+
+    torch.set_num_threads(1)
+    backend = make_backend("torch", str(ASSET))
+    # seeds past the ones the reported evaluation used
+    examples = [make_example(group, HELDOUT_SEED + 10**6 + i) for group, n, _, _ in CHECKS for i in range(n)]
+    try:
+        return evaluate(backend, examples, max_new_tokens=96)
+    finally:
+        backend.close()
+
+
+@pytest.mark.parametrize("group,n,metric,threshold", CHECKS)
+def test_held_out_clips(report, group, n, metric, threshold):
+    entry = report["groups"][group]
+    value = entry["count"][metric] if metric == "exact" else entry["points"][metric]
+    assert value >= threshold, (group, entry)
+    if metric == "exact":
+        assert value > entry["count"]["majority_exact"], entry   # better than always one answer

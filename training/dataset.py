@@ -1,6 +1,6 @@
 """The JSONL dataset manifest: one example per line, loaded into `Example`s.
 
-Each line names one visual source, the query and the truth (see docs/notes/training.md):
+Each line names one visual source, the query and the truth (see docs/training.md):
 
     {"video": "clips/a.mp4", "start": 2.0, "end": 6.0,               # seconds in the file
      "task": "point", "query": "red cup",

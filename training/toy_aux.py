@@ -2,7 +2,7 @@
 
 A tiny Molmo2 trained from random init on the shapes world ignores the image (its image
 features start ~1e-7 against token embeddings ~0.02, and the language loss alone never
-pulls them up; see docs/notes/training.md). This loss asks each pooled image token (each
+pulls them up; see docs/training.md). This loss asks each pooled image token (each
 cell of a frame's low-resolution view) which object class, if any, has its centre in
 the cell, and where that centre lies in the frame, so that image tokens carry both what
 and where for the language model to read. Optionally (`attention_loss`) the attention

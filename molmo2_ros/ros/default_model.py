@@ -9,7 +9,7 @@ from pathlib import Path
 
 import molmo2_ros
 
-PACKAGED_MODEL = Path(molmo2_ros.__file__).resolve().parent / "assets" / "model"
+PACKAGED_MODEL = Path(molmo2_ros.__file__).resolve().parent / "assets" / "shapes-tiny"
 
 
 def cache_dir() -> Path:

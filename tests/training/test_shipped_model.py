@@ -2,7 +2,7 @@
 generate, parser, mapping) through the torch backend, as the node would run it.
 
 Thresholds: this sample measured image_point F1 0.63, video_point F1 0.58, image_count
-exact 0.63 (majority baseline 0.38); the full held-out evaluation (docs/notes/training.md)
+exact 0.63 (majority baseline 0.38); the full held-out evaluation (docs/training.md)
 0.77 / 0.80 / 0.56. Each threshold leaves one to two examples of slack for numeric
 differences between machines.
 """

@@ -97,3 +97,7 @@ def _examples(args):
             raise ValueError(f"--shapes: expected KIND=N with KIND in {KINDS}, got {part!r}")
         plan[kind] = int(n)
     return [make_example(kind, HELDOUT_SEED + args.seed + i) for kind, n in plan.items() for i in range(n)]
+
+
+if __name__ == "__main__":   # `torchrun ... -m training.cli --config FILE` / `accelerate launch -m training.cli`
+    sys.exit(train_main())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -261,7 +262,14 @@ def train(config: TrainConfig, log=_print) -> Path:
     if config.threads:
         torch.set_num_threads(config.threads)
     config.out.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator()   # DDP under torchrun/accelerate launch; bf16 autocast is ours
+    # DDP under torchrun/accelerate launch; bf16 autocast is ours. Without GPUs accelerate only
+    # sets up (gloo) DDP when told to use the CPU; otherwise the ranks would train as independent
+    # copies writing the same checkpoints.
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    accelerator = Accelerator(cpu=world > 1 and not torch.cuda.is_available())
+    if accelerator.num_processes != world:
+        raise RuntimeError(f"launched with WORLD_SIZE={world} but accelerate runs "
+                           f"{accelerator.num_processes} process(es); check the launcher's settings")
     autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=config.dtype == "bf16")
     torch.manual_seed(config.seed)
     main = accelerator.is_main_process
@@ -349,7 +357,8 @@ def train(config: TrainConfig, log=_print) -> Path:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        progress.update(step + 1, parts_sum, n_examples * accelerator.num_processes, n_tokens)
+        progress.update(step + 1, parts_sum, n_examples * accelerator.num_processes,
+                        n_tokens * accelerator.num_processes)
         done = step + 1
         if main and (done % config.save_every == 0 or done == config.steps):
             save_checkpoint(inner, processor, optimizer, scheduler, done, config)

@@ -99,3 +99,29 @@ def test_freeze_switches_keep_those_weights(tmp_path):
                 assert torch.equal(a.get_tensor(key)[:vocab], b.get_tensor(key)[:vocab])
             elif key == "lm_head.weight":
                 assert not same
+
+
+def test_two_process_ddp_on_cpu_averages_both_ranks(tmp_path):
+    """`torchrun -m training.cli` (the documented multi-process route) really runs DDP:
+    one process logs and saves, and the weights differ from what rank 0 alone would
+    learn (independent copies, the failure mode without a process group, would match)."""
+    import dataclasses
+    import os
+    import subprocess
+    import sys
+
+    alone = config(tmp_path / "alone", steps=2, batch_size=2, save_every=2, log_every=1)
+    train(alone, log=lambda m: None)
+    ddp = dataclasses.replace(alone, output_dir=str(tmp_path / "ddp" / "run"))
+    path = tmp_path / "ddp.json"
+    path.write_text(json.dumps(dataclasses.asdict(ddp)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--standalone", "-m", "training.cli", "--config", str(path)],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("step 2/2") == 1, run.stdout
+    with safe_open(str(alone.out / "final" / "model.safetensors"), "pt") as a, \
+            safe_open(str(ddp.out / "final" / "model.safetensors"), "pt") as b:
+        assert not torch.equal(a.get_tensor("lm_head.weight"), b.get_tensor("lm_head.weight"))
+    make_backend("torch", str(ddp.out / "final"))

@@ -21,7 +21,7 @@ from molmo2_ros.core.answer_format import (
     format_track_answer,
 )
 from molmo2_ros.core.grounding import Frame, Task
-from molmo2_ros.core.grounder import _sampling_fps
+from molmo2_ros.core.grounder import sampling_fps
 from molmo2_ros.core.prompts import build_prompt, extract_label, sanitize_query
 
 # Upstream weighting (allenai/molmo2): pointing/counting/tracking answers get a fixed
@@ -85,7 +85,7 @@ class Example:
 
     def prompt(self) -> str:
         """The user prompt exactly as `molmo2_ros.core.grounder.ground()` builds it."""
-        fps = _sampling_fps(self.frames) if self.is_video else None
+        fps = sampling_fps(self.frames) if self.is_video else None
         return build_prompt(self.task, sanitize_query(self.query), video=self.is_video, fps=fps)
 
     def target(self, frame_times: list[float]) -> str:

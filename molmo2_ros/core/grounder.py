@@ -52,7 +52,7 @@ def ground(backend: Backend, frames: Sequence[Frame], query: str, task: Task | s
     warnings = []
     if clean_query != " ".join(unicodedata.normalize("NFKC", query).split()):
         warnings.append("template markers or control characters were removed from the query")
-    prompt = build_prompt(task, clean_query, video=len(frames) > 1, fps=_sampling_fps(frames))
+    prompt = build_prompt(task, clean_query, video=len(frames) > 1, fps=sampling_fps(frames))
 
     generation = backend.generate(frames, prompt, max_new_tokens=max_new_tokens,
                                   progress=progress, should_stop=should_stop)
@@ -86,7 +86,8 @@ def ground(backend: Backend, frames: Sequence[Frame], query: str, task: Task | s
     return result
 
 
-def _sampling_fps(frames: Sequence[Frame]) -> float | None:
+def sampling_fps(frames: Sequence[Frame]) -> float | None:
+    """The frame rate the prompt states for `frames` (median gap), as training must too."""
     gaps = [b.stamp_ns - a.stamp_ns for a, b in zip(frames, frames[1:])]
     interval = statistics.median(gaps) if gaps else 0
     return 1e9 / interval if interval > 0 else None

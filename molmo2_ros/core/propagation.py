@@ -67,6 +67,7 @@ class TrackedObjects:
 
     stamp_ns: int           # the camera frame these positions are for (0: no frame yet)
     query: str              # the query whose answer is propagated
+    answer_id: str          # the caller's id of the answer the objects come from ("" = none)
     objects: tuple[TrackedObject, ...]
 
 
@@ -160,6 +161,7 @@ class TrackPropagator:
         self._epoch = 0              # counts resets, so a late answer can tell
         self._objects: list[_Object] = []
         self._query = ""
+        self._answer_id = ""
         self._next_id = 1
 
     # ------------------------------------------------------------------ public API
@@ -203,9 +205,11 @@ class TrackPropagator:
             self._evict_locked()
         return warnings
 
-    def anchor(self, grounding: Grounding) -> list[str]:
+    def anchor(self, grounding: Grounding, answer_id: str = "") -> list[str]:
         """Re-anchor on a model answer: each object's newest point, propagated from its
-        frame to the newest buffered frame. A new query replaces the old one's objects."""
+        frame to the newest buffered frame. A new query replaces the old one's objects.
+        `answer_id` is reported with the objects (`TrackedObjects.answer_id`) from the
+        same update on, so no frame pairs one answer's objects with another's id."""
         if not self.enable:
             return []
         if not isinstance(grounding, Grounding):
@@ -225,6 +229,7 @@ class TrackPropagator:
             if grounding.query != self._query:
                 self._objects = []
                 self._query = grounding.query
+                self._answer_id = answer_id
             if not new:
                 return warnings
             if epoch != self._epoch:
@@ -235,13 +240,14 @@ class TrackPropagator:
                 self._step(prev, frame, [o for o in new if not o.lost])
                 prev = frame
             self._merge_locked(new)
+            self._answer_id = answer_id
         return warnings
 
     def current(self) -> TrackedObjects:
         """Positions of the current objects in the newest buffered frame."""
         with self._lock:
             if not self._frames:
-                return TrackedObjects(0, self._query, ())
+                return TrackedObjects(0, self._query, self._answer_id, ())
             stamp = self._frames[-1].stamp_ns
             sx, sy = self._scale
             out = []
@@ -255,7 +261,7 @@ class TrackPropagator:
                     y=float((o.pos[1] + 0.5) / sy - 0.5),
                     anchor_stamp_ns=o.anchor_stamp_ns, age_s=age_ns / _NS,
                     confidence=float(confidence), lost=o.lost))
-            return TrackedObjects(stamp, self._query, tuple(out))
+            return TrackedObjects(stamp, self._query, self._answer_id, tuple(out))
 
     def buffered(self) -> tuple[int, int]:
         """(frames, bytes) held in the frame buffer, e.g. for diagnostics."""
@@ -392,6 +398,7 @@ class TrackPropagator:
     def _reset_locked(self) -> None:
         self._frames.clear()
         self._objects = []
+        self._answer_id = ""
         self._source_size = None
         self._epoch += 1
 

@@ -90,10 +90,10 @@ def grounding_from_msg(msg: GroundingMsg) -> Grounding:
                         generation=from_duration(msg.generation)))
 
 
-def tracked_to_msg(snap: TrackedObjects, frame_id: str, query_id: str) -> TrackedObjectArray:
+def tracked_to_msg(snap: TrackedObjects, frame_id: str) -> TrackedObjectArray:
     """Propagated positions for one camera frame: the header is that frame's
-    (`frame_id` and the snapshot's stamp)."""
-    msg = TrackedObjectArray(query_id=query_id)
+    (`frame_id` and the snapshot's stamp); query_id is the answer's (`snap.answer_id`)."""
+    msg = TrackedObjectArray(query_id=snap.answer_id)
     msg.header.frame_id = frame_id
     msg.header.stamp = to_time(snap.stamp_ns)
     msg.objects = [TrackedObjectMsg(

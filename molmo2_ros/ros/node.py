@@ -80,7 +80,6 @@ class GroundingNode(LifecycleNode):
         self._ground = None
         self._window: FrameWindow | None = None
         self._propagator: TrackPropagator | None = None
-        self._tracked_query_id = ""    # the query whose answer is propagated; "" = none yet
         self._worker: QueryWorker | None = None
         self._active = False
         self._image_sub = None
@@ -233,7 +232,6 @@ class GroundingNode(LifecycleNode):
             self._window.reset()
         if self._propagator is not None:
             self._propagator.reset()
-        self._tracked_query_id = ""
 
     def _free_backend(self) -> None:
         if self._backend is not None:
@@ -300,9 +298,9 @@ class GroundingNode(LifecycleNode):
             return
         for warning in warnings:
             self.get_logger().warning(f"tracking: {warning}", throttle_duration_sec=2.0)
-        snap, query_id = propagator.current(), self._tracked_query_id
-        if query_id and snap.stamp_ns == stamp_ns:
-            self._tracked_pub.publish(tracked_to_msg(snap, frame_id, query_id))
+        snap = propagator.current()
+        if snap.answer_id and snap.stamp_ns == stamp_ns:
+            self._tracked_pub.publish(tracked_to_msg(snap, frame_id))
 
     # --- queries --------------------------------------------------------------------
     def _check_query(self, text: str, task) -> Task:
@@ -461,15 +459,12 @@ class GroundingNode(LifecycleNode):
         if propagator is None or not propagator.enable or not self._active or grounding.task == Task.ASK:
             return
         try:
-            warnings = propagator.anchor(grounding)
+            warnings = propagator.anchor(grounding, query_id)
         except Exception as exc:  # tracking must never cost the answer, already published
             self.get_logger().error(f"tracking: answer {query_id} not anchored: {type(exc).__name__}: {exc}")
             return
         for warning in warnings:
             self.get_logger().warning(f"tracking: {warning}", throttle_duration_sec=2.0)
-        # Set once anchor() returns: a frame published between its merge and here still
-        # carries the previous answer's query_id (at most one frame).
-        self._tracked_query_id = query_id
 
     @staticmethod
     def _annotate(grounding: Grounding, frame):

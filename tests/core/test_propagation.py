@@ -322,12 +322,29 @@ def test_new_query_replaces_the_old_objects(small):
     assert snap.objects[0].object_id != a.object_id
 
 
+def test_answer_id_changes_with_the_objects_it_names(small):
+    prop = TrackPropagator()
+    feed(prop, small, range(0, 8))
+    assert prop.current().answer_id == ""
+    prop.anchor(point_answer(small, 6, query="a"), "goal-1")
+    assert prop.current().answer_id == "goal-1"
+    # the same query answered with no point keeps the objects, and so the id they came from
+    prop.anchor(Grounding(Task.POINT, "a", points=[]), "goal-2")
+    snap = prop.current()
+    assert snap.answer_id == "goal-1" and len(snap.objects) == 1
+    # a new query with no point clears them: the empty set is the new answer's
+    prop.anchor(Grounding(Task.POINT, "b", points=[]), "goal-3")
+    assert prop.current().answer_id == "goal-3" and prop.current().objects == ()
+    prop.reset()
+    assert prop.current() == TrackedObjects(0, "b", "", ())
+
+
 def test_disabled_propagator_does_nothing(small):
     prop = TrackPropagator(enable=False)
     assert prop.add_frame(small.frames[0], small.stamps_ns[0]) == []
     assert prop.anchor(point_answer(small, 0)) == []
     assert prop.buffered() == (0, 0)
-    assert prop.current() == TrackedObjects(0, "", ())
+    assert prop.current() == TrackedObjects(0, "", "", ())
 
 
 def test_gray_rgb_and_rgba_frames_track_alike(small):

@@ -202,8 +202,6 @@ def test_tracks_follow_the_scene_at_camera_rate_with_stable_ids(tracking):
     assert set(stamps) <= set(camera.stamps[:]) and stamps == sorted(set(stamps))
     assert {m.query_id for m in messages} <= {goal.query_id, topic.query_id}
 
-    # (Up to one message right after answer 2 is merged may still carry answer 1's
-    # query_id: the node sets it when anchor() returns.)
     first = [m for m in messages if m.query_id == goal.query_id and from_time(m.header.stamp) < topic_sent_ns]
     second = [m for m in messages if m.query_id == topic.query_id]
     # Camera rate: every frame from just after answer 1's arrival to the return has its message.

@@ -127,6 +127,7 @@ class GraphBackend:
     """Backend protocol over an exported engine folder; subclasses supply the runner."""
 
     name = ""
+    compiles_on_first_use = False   # engines are built ahead (molmo2-engines)
 
     def __init__(self, folder: str | Path, runner: GraphRunner, manifest: dict, *, preprocess_device: str = "cpu"):
         from transformers import AutoProcessor

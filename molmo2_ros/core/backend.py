@@ -38,6 +38,9 @@ STAGE_GENERATING = "generating"
 class Backend(Protocol):
     name: str          # "torch", "onnxruntime", "tensorrt"
     model_id: str      # checkpoint id/path, plus engine identity where there is one
+    # The first generate() of a new input length compiles (torch on CUDA: static KV cache
+    # captured into CUDA graphs), so a warm-up answer moves that cost out of the first query.
+    compiles_on_first_use: bool
 
     def generate(
         self,

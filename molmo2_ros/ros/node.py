@@ -17,6 +17,7 @@ import queue
 import sys
 import time
 
+import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
@@ -32,7 +33,7 @@ from visualization_msgs.msg import MarkerArray
 
 from molmo2_ros.action import Ground
 from molmo2_ros.core.frame_window import FrameWindow, Ingest
-from molmo2_ros.core.grounding import Grounding, Task
+from molmo2_ros.core.grounding import Frame, Grounding, Task
 from molmo2_ros.core.prompts import InvalidQuery, sanitize_query
 from molmo2_ros.core.propagation import TrackPropagator
 from molmo2_ros.msg import Grounding as GroundingMsg
@@ -172,7 +173,27 @@ class GroundingNode(LifecycleNode):
         self._ground = ground
         self.get_logger().info(f"loaded {self._backend.name} backend, model {self._backend.model_id} "
                                f"in {time.monotonic() - started:.1f} s")
+        if s.warmup == "always" or (s.warmup == "auto" and self._backend.compiles_on_first_use):
+            self._warm_up()
         return True
+
+    def _warm_up(self) -> None:
+        """Answer one query over a full window of blank frames, so that compilation for
+        the steady-state input length happens now rather than in the first real query.
+        A failure is logged; queries still run (and report their own errors)."""
+        s = self.settings
+        n = max(1, min(s.max_frames, int(s.window_seconds * s.fps)))
+        side = s.max_side or 640
+        blank = np.zeros((side * 3 // 4, side, 3), np.uint8)
+        frames = [Frame(image=blank, stamp_ns=int(i * 1e9 / s.fps), source_size=(side, side * 3 // 4))
+                  for i in range(n)]
+        started = time.monotonic()
+        try:
+            self._ground(self._backend, frames, "object", Task.POINT, max_new_tokens=s.max_new_tokens)
+        except Exception as exc:
+            self.get_logger().warning(f"warm-up failed: {type(exc).__name__}: {exc}")
+            return
+        self.get_logger().info(f"warm-up: {n} blank frames answered in {time.monotonic() - started:.1f} s")
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         s = self.settings

@@ -31,6 +31,9 @@ PARAMETERS = {
     "max_side": (640, "frames are shrunk on ingest so their longer side is at most this (px)"),
     "jump_back_s": (1.0, "a stamp this much older than the newest resets the window (bag replay)"),
     "max_new_tokens": (256, "token budget of one answer"),
+    "warmup": ("auto", "at configure, answer one query on blank frames (a full window) so the first "
+                       "real one does not pay for compilation: auto (only backends that compile on "
+                       "first use: torch on CUDA), always or never"),
     "queue_size": (2, "action goals that may wait while one runs (more: ERROR_BUSY)"),
     "query": ("", "initial continuous query (as if published on ~/query)"),
     "query_task": ("point", "task of ~/query text without a 'task:' prefix: point, count, track, ask"),
@@ -66,6 +69,7 @@ class Settings:
     max_side: int
     jump_back_s: float
     max_new_tokens: int
+    warmup: str
     queue_size: int
     query: str
     query_task: str
@@ -132,6 +136,8 @@ def validate(values: dict) -> Settings:
     check(out["max_side"] >= 0, f"max_side must be >= 0 (0 = keep the source size), got {out['max_side']}")
     check(out["jump_back_s"] >= 0, f"jump_back_s must be >= 0, got {out['jump_back_s']}")
     check(out["max_new_tokens"] >= 1, f"max_new_tokens must be >= 1, got {out['max_new_tokens']}")
+    check(out["warmup"] in ("auto", "always", "never"),
+          f"warmup must be auto, always or never, got {out['warmup']!r}")
     check(1 <= out["queue_size"] <= 16, f"queue_size must be 1..16, got {out['queue_size']}")
     check(out["query_period"] > 0, f"query_period must be > 0, got {out['query_period']}")
     check(out["diagnostics_period"] > 0, f"diagnostics_period must be > 0, got {out['diagnostics_period']}")

@@ -238,14 +238,17 @@ def test_out_of_order_duplicate_and_time_jump_back(served):
 
 def test_lifecycle_inactive_queries_and_failing_backends(served, nan_model_dir, pointing_model_dir, tmp_path):
     harness, node = served
+    assert "warm-up" not in node.log()   # warmup: auto, and torch on CPU compiles nothing
     assert harness.transition(Transition.TRANSITION_DEACTIVATE)
     status, result, _ = harness.ask("red square")
     assert result.error_code == R.ERROR_NOT_ACTIVE and "not active" in result.error_message
 
-    # A backend that raises: every weight NaN -> the torch backend's NaN guard.
+    # A backend that raises: every weight NaN -> the torch backend's NaN guard. The
+    # warm-up meets it first: logged, and configure still succeeds.
     assert harness.transition(Transition.TRANSITION_CLEANUP)
-    harness.set_params(model=str(nan_model_dir))
+    harness.set_params(model=str(nan_model_dir), warmup="always")
     assert harness.transition(Transition.TRANSITION_CONFIGURE)
+    assert "warm-up failed: NonFiniteLogitsError" in node.log()
     assert harness.transition(Transition.TRANSITION_ACTIVATE)
     harness.publish_frames(4)
     for _ in range(2):
@@ -268,6 +271,8 @@ def test_lifecycle_inactive_queries_and_failing_backends(served, nan_model_dir, 
 
     harness.set_params(fps=2.0, image_reliability="best_effort")
     assert harness.transition(Transition.TRANSITION_CONFIGURE)
+    assert "warm-up: 8 blank frames answered" in node.log()   # max_frames 8
+    harness.set_params(warmup="auto")
     assert harness.transition(Transition.TRANSITION_ACTIVATE)
     harness.publish_frames(4)
     assert harness.ask("red square")[1].error_code == R.ERROR_NONE

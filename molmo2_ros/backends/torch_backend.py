@@ -143,7 +143,6 @@ class TorchBackend:
         # A static KV cache lets transformers compile the decode step into CUDA graphs
         # (batch-1 decode is kernel-launch bound); on CPU it only costs memory.
         self.static_cache = self.device.startswith("cuda") if static_cache is None else static_cache
-        self.compiles_on_first_use = self.static_cache and self.device.startswith("cuda")
         source = str(model)
         if _looks_like_path(source):
             folder = Path(source).expanduser()
@@ -202,6 +201,10 @@ class TorchBackend:
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
         return output[0, inputs.tensors["input_ids"].shape[1]:].tolist()
+
+    @property
+    def compiles_on_first_use(self) -> bool:
+        return self.static_cache and self.device.startswith("cuda")
 
     def close(self) -> None:
         self.model = None

@@ -183,9 +183,10 @@ class GroundingNode(LifecycleNode):
         A failure is logged; queries still run (and report their own errors)."""
         s = self.settings
         n = max(1, min(s.max_frames, int(s.window_seconds * s.fps)))
-        side = s.max_side or 640
-        blank = np.zeros((side * 3 // 4, side, 3), np.uint8)
-        frames = [Frame(image=blank, stamp_ns=int(i * 1e9 / s.fps), source_size=(side, side * 3 // 4))
+        width = s.max_side or 640
+        height = width * 3 // 4
+        blank = np.zeros((height, width, 3), np.uint8)
+        frames = [Frame(image=blank, stamp_ns=int(i * 1e9 / s.fps), source_size=(width, height))
                   for i in range(n)]
         started = time.monotonic()
         try:

@@ -128,7 +128,8 @@ def _rescale_vision_init(model, scale: float, seed: int) -> None:
 def apply_processor_settings(processor, settings: dict) -> None:
     known = {"video_pooling_size": (processor.video_processor, "pooling_size"),
              "image_pooling_size": (processor.image_processor, "pooling_size"),
-             "max_crops": (processor.image_processor, "max_crops")}
+             "max_crops": (processor.image_processor, "max_crops"),
+             "overlap_margins": (processor.image_processor, "overlap_margins")}
     for key, value in settings.items():
         if key not in known:
             raise ValueError(f"processor: unknown setting {key!r}; known: {sorted(known)}")

@@ -85,6 +85,17 @@ def test_config_file_errors_are_clear(tmp_path):
         load_config(path)
 
 
+def test_processor_settings_are_saved_with_the_checkpoints(tmp_path):
+    settings = {"max_crops": 4, "overlap_margins": [2, 2], "video_pooling_size": [2, 2]}
+    final = train(config(tmp_path, steps=1, processor=settings), log=lambda m: None)
+    saved = json.loads((final / "processor_config.json").read_text())
+    assert saved["image_processor"]["max_crops"] == 4
+    assert saved["image_processor"]["overlap_margins"] == [2, 2]
+    assert saved["video_processor"]["pooling_size"] == [2, 2]
+    with pytest.raises(ValueError, match="unknown setting 'crop_size'"):
+        train(config(tmp_path, steps=1, processor={"crop_size": 3}), log=lambda m: None)
+
+
 def test_freeze_switches_keep_those_weights(tmp_path):
     cfg = config(tmp_path, steps=2, freeze=Freeze(vision=True, adapter=True, embeddings=True))
     final = train(cfg, log=lambda m: None)

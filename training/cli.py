@@ -51,6 +51,8 @@ def eval_main(argv: list[str] | None = None) -> int:
     source.add_argument("--manifest", help="JSONL manifest (see training.dataset)")
     source.add_argument("--shapes", help="held-out shapes examples, e.g. image_point=100,video_point=50")
     parser.add_argument("--seed", type=int, default=0, help="held-out shapes seed offset")
+    parser.add_argument("--frames", help="shapes video kinds: evaluate each at these window lengths "
+                                         "(frames at 2 fps), e.g. 4,8,16; groups are named KIND@Nf")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     parser.add_argument("--details", action="store_true", help="add per-example answers to the report")
@@ -88,7 +90,7 @@ def _examples(args):
         from training.dataset import load_examples
 
         return list(load_examples(args.manifest))
-    from training.shapes_tasks import HELDOUT_SEED, KINDS, make_example
+    from training.shapes_tasks import HELDOUT_SEED, KINDS, heldout_examples
 
     plan = {}
     for part in args.shapes.split(","):
@@ -96,7 +98,13 @@ def _examples(args):
         if kind not in KINDS or not n.isdigit():
             raise ValueError(f"--shapes: expected KIND=N with KIND in {KINDS}, got {part!r}")
         plan[kind] = int(n)
-    return [make_example(kind, HELDOUT_SEED + args.seed + i) for kind, n in plan.items() for i in range(n)]
+    lengths = None
+    if args.frames:
+        parts = args.frames.split(",")
+        if not all(p.isdigit() and int(p) >= 2 for p in parts):
+            raise ValueError(f"--frames: expected window lengths >= 2 like 4,8,16, got {args.frames!r}")
+        lengths = [int(p) for p in parts]
+    return heldout_examples(plan, HELDOUT_SEED + args.seed, lengths)
 
 
 if __name__ == "__main__":   # `torchrun ... -m training.cli --config FILE` / `accelerate launch -m training.cli`

@@ -37,15 +37,20 @@ FINAL_DIR = "final"
 class BatchSource:
     """Deterministic batches by (step, micro-step, rank): resuming needs no data state.
 
-    A batch holds only image or only video examples (the model takes one kind per call).
+    A batch holds only image or only video examples (the model takes one kind per call);
+    the clips of a shapes-world video batch share one length, drawn per batch from
+    `data.shapes.frames`, so no batch pads short clips to a long one.
     """
 
     def __init__(self, config: TrainConfig, rank: int = 0, world: int = 1):
         self.config, self.rank, self.world = config, rank, world
         shapes = config.data.shapes
         if shapes is not None:
-            from training.shapes_tasks import KINDS
+            from training.shapes_tasks import DEFAULT_FRAMES, KINDS
 
+            unknown = set(shapes) - {"mix", "seed", "frames"}
+            if unknown:
+                raise ValueError(f"data.shapes: unknown keys {sorted(unknown)}; known: frames, mix, seed")
             mix = shapes.get("mix") or {k: 1.0 for k in KINDS}
             unknown = set(mix) - set(KINDS)
             if unknown:
@@ -54,6 +59,10 @@ class BatchSource:
             weights = np.array([float(mix[k]) for k in self.kinds])
             self.probs = weights / weights.sum()
             self.shapes_seed = int(shapes.get("seed", config.seed))
+            self.frames = tuple(int(n) for n in shapes.get("frames", DEFAULT_FRAMES))
+            if len(self.frames) != 2 or not 2 <= self.frames[0] <= self.frames[1]:
+                raise ValueError(f"data.shapes.frames: expected [min, max] with 2 <= min <= max, "
+                                 f"got {shapes['frames']}")
             self.examples = None
         else:
             from training.dataset import LoadStats, load_examples
@@ -83,7 +92,8 @@ class BatchSource:
             rng = np.random.default_rng([self.shapes_seed, step, micro])
             kind = self.kinds[rng.choice(len(self.kinds), p=self.probs)]
             base = int(rng.integers(2**40))
-            return [make_example(kind, base + self.rank * b + i) for i in range(b)]
+            n = int(rng.integers(self.frames[0], self.frames[1] + 1))
+            return [make_example(kind, base + self.rank * b + i, frames=(n, n)) for i in range(b)]
         n = step * self.config.grad_accum + micro
         batch = self.batches[n % len(self.batches)]
         mine = batch[self.rank::self.world] or batch[:1]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def _export(args) -> int:
-    from engines.export import ExportSettings, export_checkpoint
+    from molmo2_ros.engines.export import ExportSettings, export_checkpoint
 
     settings = ExportSettings(precision=args.precision, max_frames=args.max_frames, max_crops=args.max_crops,
                               max_prompt=args.max_prompt, max_new_tokens=args.max_new_tokens,
@@ -27,7 +27,7 @@ def _profiles(text: str | None) -> dict | None:
 
 
 def _build(args) -> int:
-    from engines.build import build_engines
+    from molmo2_ros.backends.tensorrt_build import build_engines
 
     data = build_engines(args.dir, args.precision, profiles=_profiles(args.profiles), workspace_gb=args.workspace_gb,
                          progress=lambda m: print(m, file=sys.stderr))
@@ -36,7 +36,7 @@ def _build(args) -> int:
 
 
 def _inspect(args) -> int:
-    from engines import manifest
+    from molmo2_ros.backends import engine_folder as manifest
 
     try:
         data = manifest.read_manifest(args.dir)
@@ -60,10 +60,10 @@ def _inspect(args) -> int:
 
 
 def _bench(args) -> int:
-    from engines.bench import bench_backend
+    from molmo2_ros.engines.bench import bench_backend
     from molmo2_ros.backends.factory import make_backend
 
-    from engines import manifest
+    from molmo2_ros.backends import engine_folder as manifest
 
     source = manifest.read_manifest(args.dir)["export"]["source"] if args.baseline else None
     if source is not None and not Path(source, "config.json").is_file():
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except Exception as exc:  # noqa: BLE001 - a CLI reports, it does not dump a traceback
-        from engines.manifest import EngineMismatch
+        from molmo2_ros.backends.engine_folder import EngineMismatch
 
         if isinstance(exc, (EngineMismatch, ValueError, FileNotFoundError, ImportError)):
             print(f"error: {exc}", file=sys.stderr)

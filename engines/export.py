@@ -11,11 +11,12 @@
   itself: causal OR (both tokens are vision tokens), keys restricted to attention_mask.
 - `decode.onnx`: one token with explicit past KV -> logits + present KV (plain causal).
 
-The processor/tokenizer files, config.json and a manifest (engines.manifest) are written
+The processor/tokenizer files, config.json and a manifest (molmo2_ros.backends.engine_folder) are written
 beside the graphs. All graphs are traced with batch 2 so batch stays dynamic.
 """
 from __future__ import annotations
 
+import platform
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -24,10 +25,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-VISION_FILE = "vision.onnx"
-PREFILL_FILE = "prefill.onnx"
-DECODE_FILE = "decode.onnx"
-GRAPH_FILES = (VISION_FILE, PREFILL_FILE, DECODE_FILE)
+from molmo2_ros.backends import engine_folder
+from molmo2_ros.backends.engine_folder import DECODE_FILE, GRAPH_FILES, PREFILL_FILE, VISION_FILE
+
 OPSET = 17
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -261,7 +261,6 @@ def export_decode(model, path: Path, opset: int = OPSET) -> None:
 def export_model(model, processor, out_dir: str | Path, settings: ExportSettings, *, source: str,
                  source_hash: str, progress=print) -> Path:
     """Export an in-memory model (eager attention, dtype = settings.precision) to `out_dir`."""
-    from engines import manifest
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -274,7 +273,7 @@ def export_model(model, processor, out_dir: str | Path, settings: ExportSettings
         progress(f"exported {name} in {timings[name]:.1f} s")
     processor.save_pretrained(str(out))
     model.config.save_pretrained(str(out))
-    manifest.write_export_manifest(out, settings=asdict(settings), source=source, source_hash=source_hash,
+    write_export_manifest(out, settings=asdict(settings), source=source, source_hash=source_hash,
                                    export_seconds=timings)
     return out
 
@@ -284,14 +283,13 @@ def export_checkpoint(model_dir: str | Path, out_dir: str | Path, settings: Expo
     """Load a local checkpoint folder and export it (see module docstring)."""
     from transformers import AutoProcessor
 
-    from engines import manifest
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a checkpoint folder (no config.json); "
                                 "download the model first (e.g. `hf download allenai/Molmo2-4B --local-dir DIR`)")
     progress(f"hashing checkpoint {model_dir} ...")
-    source_hash = manifest.checkpoint_hash(model_dir)
+    source_hash = engine_folder.checkpoint_hash(model_dir)
     model = load_for_export(model_dir, settings.precision, device)
     processor = AutoProcessor.from_pretrained(str(model_dir))
     out = export_model(model, processor, out_dir, settings, source=str(model_dir), source_hash=source_hash,
@@ -300,3 +298,26 @@ def export_checkpoint(model_dir: str | Path, out_dir: str | Path, settings: Expo
         if (model_dir / extra).is_file() and not (out / extra).exists():
             shutil.copy2(model_dir / extra, out / extra)
     return out
+
+
+def write_export_manifest(folder: Path, *, settings: dict, source: str, source_hash: str,
+                          export_seconds: dict) -> dict:
+    import onnx
+    import transformers
+
+    data = {
+        "schema": engine_folder.SCHEMA,
+        "export": {
+            "created": engine_folder.now(),
+            "files": engine_folder.describe_files(folder, list(GRAPH_FILES)),
+            "settings": settings,
+            "source": source,
+            "source_hash": source_hash,
+            "export_seconds": export_seconds,
+            "versions": {"project": engine_folder.project_version(), "torch": torch.__version__,
+                         "transformers": transformers.__version__, "onnx": onnx.__version__,
+                         "python": platform.python_version()},
+        },
+    }
+    engine_folder.write(folder, data)
+    return data

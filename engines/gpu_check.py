@@ -1,7 +1,7 @@
 """GPU check: a real-shaped Molmo2-4B with random weights, HF baseline, export, parity.
 
-    python -m engines.gpu_check [--budget-s 330] [--frames 8] [--decode-steps 32]
-    python -m engines.gpu_check --tiny          # the same code path on the tiny model (CPU ok)
+    python -m molmo2_ros.engines.gpu_check [--budget-s 330] [--frames 8] [--decode-steps 32]
+    python -m molmo2_ros.engines.gpu_check --tiny          # the same code path on the tiny model (CPU ok)
 
 Sections, each timed and guarded (an exception or a missing package is recorded as
 the section's reason, and the script goes on):
@@ -17,7 +17,7 @@ the section's reason, and the script goes on):
                 fraction, greedy-token agreement
   reference     the same weights in the export precision (fp16, eager attention): vision
                 features, prefill logits, greedy tokens (the parity reference)
-  export        the three ONNX graphs in fp16 (engines.export), sizes and seconds
+  export        the three ONNX graphs in fp16 (molmo2_ros.engines.export), sizes and seconds
   onnxruntime   ONNX Runtime CUDA EP (needs onnxruntime-gpu): parity + timings
   tensorrt      TensorRT engines (needs tensorrt): build seconds, parity + timings
 A time budget is checked before every section so the whole run stays inside --budget-s.
@@ -162,7 +162,7 @@ def static_cache_decode(model, tensors: dict, device, decode_steps: int, section
     to first token, decode tokens/s, and how its greedy tokens compare with the baseline's."""
     import torch
 
-    from engines.bench import _median_ms, torch_inputs
+    from molmo2_ros.engines.bench import _median_ms, torch_inputs
     from molmo2_ros.backends.torch_backend import cache_kwargs
 
     sync = torch.cuda.synchronize if str(device).startswith("cuda") else None
@@ -269,7 +269,7 @@ def reference(model, tensors: dict, device, steps: int) -> dict:
     """Vision features, last prefill logits and greedy tokens from transformers (parity reference)."""
     import torch
 
-    from engines.bench import torch_inputs
+    from molmo2_ros.engines.bench import torch_inputs
 
     inputs = torch_inputs(tensors, device, model.dtype)
     with torch.inference_mode():
@@ -308,7 +308,7 @@ def vision_parity_on_cpu(graphs: Path, tensors: dict, ref: dict) -> dict:
     for the first frame (frames are encoded independently), against the reference."""
     import onnxruntime as ort
 
-    from engines.export import VISION_FILE
+    from molmo2_ros.backends.engine_folder import VISION_FILE
 
     grid = tensors["video_grids"][0]
     tokens = int(grid[1] * grid[2])
@@ -361,7 +361,7 @@ def main(argv=None) -> int:
     report.run("model", model_section, needs_s=30)
     if "model" not in state:
         return _finish(report)
-    from engines.bench import hf_baseline
+    from molmo2_ros.engines.bench import hf_baseline
 
     report.run("hf_baseline", lambda: hf_baseline(state["model"], state["tensors"], device, args.decode_steps),
                needs_s=30)
@@ -370,7 +370,7 @@ def main(argv=None) -> int:
         state["model"], state["tensors"], device, args.decode_steps, report.data["sections"]), needs_s=60)
 
     def reference_section():
-        from engines.export import PRECISIONS
+        from molmo2_ros.engines.export import PRECISIONS
 
         model = keep_rotary_fp32(state["model"], PRECISIONS[export_precision])
         model.set_attn_implementation("eager")
@@ -382,7 +382,7 @@ def main(argv=None) -> int:
     report.run("reference", reference_section, needs_s=30)
 
     def export_section():
-        from engines import export
+        from molmo2_ros.engines import export
 
         model, out = state["model"], work / "engines"
         out.mkdir(exist_ok=True)
@@ -410,7 +410,7 @@ def main(argv=None) -> int:
             raise _Skip("no exported graphs")
         import onnxruntime as ort
 
-        from engines.bench import bench_runner
+        from molmo2_ros.engines.bench import bench_runner
         from molmo2_ros.backends.onnxruntime_backend import CPU, CUDA, OrtRunner
 
         if CUDA in ort.get_available_providers():
@@ -436,9 +436,9 @@ def main(argv=None) -> int:
             raise _Skip(f"tensorrt not importable: {exc}") from exc
         if device != "cuda":
             raise _Skip("TensorRT needs a CUDA GPU")
-        from engines.bench import bench_runner
-        from engines.build import ENGINE_FILES, build_engine, default_profiles
-        from engines.export import ExportSettings
+        from molmo2_ros.engines.bench import bench_runner
+        from molmo2_ros.backends.tensorrt_build import ENGINE_FILES, build_engine, default_profiles
+        from molmo2_ros.engines.export import ExportSettings
         from molmo2_ros.backends.tensorrt_backend import TrtRunner
 
         settings = ExportSettings(precision=export_precision, max_frames=max(args.frames, 8),

@@ -60,6 +60,8 @@ else
   rm -f "$STAMPS/interfaces"   # rebuilt against the new wheels
 fi
 
+SITE=$("$PY" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+
 # --- 3. interfaces (msg/action) built with CMake into the venv --------------------------
 IFACE_HASH=$(hash_of "$ROOT"/msg/*.msg "$ROOT"/action/*.action "$ROOT/CMakeLists.txt" "$ROOT/package.xml")
 if fresh interfaces "$IFACE_HASH"; then
@@ -86,7 +88,6 @@ else
   # would hide the editable source package (without it the directory is merged into the
   # source package's __path__: molmo2_ros/__init__.py extends it), and its egg-info would
   # make pip treat those files as the molmo2_ros distribution and delete them.
-  SITE=$("$PY" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
   rm -rf "$SITE/molmo2_ros/__init__.py" "$SITE"/molmo2_ros-*.egg-info
   stamp interfaces "$IFACE_HASH"
 fi
@@ -101,6 +102,11 @@ else
     --config-settings editable_mode=compat
   stamp package "$PKG_HASH"
 fi
+# engines/ and training/ are repository folders that import as molmo2_ros.engines and
+# molmo2_ros.training: linked into the package directory in site-packages, which
+# molmo2_ros/__init__.py merges like the interfaces (a non-editable install copies them).
+mkdir -p "$SITE/molmo2_ros"
+for sub in engines training; do ln -sfn "$ROOT/$sub" "$SITE/molmo2_ros/$sub"; done
 
 "$PY" -c 'import molmo2_ros.msg, molmo2_ros.action, molmo2_ros.core' \
   || die "the installed package does not import (try: rm -rf $VENV/.bootstrap and rerun)"

@@ -1,1 +1,1 @@
-"""Fine-tune Molmo2 on recordings: datasets, target rendering, trainer, metrics, shapes world."""
+"""Fine-tune Molmo2 on recordings: datasets, target rendering, trainer, metrics, evaluation."""

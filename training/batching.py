@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from molmo2_ros.backends.inputs import build_inputs
-from training.examples import Example
+from molmo2_ros.training.examples import Example
 
 IGNORE = -100
 

@@ -10,7 +10,7 @@ from pathlib import Path
 def train_main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "convert":
-        from training.convert import main as convert_main
+        from molmo2_ros.training.convert import main as convert_main
 
         return convert_main(argv[1:])
     parser = argparse.ArgumentParser(
@@ -21,8 +21,8 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="override the config's steps")
     parser.add_argument("--output-dir", help="override the config's output_dir")
     args = parser.parse_args(argv)
-    from training.config import load_config, validate
-    from training.trainer import train
+    from molmo2_ros.training.config import load_config, validate
+    from molmo2_ros.training.trainer import train
 
     try:
         config = load_config(args.config)
@@ -48,7 +48,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="torch", help="torch | onnxruntime | tensorrt")
     parser.add_argument("--engine-dir", help="exported engines (onnxruntime/tensorrt)")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--manifest", help="JSONL manifest (see training.dataset)")
+    source.add_argument("--manifest", help="JSONL manifest (see molmo2_ros.training.dataset)")
     source.add_argument("--shapes", help="held-out shapes examples, e.g. image_point=100,video_point=50")
     parser.add_argument("--seed", type=int, default=0, help="held-out shapes seed offset")
     parser.add_argument("--frames", help="shapes video kinds: evaluate each at these window lengths "
@@ -60,7 +60,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from molmo2_ros.backends.factory import make_backend
-    from training.evaluate import evaluate
+    from molmo2_ros.training.evaluate import evaluate
 
     if args.threads:
         import torch
@@ -87,10 +87,10 @@ def eval_main(argv: list[str] | None = None) -> int:
 
 def _examples(args):
     if args.manifest:
-        from training.dataset import load_examples
+        from molmo2_ros.training.dataset import load_examples
 
         return list(load_examples(args.manifest))
-    from training.shapes_tasks import HELDOUT_SEED, KINDS, heldout_examples
+    from molmo2_ros.training.shapes_tasks import HELDOUT_SEED, KINDS, heldout_examples
 
     plan = {}
     for part in args.shapes.split(","):
@@ -107,5 +107,5 @@ def _examples(args):
     return heldout_examples(plan, HELDOUT_SEED + args.seed, lengths)
 
 
-if __name__ == "__main__":   # `torchrun ... -m training.cli --config FILE` / `accelerate launch -m training.cli`
+if __name__ == "__main__":   # `torchrun ... -m molmo2_ros.training.cli --config FILE` / `accelerate launch -m molmo2_ros.training.cli`
     sys.exit(train_main())

@@ -37,7 +37,7 @@ class TinyInit:
 
 @dataclass
 class Data:
-    manifest: str | None = None                         # JSONL manifest (training.dataset)
+    manifest: str | None = None                         # JSONL manifest (molmo2_ros.training.dataset)
     shapes: dict | None = None                          # {"mix": {kind: weight}, "seed": int}
 
 
@@ -66,7 +66,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     freeze: Freeze = field(default_factory=Freeze)
     lora: Lora | None = None
-    toy_aux_weight: float = 0.0                         # shapes-world aid (training.toy_aux); 0 = off
+    toy_aux_weight: float = 0.0                         # shapes-world aid (molmo2_ros.training.toy_aux); 0 = off
     toy_attention_weight: float = 0.0                   # its attention supervision; 0 = off
     toy_attention_layer: int = -2                       # which LM layer's heads are supervised
     save_every: int = 500

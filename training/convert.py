@@ -1,6 +1,6 @@
 """`molmo2-train convert`: recordings (MCAP / rosbag2, read with `rosbags`) -> manifest.
 
-Two kinds of truth become manifest lines (training.dataset) pointing into the bag:
+Two kinds of truth become manifest lines (molmo2_ros.training.dataset) pointing into the bag:
 - the node's own answers recorded from its results topic (molmo2_ros/msg/Grounding):
   each answer's frames (its frame_stamps) become the clip and its points/tracks the
   truth, so a user can record, correct the JSONL by hand, and retrain;
@@ -80,7 +80,7 @@ def grounding_rows(bag: Path, results_topic: str, image_topic: str, recording: s
 
 
 def annotation_rows(path: Path, image_topic: str, recording: str) -> list[dict]:
-    from training.dataset import ManifestError, read_manifest
+    from molmo2_ros.training.dataset import ManifestError, read_manifest
 
     rows = []
     for row in read_manifest(path):

@@ -32,7 +32,7 @@ import numpy as np
 
 from molmo2_ros.core.frame_window import FrameWindow
 from molmo2_ros.core.grounding import Frame, Task
-from training.examples import Example, TruthPoint
+from molmo2_ros.training.examples import Example, TruthPoint
 
 NS = 1_000_000_000
 SOURCE_KEYS = ("video", "recording", "image", "shapes")
@@ -88,7 +88,7 @@ def row_to_example(row: dict, base: Path, stats: LoadStats, readers: "_Recording
     if len(sources) != 1:
         raise ManifestError(f"{where}: give exactly one of {SOURCE_KEYS}, got {sources or 'none'}")
     if sources[0] == "shapes":
-        from training.shapes_tasks import make_example
+        from molmo2_ros.training.shapes_tasks import make_example
 
         spec = row["shapes"]
         try:
@@ -198,7 +198,7 @@ def read_recording_images(path: Path, topic: str, where: str = ""):
     """(header stamp ns, RGB image, source size) of every Image/CompressedImage on `topic`."""
     from rosbags.highlevel import AnyReader
 
-    from molmo2_ros.ros.image_conversion import compressed_to_rgb, image_to_rgb
+    from molmo2_ros.core.image_conversion import compressed_to_rgb, image_to_rgb
 
     path = Path(path)
     if not path.exists():

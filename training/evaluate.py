@@ -3,7 +3,7 @@
 Each example goes through `molmo2_ros.core.grounder.ground()` with a backend from
 `molmo2_ros.backends.factory.make_backend` — the processor, generate(), the parser and
 the mapping back to source pixels and frame stamps, exactly as the node and the CLI
-answer — and is scored with training.metrics, per group (shapes task kind, else
+answer — and is scored with molmo2_ros.training.metrics, per group (shapes task kind, else
 image_/video_ + task).
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Iterable
 
 from molmo2_ros.core.grounder import ground
 from molmo2_ros.core.grounding import Grounding, Task
-from training.examples import Example, TruthPoint
-from training.metrics import HIT_RADIUS, count_summary, match_points, prf_summary, track_prf
+from molmo2_ros.training.examples import Example, TruthPoint
+from molmo2_ros.training.metrics import HIT_RADIUS, count_summary, match_points, prf_summary, track_prf
 
 
 def hit_test(example: Example, radius: float = HIT_RADIUS):

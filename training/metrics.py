@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from training.examples import TruthPoint
+from molmo2_ros.training.examples import TruthPoint
 
 HIT_RADIUS = 0.08          # of the image diagonal
 _NO_MATCH = 1e6

@@ -20,8 +20,8 @@ import dataclasses
 import numpy as np
 
 from molmo2_ros.core.grounding import Frame, Task
-from training.examples import Example, TruthObject, TruthPoint
-from training.shapes_world import COLORS, SHAPES, Clip, make_clip, plural
+from molmo2_ros.training.examples import Example, TruthObject, TruthPoint
+from molmo2_ros.sim.shapes_world import COLORS, SHAPES, Clip, make_clip, plural
 
 # Appended kinds keep the earlier ones' examples (the rng is seeded with the kind's index).
 KINDS = ("image_point", "image_point_all", "image_count", "video_point", "video_track", "video_count")

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.examples import Example
+from molmo2_ros.training.examples import Example
 
 NO_OBJECT = 0
 

@@ -25,9 +25,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.batching import Encoded, collate, encode
-from training.config import TrainConfig
-from training.examples import Example
+from molmo2_ros.training.batching import Encoded, collate, encode
+from molmo2_ros.training.config import TrainConfig
+from molmo2_ros.training.examples import Example
 
 STATE_FILE = "trainer_state.pt"
 FINAL_DIR = "final"
@@ -46,7 +46,7 @@ class BatchSource:
         self.config, self.rank, self.world = config, rank, world
         shapes = config.data.shapes
         if shapes is not None:
-            from training.shapes_tasks import DEFAULT_FRAMES, KINDS
+            from molmo2_ros.training.shapes_tasks import DEFAULT_FRAMES, KINDS
 
             unknown = set(shapes) - {"mix", "seed", "frames"}
             if unknown:
@@ -65,7 +65,7 @@ class BatchSource:
                                  f"got {shapes['frames']}")
             self.examples = None
         else:
-            from training.dataset import LoadStats, load_examples
+            from molmo2_ros.training.dataset import LoadStats, load_examples
 
             self.stats = LoadStats()
             self.examples = list(load_examples(config.data.manifest, self.stats))
@@ -87,7 +87,7 @@ class BatchSource:
     def get(self, step: int, micro: int) -> list[Example]:
         b = self.config.batch_size
         if self.examples is None:
-            from training.shapes_tasks import make_example
+            from molmo2_ros.training.shapes_tasks import make_example
 
             rng = np.random.default_rng([self.shapes_seed, step, micro])
             kind = self.kinds[rng.choice(len(self.kinds), p=self.probs)]
@@ -308,8 +308,8 @@ def train(config: TrainConfig, log=_print) -> Path:
 
     aux_head = None
     if config.toy_aux_weight:
-        from training.shapes_tasks import LABELS
-        from training.toy_aux import ToyAuxHead
+        from molmo2_ros.training.shapes_tasks import LABELS
+        from molmo2_ros.training.toy_aux import ToyAuxHead
 
         text_cfg = model.config.text_config
         vision_cfg = model.config.vision_config

@@ -1,7 +1,7 @@
 """Greedy decoding with an explicit KV cache over exported Molmo2 graphs.
 
 The ONNX Runtime and TensorRT backends share this loop; they differ only in the
-`GraphRunner` that executes the three graphs (engines.export): vision, prefill, decode.
+`GraphRunner` that executes the three graphs (molmo2_ros.engines.export): vision, prefill, decode.
 It reproduces `generate(do_sample=False)`: positions `cumsum(attention_mask) - 1`, the
 whole prompt (every frame's vision tokens in one bidirectional block) in one prefill
 call, then one token per decode step, stopping at EOS or `max_new_tokens`.
@@ -15,7 +15,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from molmo2_ros.backends.torch_backend import NonFiniteLogitsError
+from molmo2_ros.core.backend import NonFiniteLogitsError
 from molmo2_ros.core.backend import Generation, staged_generation
 from molmo2_ros.core.grounding import Frame
 

@@ -1,4 +1,4 @@
-"""ONNX Runtime backend over an exported engine folder (engines.export), CPU or CUDA.
+"""ONNX Runtime backend over an exported engine folder (molmo2_ros.engines.export), CPU or CUDA.
 
 The KV cache stays where the provider computes (OrtValues bound through IO binding), so
 a CUDA decode step copies only the new token and the logits across the bus.
@@ -34,12 +34,12 @@ def resolve_providers(device: str | None) -> list[str]:
 
 
 class OrtRunner:
-    """engines.export graphs in ONNX Runtime sessions (kv_greedy.GraphRunner)."""
+    """molmo2_ros.engines.export graphs in ONNX Runtime sessions (kv_greedy.GraphRunner)."""
 
     def __init__(self, folder: str | Path, providers: Sequence[str], threads: int | None = None):
         import onnxruntime as ort
 
-        from engines.export import DECODE_FILE, PREFILL_FILE, VISION_FILE
+        from molmo2_ros.backends.engine_folder import DECODE_FILE, PREFILL_FILE, VISION_FILE
 
         folder = Path(folder)
         options = ort.SessionOptions()
@@ -89,7 +89,7 @@ class OnnxRuntimeBackend(GraphBackend):
 
     def __init__(self, engine_dir: str | Path, *, device: str | None = None, source_hash: str | None = None,
                  threads: int | None = None):
-        from engines import manifest
+        from molmo2_ros.backends import engine_folder as manifest
 
         data = manifest.check_folder(engine_dir, runtime="onnxruntime", source_hash=source_hash)
         self.providers = resolve_providers(device)

@@ -1,8 +1,8 @@
-"""TensorRT backend over engines built by `molmo2-engines build` (engines.build).
+"""TensorRT backend over engines built by `molmo2-engines build` (backends.tensorrt_build).
 
 The engine folder's manifest is checked against this machine first (TensorRT version,
 GPU compute capability, CUDA major version, engine file sizes and hashes, optionally the
-source checkpoint hash); a mismatch is refused with engines.manifest.EngineMismatch, or
+source checkpoint hash); a mismatch is refused with engine_folder.EngineMismatch, or
 rebuilt from the folder's ONNX graphs when `build_if_needed` is set. Buffers are torch
 CUDA tensors; the KV cache never leaves the GPU.
 """
@@ -30,7 +30,7 @@ class _Engine:
         self.trt, self.torch = trt, torch
         engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if engine is None:
-            from engines.manifest import EngineMismatch, build_command
+            from molmo2_ros.backends.engine_folder import EngineMismatch, build_command
 
             raise EngineMismatch(f"{path}: TensorRT could not deserialize the engine. "
                                  f"{build_command(path.parent, None)}")
@@ -64,14 +64,14 @@ class _Engine:
 
 
 class TrtRunner:
-    """engines.build engines on the GPU (kv_greedy.GraphRunner)."""
+    """TensorRT engines on the GPU (kv_greedy.GraphRunner)."""
 
     def __init__(self, folder: str | Path):
         import tensorrt as trt
         import torch
 
-        from engines.build import ENGINE_FILES
-        from engines.export import DECODE_FILE, PREFILL_FILE, VISION_FILE
+        from molmo2_ros.backends.tensorrt_build import ENGINE_FILES
+        from molmo2_ros.backends.engine_folder import DECODE_FILE, PREFILL_FILE, VISION_FILE
 
         folder = Path(folder)
         self.torch = torch
@@ -107,14 +107,14 @@ class TensorRTBackend(GraphBackend):
     name = "tensorrt"
 
     def __init__(self, engine_dir: str | Path, *, source_hash: str | None = None, build_if_needed: bool = False):
-        from engines import manifest
+        from molmo2_ros.backends import engine_folder as manifest
 
         try:
             data = manifest.check_folder(engine_dir, runtime="tensorrt", source_hash=source_hash)
         except manifest.EngineMismatch:
             if not build_if_needed:
                 raise
-            from engines.build import build_engines
+            from molmo2_ros.backends.tensorrt_build import build_engines
 
             build_engines(engine_dir)
             data = manifest.check_folder(engine_dir, runtime="tensorrt", source_hash=source_hash)

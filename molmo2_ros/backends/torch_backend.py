@@ -22,7 +22,7 @@ from transformers import (
 from molmo2_ros.backends.fast_preprocess import FastPreprocessor
 from molmo2_ros.backends.frame_features import VisionFeatureCache
 from molmo2_ros.backends.inputs import ModelInputs
-from molmo2_ros.core.backend import Generation, staged_generation
+from molmo2_ros.core.backend import Generation, NonFiniteLogitsError, staged_generation
 from molmo2_ros.core.grounding import Frame
 
 DTYPES = {
@@ -53,10 +53,6 @@ class ModelNotFoundError(OSError):
 
 class PickleWeightsRefusedError(ValueError):
     """Only pickle weights are available and pickle loading was not allowed."""
-
-
-class NonFiniteLogitsError(RuntimeError):
-    """The model produced NaN/inf logits (broken weights, dtype overflow, corrupted buffers)."""
 
 
 def how_to_fetch(model: str) -> str:

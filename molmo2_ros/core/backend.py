@@ -13,6 +13,10 @@ from typing import Any, Callable, Protocol, Sequence
 from molmo2_ros.core.grounding import Frame
 
 
+class NonFiniteLogitsError(RuntimeError):
+    """The model produced NaN/inf logits (broken weights, dtype overflow, corrupted buffers)."""
+
+
 @dataclass
 class Generation:
     """A backend's raw answer and what is needed to map it back to the frames.

@@ -38,7 +38,7 @@ from molmo2_ros.core.prompts import InvalidQuery, sanitize_query
 from molmo2_ros.core.propagation import TrackPropagator
 from molmo2_ros.msg import Grounding as GroundingMsg
 from molmo2_ros.msg import TrackedObjectArray
-from molmo2_ros.ros.image_conversion import compressed_to_rgb, image_to_rgb, rgb_to_image
+from molmo2_ros.core.image_conversion import compressed_to_rgb, image_to_rgb, rgb_to_image
 from molmo2_ros.ros.messages import (from_time, grounding_markers, grounding_to_msg, to_time,
                                      tracked_to_msg)
 from molmo2_ros.ros.query_worker import (ERROR_CANCELED, ERROR_EMPTY_WINDOW, ERROR_INVALID_QUERY,

@@ -5,7 +5,7 @@
 
 Each frame is stamped with the node clock when it is published (ROS time, so
 `use_sim_time` works), like a live camera; a looping video keeps time increasing.
-Without --video it publishes the shapes world (training/shapes_world.py): coloured
+Without --video it publishes the shapes world (molmo2_ros/sim/shapes_world.py): coloured
 circles, squares and triangles moving in straight lines, the scene the shipped model
 was trained on. With --compressed it publishes sensor_msgs/CompressedImage on
 `<topic>/compressed` (the image_transport convention).
@@ -22,7 +22,7 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
-from molmo2_ros.ros.image_conversion import rgb_to_compressed, rgb_to_image
+from molmo2_ros.core.image_conversion import rgb_to_compressed, rgb_to_image
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -79,7 +79,7 @@ def load_frames(args) -> list:
 
         return [f.image for f in read_video(args.video, fps=args.rate)]
     try:
-        from training.shapes_world import make_clip
+        from molmo2_ros.sim.shapes_world import make_clip
     except ImportError as exc:
         raise ValueError(f"the synthetic scene needs the repository's `training` package ({exc}); "
                          "install the repository with pip, or pass --video FILE") from None

@@ -7,13 +7,12 @@ import torch
 from molmo2_ros.backends.factory import make_backend
 from molmo2_ros.backends.torch_backend import (
     ModelNotFoundError,
-    NonFiniteLogitsError,
     PickleWeightsRefusedError,
     TorchBackend,
     resolve_device,
     resolve_dtype,
 )
-from molmo2_ros.core.backend import STAGE_GENERATING, STAGE_PREPROCESSING
+from molmo2_ros.core.backend import STAGE_GENERATING, STAGE_PREPROCESSING, NonFiniteLogitsError
 from molmo2_ros.core.grounding import Task
 from molmo2_ros.core.prompts import build_prompt
 

@@ -14,7 +14,7 @@ import pytest
 
 from molmo2_ros.core.grounding import GroundedPoint, Grounding, Task, Track
 from molmo2_ros.core.propagation import TrackedObjects, TrackPropagator
-from training.shapes_world import make_clip
+from molmo2_ros.sim.shapes_world import make_clip
 
 FPS = 30
 LATENCY_FRAMES = 24          # answers arrive 0.8 s after their frame

@@ -8,7 +8,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_export_dir(tiny_model_dir, tmp_path_factory):
-    from engines.cli import main
+    from molmo2_ros.engines.cli import main
 
     out = tmp_path_factory.mktemp("tiny_engines") / "engines"
     assert main(["export", "--model", str(tiny_model_dir), "--out", str(out), "--max-frames", "8",

@@ -6,7 +6,7 @@ import json
 
 
 def test_bench_prints_stage_timings_and_baseline_ratios(tiny_export_dir, capsys):
-    from engines.cli import main
+    from molmo2_ros.engines.cli import main
 
     assert main(["bench", str(tiny_export_dir), "--device", "cpu", "--frames", "3", "--decode-steps", "4",
                  "--repeats", "1", "--baseline"]) == 0

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from engines.build import ENGINE_FILES, default_profiles
+from molmo2_ros.backends.tensorrt_build import ENGINE_FILES, default_profiles
 
 
 def _graph_inputs(path):
@@ -40,7 +40,7 @@ def test_profiles_cover_every_graph_input(tiny_export_dir):
 
 
 def test_int8_without_quantized_graphs_is_refused(tiny_export_dir):
-    from engines.build import build_engines
+    from molmo2_ros.backends.tensorrt_build import build_engines
 
     with pytest.raises(ValueError, match="Q/DQ nodes"):
         build_engines(tiny_export_dir, "int8")
@@ -50,7 +50,7 @@ def test_int8_without_quantized_graphs_is_refused(tiny_export_dir):
 
 def test_build_precision_must_match_the_export(tiny_export_dir):
     """Strongly typed engines take the graphs' precision; asking for another says how to re-export."""
-    from engines.build import build_engines
+    from molmo2_ros.backends.tensorrt_build import build_engines
 
     with pytest.raises(ValueError, match="exported in fp32.*--precision fp16 --device cuda"):
         build_engines(tiny_export_dir, "fp16")
@@ -62,10 +62,10 @@ def test_build_without_tensorrt_says_what_to_install(tiny_export_dir):
         pytest.skip("tensorrt is installed here")
     except ImportError:
         pass
-    from engines.cli import main
+    from molmo2_ros.engines.cli import main
 
     with pytest.raises(ImportError, match="pip install tensorrt"):
-        from engines.build import build_engines
+        from molmo2_ros.backends.tensorrt_build import build_engines
 
         build_engines(tiny_export_dir)
     assert main(["build", str(tiny_export_dir)]) == 2
@@ -74,7 +74,7 @@ def test_build_without_tensorrt_says_what_to_install(tiny_export_dir):
 def test_scattered_external_data_is_gathered_into_one_file(tmp_path, tiny_export_dir):
     """Graphs over 2 GB come out of the TorchScript exporter with one file per weight;
     export gathers them into `<graph>.data` (checked here on a small graph saved that way)."""
-    from engines.export import _gather_external_data
+    from molmo2_ros.engines.export import _gather_external_data
 
     path = tmp_path / "vision.onnx"
     proto = onnx.load(str(tiny_export_dir / "vision.onnx"))
@@ -101,8 +101,8 @@ def _tensorrt_or_skip():
 @pytest.mark.gpu
 def test_tensorrt_engines_decode_like_onnxruntime(engine_copy, synthetic_frames):
     _tensorrt_or_skip()
-    from engines.build import build_engines
-    from engines.manifest import check_folder
+    from molmo2_ros.backends.tensorrt_build import build_engines
+    from molmo2_ros.backends.engine_folder import check_folder
     from molmo2_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
     from molmo2_ros.backends.tensorrt_backend import TensorRTBackend
 

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_gpu_check_tiny_runs_every_section(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "engines.gpu_check", "--tiny", "--work", str(tmp_path / "work"),
+    done = subprocess.run([sys.executable, "-m", "molmo2_ros.engines.gpu_check", "--tiny", "--work", str(tmp_path / "work"),
                            "--decode-steps", "32", "--frames", "3"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -35,7 +35,7 @@ def test_gpu_check_tiny_runs_every_section(tmp_path):
 
 def test_budget_skips_sections_with_a_reason(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "engines.gpu_check", "--tiny", "--budget-s", "1",
+    done = subprocess.run([sys.executable, "-m", "molmo2_ros.engines.gpu_check", "--tiny", "--budget-s", "1",
                            "--work", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     report = json.loads(done.stdout)
     assert report["sections"]["model"]["status"] == "skipped"
@@ -46,7 +46,7 @@ def test_synthetic_video_has_the_processor_structure(tiny_model_dir, synthetic_f
     """Pooling indices, grids and vision-token layout equal the real processor's for 3 frames."""
     from transformers import AutoConfig, AutoProcessor
 
-    from engines.gpu_check import synthetic_video
+    from molmo2_ros.engines.gpu_check import synthetic_video
     from molmo2_ros.backends.inputs import build_inputs
 
     config = AutoConfig.from_pretrained(str(tiny_model_dir))
@@ -66,7 +66,7 @@ def test_cpu_vision_fallback_matches_reference(tiny_model_dir, tiny_export_dir):
     graph on the CPU provider (first frame) with transformers."""
     from transformers import Molmo2ForConditionalGeneration
 
-    from engines.gpu_check import reference, synthetic_video, vision_parity_on_cpu
+    from molmo2_ros.engines.gpu_check import reference, synthetic_video, vision_parity_on_cpu
 
     model = Molmo2ForConditionalGeneration.from_pretrained(str(tiny_model_dir), attn_implementation="eager").eval()
     tensors = synthetic_video(model.config, 2)

@@ -11,9 +11,9 @@ import json
 
 import pytest
 
-from engines import manifest
-from engines.build import ENGINE_FILES
-from engines.manifest import EngineMismatch, MachineFacts
+from molmo2_ros.backends import engine_folder as manifest
+from molmo2_ros.backends.tensorrt_build import ENGINE_FILES
+from molmo2_ros.backends.engine_folder import EngineMismatch, MachineFacts
 
 STAND_IN_MACHINE = MachineFacts(tensorrt_version="10.13.0.35", cuda_version="12.6",
                                 gpu_name="stand-in Orin (no GPU in CI)", compute_capability="8.7")
@@ -123,7 +123,7 @@ def test_tensorrt_requested_before_build(engine_copy):
 
 
 def test_inspect_cli_reports_instead_of_crashing(built_folder, capsys):
-    from engines.cli import main
+    from molmo2_ros.engines.cli import main
 
     assert main(["inspect", str(built_folder), "--runtime", "onnxruntime"]) == 0
     printed = json.loads(capsys.readouterr().out)

@@ -15,7 +15,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage
 
 from molmo2_ros.annotate import write_mp4
-from molmo2_ros.ros.image_conversion import compressed_to_rgb
+from molmo2_ros.core.image_conversion import compressed_to_rgb
 from molmo2_ros.ros.messages import from_time
 
 BIN = Path(sys.executable).parent

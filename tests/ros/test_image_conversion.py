@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import CompressedImage, Image
 
-from molmo2_ros.ros.image_conversion import (compressed_to_rgb, image_to_rgb, image_view,
+from molmo2_ros.core.image_conversion import (compressed_to_rgb, image_to_rgb, image_view,
                                              rgb_to_compressed, rgb_to_image)
 
 RNG = np.random.default_rng(0)
@@ -102,7 +102,7 @@ def test_compressed_round_trip_and_garbage():
 def test_large_jpeg_is_decoded_scaled_with_the_full_source_size(width, height, max_side):
     from builtin_interfaces.msg import Time
     from molmo2_ros.core.frame_window import fit_to_max_side
-    from molmo2_ros.ros.image_conversion import jpeg_size
+    from molmo2_ros.core.image_conversion import jpeg_size
 
     # Smooth content, so a scaled decode and a full decode + shrink agree closely.
     yy, xx = np.mgrid[0:height, 0:width]
@@ -118,7 +118,7 @@ def test_large_jpeg_is_decoded_scaled_with_the_full_source_size(width, height, m
 
 
 def test_jpeg_size_of_other_data_is_none():
-    from molmo2_ros.ros.image_conversion import jpeg_size
+    from molmo2_ros.core.image_conversion import jpeg_size
 
     assert jpeg_size(np.frombuffer(b"\x89PNG\r\n\x1a\n0000", np.uint8)) is None
     assert jpeg_size(np.frombuffer(b"\xff\xd8\xff\xe0\x00", np.uint8)) is None  # cut short

@@ -4,8 +4,8 @@ import torch
 
 from molmo2_ros.backends.inputs import build_inputs
 from molmo2_ros.core.answer_parser import parse_answer
-from training.batching import IGNORE, collate, encode
-from training.shapes_tasks import make_example
+from molmo2_ros.training.batching import IGNORE, collate, encode
+from molmo2_ros.training.shapes_tasks import make_example
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ from sensor_msgs.msg import Image
 
 from molmo2_ros.core.grounding import GroundedPoint, Grounding, Task
 from molmo2_ros.ros.messages import grounding_to_msg, to_time
-from training.config import Data, TinyInit, TrainConfig
-from training.convert import convert, typestore
-from training.dataset import LoadStats, load_examples
-from training.shapes_world import make_clip
-from training.trainer import train
+from molmo2_ros.training.config import Data, TinyInit, TrainConfig
+from molmo2_ros.training.convert import convert, typestore
+from molmo2_ros.training.dataset import LoadStats, load_examples
+from molmo2_ros.sim.shapes_world import make_clip
+from molmo2_ros.training.trainer import train
 
 T0 = 1_700_000_000_000_000_000
 CAMERA_HZ = 10

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from molmo2_ros.core.grounding import Task
-from training.dataset import LoadStats, ManifestError, load_examples
-from training.shapes_world import make_clip
+from molmo2_ros.training.dataset import LoadStats, ManifestError, load_examples
+from molmo2_ros.sim.shapes_world import make_clip
 
 
 def write_mp4(path, frames, fps):

@@ -2,9 +2,9 @@
 import json
 
 from molmo2_ros.core.grounding import GroundedPoint, Grounding, Task, Track
-from training.cli import eval_main
-from training.evaluate import score
-from training.shapes_tasks import make_example
+from molmo2_ros.training.cli import eval_main
+from molmo2_ros.training.evaluate import score
+from molmo2_ros.training.shapes_tasks import make_example
 
 
 def grounding_from_truth(example, dx=0.0, shift_frame=0):

@@ -1,7 +1,7 @@
 import math
 
-from training.examples import TruthPoint
-from training.metrics import (PRF, count_close, count_summary, match_points, prf_summary, radius_hit,
+from molmo2_ros.training.examples import TruthPoint
+from molmo2_ros.training.metrics import (PRF, count_close, count_summary, match_points, prf_summary, radius_hit,
                               track_prf)
 
 SIZE = (100, 100)          # diagonal 141.4 -> hit radius 11.3 px

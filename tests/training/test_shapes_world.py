@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from training.shapes_world import COLORS, _inside, make_clip, make_image
+from molmo2_ros.sim.shapes_world import COLORS, _inside, make_clip, make_image
 
 
 def test_deterministic_and_annotations_match_pixels():

@@ -12,8 +12,8 @@ import pytest
 
 import molmo2_ros
 from molmo2_ros.backends.factory import make_backend
-from training.evaluate import evaluate
-from training.shapes_tasks import HELDOUT_SEED, make_example
+from molmo2_ros.training.evaluate import evaluate
+from molmo2_ros.training.shapes_tasks import HELDOUT_SEED, make_example
 
 ASSET = Path(molmo2_ros.__file__).parent / "assets" / "shapes-tiny"
 # (group, examples, metric, threshold)

@@ -8,10 +8,10 @@ from safetensors import safe_open
 
 from molmo2_ros.backends.factory import make_backend
 from molmo2_ros.core.grounder import ground
-from training.batching import collate, encode
-from training.config import Data, Freeze, Lora, TinyInit, TrainConfig, load_config
-from training.shapes_tasks import make_example
-from training.trainer import checkpoints, train
+from molmo2_ros.training.batching import collate, encode
+from molmo2_ros.training.config import Data, Freeze, Lora, TinyInit, TrainConfig, load_config
+from molmo2_ros.training.shapes_tasks import make_example
+from molmo2_ros.training.trainer import checkpoints, train
 
 
 def fixed_loss(model_dir, examples):
@@ -113,7 +113,7 @@ def test_freeze_switches_keep_those_weights(tmp_path):
 
 
 def test_two_process_ddp_on_cpu_averages_both_ranks(tmp_path):
-    """`torchrun -m training.cli` (the documented multi-process route) really runs DDP:
+    """`torchrun -m molmo2_ros.training.cli` (the documented multi-process route) really runs DDP:
     one process logs and saves, and the weights differ from what rank 0 alone would
     learn (independent copies, the failure mode without a process group, would match)."""
     import dataclasses
@@ -128,7 +128,7 @@ def test_two_process_ddp_on_cpu_averages_both_ranks(tmp_path):
     path.write_text(json.dumps(dataclasses.asdict(ddp)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--standalone", "-m", "training.cli", "--config", str(path)],
+                          "--standalone", "-m", "molmo2_ros.training.cli", "--config", str(path)],
                          capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("step 2/2") == 1, run.stdout

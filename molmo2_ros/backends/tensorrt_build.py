@@ -4,7 +4,7 @@ One engine per graph (`vision.plan`, `prefill.plan`, `decode.plan`), one optimis
 profile each, sized from the export settings in the manifest (overridable), a timing
 cache kept in the folder (`timing.cache`) so rebuilds are fast, and progress printed
 per phase. The manifest gains a "tensorrt" section describing the engines and the
-machine they were built on (engines.manifest).
+machine they were built on (engine_folder).
 
 Networks are strongly typed: the engines run in the precision the graphs were exported
 in (`molmo2-engines export --precision fp16|bf16|fp32`), keeping the fp32 casts around
@@ -18,7 +18,7 @@ import json
 import time
 from pathlib import Path
 
-from engines.export import DECODE_FILE, PREFILL_FILE, VISION_FILE
+from molmo2_ros.backends.engine_folder import DECODE_FILE, PREFILL_FILE, VISION_FILE
 
 ENGINE_FILES = {VISION_FILE: "vision.plan", PREFILL_FILE: "prefill.plan", DECODE_FILE: "decode.plan"}
 TIMING_CACHE = "timing.cache"
@@ -131,7 +131,7 @@ def build_engines(folder: str | Path, precision: str | None = None, *, profiles:
 
     `precision` defaults to the export precision; fp32/fp16/bf16 must equal it (strongly
     typed build), int8/fp8 need Q/DQ-quantized graphs."""
-    from engines import manifest
+    from molmo2_ros.backends import engine_folder as manifest
 
     folder = Path(folder)
     data = manifest.check_folder(folder, runtime="onnxruntime")  # the ONNX graphs are intact

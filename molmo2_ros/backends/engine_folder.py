@@ -1,4 +1,5 @@
-"""The manifest beside every exported graph and built engine, and the checks against it.
+"""The engine-folder contract the runtime needs: the graph file names, the manifest beside
+every exported graph and built engine, and the checks against it.
 
 `manifest.json` in an engine folder has an "export" section (written by `export`: ONNX
 files with size + sha256, export settings, source checkpoint and its hash, versions) and,
@@ -11,11 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+VISION_FILE = "vision.onnx"
+PREFILL_FILE = "prefill.onnx"
+DECODE_FILE = "decode.onnx"
+GRAPH_FILES = (VISION_FILE, PREFILL_FILE, DECODE_FILE)
 MANIFEST_FILE = "manifest.json"
 SCHEMA = 1
 
@@ -113,47 +117,22 @@ def read_manifest(folder: str | Path) -> dict:
     return data
 
 
-def _write(folder: Path, data: dict) -> None:
+def write(folder: Path, data: dict) -> None:
     tmp = folder / (MANIFEST_FILE + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
     tmp.replace(folder / MANIFEST_FILE)
 
 
-def _now() -> str:
+def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
-
-def write_export_manifest(folder: Path, *, settings: dict, source: str, source_hash: str,
-                          export_seconds: dict) -> dict:
-    import onnx
-    import torch
-    import transformers
-
-    from engines.export import GRAPH_FILES
-
-    data = {
-        "schema": SCHEMA,
-        "export": {
-            "created": _now(),
-            "files": describe_files(folder, list(GRAPH_FILES)),
-            "settings": settings,
-            "source": source,
-            "source_hash": source_hash,
-            "export_seconds": export_seconds,
-            "versions": {"project": project_version(), "torch": torch.__version__,
-                         "transformers": transformers.__version__, "onnx": onnx.__version__,
-                         "python": platform.python_version()},
-        },
-    }
-    _write(folder, data)
-    return data
 
 
 def write_engine_manifest(folder: Path, *, engine_files: list[str], precision: str, profiles: dict,
                           machine: MachineFacts, build_seconds: dict) -> dict:
     data = read_manifest(folder)
     data["tensorrt"] = {
-        "created": _now(),
+        "created": now(),
         "files": describe_files(folder, engine_files),
         "precision": precision,
         "profiles": profiles,
@@ -161,7 +140,7 @@ def write_engine_manifest(folder: Path, *, engine_files: list[str], precision: s
         "machine": asdict(machine),
         "project_version": project_version(),
     }
-    _write(folder, data)
+    write(folder, data)
     return data
 
 

@@ -38,7 +38,7 @@ class TinyInit:
 @dataclass
 class Data:
     manifest: str | None = None                         # JSONL manifest (molmo2_ros.training.dataset)
-    shapes: dict | None = None                          # {"mix": {kind: weight}, "seed": int}
+    shapes: dict | None = None                          # {mix, seed, frames, aid}: training.shapes_tasks
 
 
 @dataclass
@@ -66,9 +66,6 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     freeze: Freeze = field(default_factory=Freeze)
     lora: Lora | None = None
-    toy_aux_weight: float = 0.0                         # shapes-world aid (molmo2_ros.training.toy_aux); 0 = off
-    toy_attention_weight: float = 0.0                   # its attention supervision; 0 = off
-    toy_attention_layer: int = -2                       # which LM layer's heads are supervised
     save_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -122,8 +119,6 @@ def validate(c: TrainConfig, where: str = "config") -> TrainConfig:
     for name in ("steps", "batch_size", "grad_accum", "save_every", "log_every"):
         if getattr(c, name) < 1:
             raise ValueError(f"{where}: {name} must be >= 1")
-    if c.toy_attention_weight and not c.toy_aux_weight:
-        raise ValueError(f"{where}: toy_attention_weight needs toy_aux_weight (the toy-world aid)")
     if c.lora is not None and c.freeze.llm:
         raise ValueError(f"{where}: LoRA adapts the language model; do not also freeze it")
     return c

@@ -24,6 +24,48 @@ from torch.nn import functional as F
 from molmo2_ros.training.examples import Example
 
 NO_OBJECT = 0
+AID_KEYS = {"aux_weight", "attention_weight", "attention_layer"}
+
+
+class ShapesAid(nn.Module):
+    """The plug-in the trainer calls when the data is the shapes world and
+    `data.shapes.aid` is set: extra trainable parameters and extra loss terms.
+
+    aux_weight:       the cell-probe loss (ToyAuxHead.loss); > 0
+    attention_weight: the attention supervision (ToyAuxHead.attention_loss); 0 = off
+    attention_layer:  the language-model layer whose heads are supervised (default -2)
+    """
+
+    def __init__(self, settings: dict, model, processor, labels: list[str]):
+        super().__init__()
+        unknown = set(settings) - AID_KEYS
+        if unknown:
+            raise ValueError(f"data.shapes.aid: unknown keys {sorted(unknown)}; known: {sorted(AID_KEYS)}")
+        self.aux_weight = float(settings.get("aux_weight", 0.0))
+        self.attention_weight = float(settings.get("attention_weight", 0.0))
+        self.attention_layer = int(settings.get("attention_layer", -2))
+        if self.aux_weight <= 0:
+            raise ValueError("data.shapes.aid: aux_weight must be > 0 (the attention supervision builds on it)")
+        vision = model.config.vision_config
+        self.head = ToyAuxHead(model.config.text_config.hidden_size, labels, vision.image_size[0],
+                               vision.patch_size, processor.image_processor.pooling_size,
+                               processor.video_processor.pooling_size)
+        self.tokenizer = processor.tokenizer
+        self.patch_id = model.config.image_patch_id
+
+    @property
+    def needs_attentions(self) -> bool:
+        return bool(self.attention_weight)
+
+    def losses(self, out, encoded, batch: dict) -> dict[str, torch.Tensor]:
+        """Weighted loss terms for one micro-batch, by name."""
+        parts = {"aux": self.aux_weight * self.head.loss(out.image_hidden_states, [e.example for e in encoded],
+                                                         batch)}
+        if self.attention_weight:
+            attn = out.attentions[self.attention_layer]
+            parts["attn"] = self.attention_weight * self.head.attention_loss(attn, encoded, batch, self.tokenizer,
+                                                                             self.patch_id)
+        return parts
 
 
 def cell_ranges(n_patches: int, pool: int) -> list[tuple[float, float]]:

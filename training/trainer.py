@@ -48,9 +48,9 @@ class BatchSource:
         if shapes is not None:
             from molmo2_ros.training.shapes_tasks import DEFAULT_FRAMES, KINDS
 
-            unknown = set(shapes) - {"mix", "seed", "frames"}
+            unknown = set(shapes) - {"mix", "seed", "frames", "aid"}
             if unknown:
-                raise ValueError(f"data.shapes: unknown keys {sorted(unknown)}; known: frames, mix, seed")
+                raise ValueError(f"data.shapes: unknown keys {sorted(unknown)}; known: aid, frames, mix, seed")
             mix = shapes.get("mix") or {k: 1.0 for k in KINDS}
             unknown = set(mix) - set(KINDS)
             if unknown:
@@ -83,6 +83,17 @@ class BatchSource:
             batches += [idx[i:i + size] for i in range(0, len(idx), size)]
         rng.shuffle(batches)
         return batches
+
+    def training_aid(self, model, processor):
+        """The data's training aid (an nn.Module with `losses()`), or None: the shapes world
+        brings its own (`data.shapes.aid`, training.toy_aux); real data has none."""
+        settings = (self.config.data.shapes or {}).get("aid")
+        if not settings:
+            return None
+        from molmo2_ros.training.shapes_tasks import LABELS
+        from molmo2_ros.training.toy_aux import ShapesAid
+
+        return ShapesAid(settings, model, processor, list(LABELS))
 
     def get(self, step: int, micro: int) -> list[Example]:
         b = self.config.batch_size
@@ -181,22 +192,19 @@ def _freeze_base_embeddings(model) -> None:
 
 
 class TrainStep(nn.Module):
-    """Model + optional toy-world head; forward returns (loss, parts) for one micro-batch."""
+    """Model + optional training aid; forward returns (loss, parts) for one micro-batch."""
 
-    def __init__(self, model, config: TrainConfig, aux_head=None, tokenizer=None):
+    def __init__(self, model, config: TrainConfig, aid=None):
         super().__init__()
         self.model = model
-        self.aux_head = aux_head
-        self.tokenizer = tokenizer
+        self.aid = aid
         self.z_loss = config.z_loss
-        self.aux_weight = config.toy_aux_weight
-        self.attention_weight = config.toy_attention_weight
-        self.attention_layer = config.toy_attention_layer
 
     def forward(self, batch: dict, encoded: list[Encoded]):
         labels = batch.pop("labels")
         weights = batch.pop("weights")
-        out = self.model(**batch, use_cache=False, output_attentions=bool(self.attention_weight))
+        attentions = self.aid is not None and self.aid.needs_attentions
+        out = self.model(**batch, use_cache=False, output_attentions=attentions)
         logits = out.logits[:, :-1].float()
         target = labels[:, 1:]
         w = weights[:, 1:].to(logits.device)
@@ -209,16 +217,10 @@ class TrainStep(nn.Module):
         if self.z_loss:
             z = torch.logsumexp(logits, dim=-1).pow(2)
             loss = loss + self.z_loss * (z * w).sum() / norm
-        if self.aux_head is not None and self.aux_weight:
-            aux = self.aux_head.loss(out.image_hidden_states, [e.example for e in encoded], batch)
-            loss = loss + self.aux_weight * aux
-            parts["aux"] = aux.detach()
-        if self.attention_weight:
-            patch_id = self.model.config.image_patch_id
-            attn = out.attentions[self.attention_layer]
-            att = self.aux_head.attention_loss(attn, encoded, batch, self.tokenizer, patch_id)
-            loss = loss + self.attention_weight * att
-            parts["attn"] = att.detach()
+        if self.aid is not None:
+            for name, term in self.aid.losses(out, encoded, batch).items():
+                loss = loss + term
+                parts[name] = term.detach()
         return loss, parts
 
 
@@ -306,20 +308,13 @@ def train(config: TrainConfig, log=_print) -> Path:
     if config.freeze.embeddings:
         _freeze_base_embeddings(model)
 
-    aux_head = None
-    if config.toy_aux_weight:
-        from molmo2_ros.training.shapes_tasks import LABELS
-        from molmo2_ros.training.toy_aux import ToyAuxHead
-
-        text_cfg = model.config.text_config
-        vision_cfg = model.config.vision_config
-        aux_head = ToyAuxHead(text_cfg.hidden_size, list(LABELS), vision_cfg.image_size[0],
-                              vision_cfg.patch_size, processor.image_processor.pooling_size,
-                              processor.video_processor.pooling_size)
-        groups.append({"params": list(aux_head.parameters()), "lr": config.lr, "name": "toy_aux"})
-    if config.toy_attention_weight:
-        model.set_attn_implementation("eager")   # attention probabilities are needed
-    step_module = TrainStep(model, config, aux_head, processor.tokenizer)
+    source = BatchSource(config, accelerator.process_index, accelerator.num_processes)
+    aid = source.training_aid(model, processor)
+    if aid is not None:
+        groups.append({"params": list(aid.parameters()), "lr": config.lr, "name": "aid"})
+        if aid.needs_attentions:
+            model.set_attn_implementation("eager")   # attention probabilities are needed
+    step_module = TrainStep(model, config, aid)
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps,
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
@@ -339,7 +334,6 @@ def train(config: TrainConfig, log=_print) -> Path:
 
     step_module, optimizer = accelerator.prepare(step_module, optimizer)
     inner = accelerator.unwrap_model(step_module)
-    source = BatchSource(config, accelerator.process_index, accelerator.num_processes)
     pad_id = processor.tokenizer.pad_token_id
     trainable = [p for g in groups for p in g["params"]]
     progress = Progress(config, start_step, log, enabled=main)

@@ -47,7 +47,9 @@ def saved_keys(folder):
 def test_training_lowers_the_loss_and_checkpoints_load(tmp_path, mode):
     # LoRA adapts the language model's linear layers only (lm_head stays random): it learns slower
     extra = ({"lora": Lora(r=8, alpha=16), "lr": 1e-2, "dtype": "bf16", "gradient_checkpointing": True}
-             if mode == "lora" else {"toy_aux_weight": 1.0, "toy_attention_weight": 1.0, "grad_accum": 2})
+             if mode == "lora" else {"data": Data(shapes={"mix": {"image_point": 1.0}, "seed": 0,
+                                                           "aid": {"aux_weight": 1.0, "attention_weight": 1.0}}),
+                                     "grad_accum": 2})
     drop = 0.3 if mode == "lora" else 0.5
     cfg = config(tmp_path, **extra)
     final = train(cfg, log=lambda m: None)

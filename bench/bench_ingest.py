@@ -26,7 +26,8 @@ import numpy as np
 from builtin_interfaces.msg import Time
 
 from molmo2_ros.core.frame_window import FrameWindow, fit_to_max_side
-from molmo2_ros.core.image_conversion import compressed_to_rgb, image_to_rgb, rgb_to_compressed
+from molmo2_ros.core.image_conversion import compressed_to_rgb, image_to_rgb
+from molmo2_ros.ros.image_messages import rgb_to_compressed
 
 NS = 1_000_000_000
 SIZES = {"640x480": (640, 480), "1080p": (1920, 1080), "4K": (3840, 2160)}

@@ -137,7 +137,7 @@ def main() -> None:
     # Where our steady-state time goes.
     cfg = fast.video
     frame = [stream[-1].image]
-    pixels = statistics.median(timed(lambda: cfg.patchify(fast._resize_normalised(frame, cfg, cfg.crop_size,
+    pixels = statistics.median(timed(lambda: cfg.patchify(fast.resize_normalised(frame, cfg, cfg.crop_size,
                                                                                     cfg.crop_size)), sync)
                                for _ in range(q))
     inputs = fast.build(stream[:n], PROMPT)
@@ -149,7 +149,7 @@ def main() -> None:
         text = processor.apply_chat_template(
             [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": PROMPT}]}],
             add_generation_prompt=True, tokenize=False)
-        fast._text_inputs(text, processor.video_token, video_string)
+        fast.text_inputs(text, processor.video_token, video_string)
 
     text_ms = statistics.median(timed(text_only, sync) for _ in range(q))
     baseline_shares = profile_shares(lambda: build_inputs(processor, stream[:n], PROMPT))

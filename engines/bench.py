@@ -21,7 +21,7 @@ def synthetic_frames(count: int, size=(640, 480)):
                   stamp_ns=i * 500_000_000, source_size=size) for i in range(count)]
 
 
-def _median_ms(fn, repeats: int = 3, sync=None) -> float:
+def median_ms(fn, repeats: int = 3, sync=None) -> float:
     """Median wall time of `fn` in ms after one warm-up call; `sync` waits for the device."""
     fn()
     if sync:
@@ -60,17 +60,17 @@ def hf_baseline(model, tensors: dict, device, decode_steps: int, repeats: int = 
             inputs["pixel_values"], inputs["image_token_pooling"], inputs["image_grids"])
         frames = inputs["pixel_values"].reshape(-1, *inputs["pixel_values"].shape[-2:]).shape[0]
     with torch.inference_mode():
-        vision_ms = _median_ms(encode, repeats, sync)
+        vision_ms = median_ms(encode, repeats, sync)
         encoded = {kind: encode()}
         text = {k: inputs[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
-        prefill_ms = _median_ms(lambda: model(**text, mm_encoder_outputs=encoded, use_cache=True, logits_to_keep=1),
+        prefill_ms = median_ms(lambda: model(**text, mm_encoder_outputs=encoded, use_cache=True, logits_to_keep=1),
                                 repeats, sync)
 
         def generate(n):
             return model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
 
-        ttft_ms = _median_ms(lambda: generate(1), repeats, sync)
-        full_ms = _median_ms(lambda: generate(decode_steps + 1), 1, sync)
+        ttft_ms = median_ms(lambda: generate(1), repeats, sync)
+        full_ms = median_ms(lambda: generate(decode_steps + 1), 1, sync)
     return {"attention": model.config._attn_implementation, "dtype": str(model.dtype).replace("torch.", ""),
             "frames": int(frames), "prompt_tokens": int(inputs["input_ids"].shape[1]),
             "vision_ms_per_frame": round(vision_ms / frames, 3), "prefill_ms": round(prefill_ms, 3),
@@ -92,8 +92,8 @@ def bench_runner(runner, tensors: dict, *, decode_steps: int = 32, repeats: int 
     positions = np.clip(mask.cumsum(-1) - 1, 0, None)
 
     features = runner.vision(pixels, pooling, valid)
-    vision_ms = _median_ms(lambda: runner.vision(pixels, pooling, valid), repeats)
-    prefill_ms = _median_ms(lambda: runner.prefill(ids, features, mask, positions, mm), repeats)
+    vision_ms = median_ms(lambda: runner.vision(pixels, pooling, valid), repeats)
+    prefill_ms = median_ms(lambda: runner.prefill(ids, features, mask, positions, mm), repeats)
 
     logits, kv = runner.prefill(ids, features, mask, positions, mm)
     position = int(positions[0, -1]) + 1

@@ -283,11 +283,12 @@ def export_checkpoint(model_dir: str | Path, out_dir: str | Path, settings: Expo
     """Load a local checkpoint folder and export it (see module docstring)."""
     from transformers import AutoProcessor
 
+    from molmo2_ros.backends.default_model import HUB_MODEL
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a checkpoint folder (no config.json); "
-                                "download the model first (e.g. `hf download allenai/Molmo2-4B --local-dir DIR`)")
+                                f"download the model first (e.g. `hf download {HUB_MODEL} --local-dir DIR`)")
     progress(f"hashing checkpoint {model_dir} ...")
     source_hash = engine_folder.checkpoint_hash(model_dir)
     model = load_for_export(model_dir, settings.precision, device)

@@ -162,7 +162,7 @@ def static_cache_decode(model, tensors: dict, device, decode_steps: int, section
     to first token, decode tokens/s, and how its greedy tokens compare with the baseline's."""
     import torch
 
-    from molmo2_ros.engines.bench import _median_ms, torch_inputs
+    from molmo2_ros.engines.bench import median_ms, torch_inputs
     from molmo2_ros.backends.torch_backend import cache_kwargs
 
     sync = torch.cuda.synchronize if str(device).startswith("cuda") else None
@@ -179,8 +179,8 @@ def static_cache_decode(model, tensors: dict, device, decode_steps: int, section
         if sync:
             sync()
         first_call_s = time.perf_counter() - start
-        ttft_ms = _median_ms(lambda: generate(1, **static), 3, sync)
-        full_ms = _median_ms(lambda: generate(n, **static), 2, sync)
+        ttft_ms = median_ms(lambda: generate(1, **static), 3, sync)
+        full_ms = median_ms(lambda: generate(n, **static), 2, sync)
         baseline_tokens = generate(n)
     prompt = inputs["input_ids"].shape[1]
     agree = int((ours[0, prompt:] == baseline_tokens[0, prompt:]).cumprod(0).sum())

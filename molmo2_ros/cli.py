@@ -20,9 +20,6 @@ COMMANDS = {
     "demo": ("molmo2_ros.ros.demo", "publish a synthetic camera, run the node, ask one query, write an annotated image"),
 }
 
-DEFAULT_MODEL = "allenai/Molmo2-4B"
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from molmo2_ros.backends.factory import BACKEND_KINDS
     from molmo2_ros.core.grounder import DEFAULT_MAX_NEW_TOKENS
@@ -35,7 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image files: one is an image query, several a video 1/fps s apart")
     parser.add_argument("--query", required=True, help='what to find, e.g. "red cup" or a question for --task ask')
     parser.add_argument("--task", choices=[t.value for t in Task], default=Task.POINT.value)
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local folder (default: %(default)s)")
+    parser.add_argument("--model", default="",
+                        help="hub id (e.g. allenai/Molmo2-4B) or local folder (default: the packaged "
+                             "shapes-tiny model, as the node)")
     parser.add_argument("--backend", choices=BACKEND_KINDS, default="torch")
     parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     parser.add_argument("--dtype", help="bfloat16, float16, float32 (default: bf16 on cuda, fp32 on cpu)")
@@ -53,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from molmo2_ros.backends.default_model import default_model
     from molmo2_ros.backends.factory import make_backend
     from molmo2_ros.core.grounder import ground, grounding_to_dict
     from molmo2_ros.video_io import read_images, read_video
@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     decode_s = time.perf_counter() - started
 
     extra = {"allow_pickle": True} if args.allow_pickle else {}
-    backend = make_backend(args.backend, args.model, device=args.device, dtype=args.dtype,
+    model = args.model or default_model()[0]
+    backend = make_backend(args.backend, model, device=args.device, dtype=args.dtype,
                            engine_dir=args.engine_dir, **extra)
     try:
         result = ground(backend, frames, args.query, args.task, max_new_tokens=args.max_new_tokens)

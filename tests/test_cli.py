@@ -101,3 +101,11 @@ def test_a_command_registers_with_one_table_row(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(cli.COMMANDS, "hello", ("hello_cmd", "say hello"))
     assert cli.main(["hello", "--name", "robot"]) == 7
     assert capsys.readouterr().out == "hello robot\n"
+
+
+def test_infer_without_a_model_uses_the_node_default_the_packaged_model(test_video):
+    from molmo2_ros.backends.default_model import default_model
+
+    proc = run_cli("infer", "--video", test_video, "--query", "red circle", "--max-new-tokens", "4", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["model"] == default_model()[0]

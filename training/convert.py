@@ -15,11 +15,9 @@ import os
 import sys
 from pathlib import Path
 
-from molmo2_ros.core.grounding import Task
+from molmo2_ros.core.grounding import TASK_CODES, Task
 
 NS = 1_000_000_000
-# molmo2_ros/msg/Grounding TASK_* constants, in order.
-TASKS = (Task.POINT, Task.COUNT, Task.TRACK, Task.ASK)
 
 
 def _msg_dir() -> Path:
@@ -62,7 +60,7 @@ def grounding_rows(bag: Path, results_topic: str, image_topic: str, recording: s
             stamps = [_stamp(t) for t in msg.frame_stamps]
             if not stamps:
                 continue
-            task = TASKS[msg.task]
+            task = TASK_CODES[msg.task]
             if task is Task.TRACK:
                 points = [(p, t.id) for t in msg.tracks for p in t.points]
             else:

@@ -104,7 +104,7 @@ class FastPreprocessor:
                 vision, replacement = self._image_inputs(frames[0])
                 frame_times = [1.0]
                 placeholder = self.processor.image_token
-        tensors = {**self._text_inputs(text, placeholder, replacement), **vision}
+        tensors = {**self.text_inputs(text, placeholder, replacement), **vision}
         if return_tensors == "np":
             tensors = {k: v.cpu().numpy() for k, v in tensors.items()}
         return ModelInputs(tensors=tensors, frame_times=frame_times, is_video=is_video, text=text)
@@ -116,7 +116,7 @@ class FastPreprocessor:
         return [(f.frame_id, f.stamp_ns, height, width) for f in frames]
 
     # ------------------------------------------------------------------ text
-    def _text_inputs(self, text: str, placeholder: str, replacement: str) -> dict[str, torch.Tensor]:
+    def text_inputs(self, text: str, placeholder: str, replacement: str) -> dict[str, torch.Tensor]:
         """Expand the one vision placeholder, prepend BOS and tokenise, as Molmo2Processor does.
 
         Each run of `<im_patch>` tokens is tokenised as one and repeated afterwards: added
@@ -158,7 +158,7 @@ class FastPreprocessor:
         for start in range(0, len(new), step):
             batch = new[start:start + step]
             images = [presented_image(f.image, height, width) for _, f in batch]
-            fresh = cfg.patchify(self._resize_normalised(images, cfg, cfg.crop_size, cfg.crop_size))
+            fresh = cfg.patchify(self.resize_normalised(images, cfg, cfg.crop_size, cfg.crop_size))
             self._video_cache.update((key, patches) for (key, _), patches in zip(batch, fresh))
             self.frames_processed += len(batch)
         # keep exactly the frames of the latest window
@@ -205,10 +205,10 @@ class FastPreprocessor:
         tiling_h, tiling_w, canvas_h, canvas_w = compute_crop_geometry(
             image.shape[0], image.shape[1], max_crops=cfg.max_crops, overlap_margins=cfg.overlap_margins,
             crop_size=crop, patch_size=patch)
-        canvas = self._resize_normalised([image], cfg, canvas_h, canvas_w)[0]
+        canvas = self.resize_normalised([image], cfg, canvas_h, canvas_w)[0]
         crops = canvas.unfold(0, crop, window).unfold(1, crop, window)        # th, tw, C, crop, crop
         crops = crops.permute(0, 1, 3, 4, 2).reshape(tiling_h * tiling_w, crop, crop, -1)
-        low_res = self._resize_normalised([image], cfg, crop, crop)[0]
+        low_res = self.resize_normalised([image], cfg, crop, crop)[0]
         patches = cfg.patchify(torch.cat([low_res[None], crops]))
         pooling, rows, cols = cfg.crop_pooling(tiling_h, tiling_w, canvas_h, canvas_w)
         low_pooling, low_rows, low_cols = cfg.pooling(crop // patch, crop // patch)
@@ -217,7 +217,7 @@ class FastPreprocessor:
         return patches, pooling, grid
 
     # ------------------------------------------------------------------ pixels
-    def _resize_normalised(self, images: list[np.ndarray], cfg: "_PixelConfig", out_h: int, out_w: int):
+    def resize_normalised(self, images: list[np.ndarray], cfg: "_PixelConfig", out_h: int, out_w: int):
         """K uint8 H x W x 3 images of one size -> normalised float K x out_h x out_w x 3 on the device."""
         if len(images) == 1:
             source = torch.from_numpy(np.ascontiguousarray(images[0]))[None].to(self.device)

@@ -19,6 +19,7 @@ from transformers import (
     StoppingCriteriaList,
 )
 
+from molmo2_ros.backends.default_model import HUB_MODEL
 from molmo2_ros.backends.fast_preprocess import FastPreprocessor
 from molmo2_ros.backends.frame_features import VisionFeatureCache
 from molmo2_ros.backends.inputs import ModelInputs
@@ -86,7 +87,7 @@ def _looks_like_path(model: str) -> bool:
 
 def _check_local_folder(folder: Path, allow_pickle: bool) -> None:
     if not folder.is_dir():
-        raise ModelNotFoundError(f"model folder {folder} does not exist. {how_to_fetch('allenai/Molmo2-4B')}")
+        raise ModelNotFoundError(f"model folder {folder} does not exist. {how_to_fetch(HUB_MODEL)}")
     files = [p.name for p in folder.iterdir()]
     if any(n.endswith(".safetensors") for n in files):
         return
@@ -98,7 +99,7 @@ def _check_local_folder(folder: Path, allow_pickle: bool) -> None:
             "pickle files can run arbitrary code when loaded. Convert them to safetensors "
             "(load once where you trust them and save_pretrained), or pass allow_pickle=True "
             "(--allow-pickle) if you trust their source.")
-    raise ModelNotFoundError(f"{folder} has no model weights (*.safetensors). {how_to_fetch('allenai/Molmo2-4B')}")
+    raise ModelNotFoundError(f"{folder} has no model weights (*.safetensors). {how_to_fetch(HUB_MODEL)}")
 
 
 class FiniteLogitsGuard(LogitsProcessor):

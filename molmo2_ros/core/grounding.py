@@ -21,6 +21,10 @@ class Task(str, Enum):
     ASK = "ask"
 
 
+# The task codes of the Grounding message and the Ground action (TASK_POINT = 0, ...), in
+# order: the node and the recording converter (which reads bags without rclpy) share them.
+TASK_CODES = (Task.POINT, Task.COUNT, Task.TRACK, Task.ASK)
+
 @dataclass(frozen=True)
 class Frame:
     """One buffered camera frame.

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from molmo2_ros.action import Ground
     from molmo2_ros.annotate import write_annotation
     from molmo2_ros.core.grounding import Frame, Task
-    from molmo2_ros.ros.default_model import cache_dir, default_model
+    from molmo2_ros.backends.default_model import cache_dir, default_model
     from molmo2_ros.core.image_conversion import image_to_rgb
     from molmo2_ros.ros.messages import TASK_TO_MSG, from_time, grounding_from_msg
 

@@ -38,7 +38,8 @@ from molmo2_ros.core.prompts import InvalidQuery, sanitize_query
 from molmo2_ros.core.propagation import TrackPropagator
 from molmo2_ros.msg import Grounding as GroundingMsg
 from molmo2_ros.msg import TrackedObjectArray
-from molmo2_ros.core.image_conversion import compressed_to_rgb, image_to_rgb, rgb_to_image
+from molmo2_ros.core.image_conversion import compressed_to_rgb, image_to_rgb
+from molmo2_ros.ros.image_messages import rgb_to_image
 from molmo2_ros.ros.messages import (from_time, grounding_markers, grounding_to_msg, to_time,
                                      tracked_to_msg)
 from molmo2_ros.ros.query_worker import (ERROR_CANCELED, ERROR_EMPTY_WINDOW, ERROR_INVALID_QUERY,
@@ -152,7 +153,7 @@ class GroundingNode(LifecycleNode):
 
         model = s.model
         if not model:
-            from molmo2_ros.ros.default_model import default_model
+            from molmo2_ros.backends.default_model import default_model
             model, is_random = default_model()
             if is_random:
                 self.get_logger().warning(

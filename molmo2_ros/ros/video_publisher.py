@@ -22,7 +22,7 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
-from molmo2_ros.core.image_conversion import rgb_to_compressed, rgb_to_image
+from molmo2_ros.ros.image_messages import rgb_to_compressed, rgb_to_image
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -27,7 +27,7 @@ from std_msgs.msg import String
 
 from molmo2_ros.action import Ground
 from molmo2_ros.msg import Grounding as GroundingMsg
-from molmo2_ros.core.image_conversion import rgb_to_compressed, rgb_to_image
+from molmo2_ros.ros.image_messages import rgb_to_compressed, rgb_to_image
 from molmo2_ros.ros.messages import from_time, to_time
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import CompressedImage, Image
 
-from molmo2_ros.core.image_conversion import (compressed_to_rgb, image_to_rgb, image_view,
-                                             rgb_to_compressed, rgb_to_image)
+from molmo2_ros.core.image_conversion import compressed_to_rgb, image_to_rgb, image_view
+from molmo2_ros.ros.image_messages import rgb_to_compressed, rgb_to_image
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (6, 8, 3), dtype=np.uint8)

@@ -49,3 +49,10 @@ def test_each_message_type_arrives_equal_from_another_process(ros_domain):
         rclpy.shutdown()
         publisher.terminate()
         publisher.wait(timeout=10)
+
+
+def test_core_task_codes_are_the_message_constants():
+    from molmo2_ros.core.grounding import TASK_CODES
+    from molmo2_ros.msg import Grounding
+
+    assert [getattr(Grounding, f"TASK_{t.name}") for t in TASK_CODES] == list(range(len(TASK_CODES)))

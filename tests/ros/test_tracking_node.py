@@ -19,7 +19,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
 from molmo2_ros.msg import TrackedObjectArray
-from molmo2_ros.core.image_conversion import rgb_to_image
+from molmo2_ros.ros.image_messages import rgb_to_image
 from molmo2_ros.ros.messages import from_duration, from_time, to_time
 
 sys.path.insert(0, str(Path(__file__).parent))

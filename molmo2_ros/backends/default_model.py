@@ -1,15 +1,15 @@
-"""The model a plain run uses when none is named: the packaged trained shapes model when
-the package ships one, else the tiny random Molmo2 built once into the user's cache
-(it runs the whole pipeline but its answers are meaningless)."""
+"""The model a plain run (node, demo, `molmo2-ros infer`) uses when none is named: the
+packaged trained shapes model when the package ships one, else the tiny random Molmo2
+built once into the user's cache (it runs the whole pipeline but its answers are
+meaningless). HUB_MODEL is the real checkpoint the messages and docs point users to."""
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
 
-import molmo2_ros
-
-PACKAGED_MODEL = Path(molmo2_ros.__file__).resolve().parent / "assets" / "shapes-tiny"
+HUB_MODEL = "allenai/Molmo2-4B"
+PACKAGED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "shapes-tiny"
 
 
 def cache_dir() -> Path:

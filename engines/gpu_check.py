@@ -36,23 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
+from molmo2_ros.engines.model_shapes import build_model, keep_rotary_fp32, synthetic_video
+
 STARTED = time.monotonic()
 
-# Molmo2-4B: dimensions of the released config.json (allenai/Molmo2-4B family, e.g.
-# Molmo2-VideoPoint-4B): Qwen3-4B text model, SigLIP so400m ViT at 378 px / 14 px patches,
-# features from ViT layers -3 and -9 of 27, which transformers' config turns into layers
-# 24 and 18 of a ViT trimmed to 25 layers (what loading the checkpoint builds).
-MOLMO2_4B = {
-    "vision_config": dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=25, num_attention_heads=16,
-                          num_key_value_heads=16, head_dim=72, image_size=[378, 378], patch_size=14),
-    "adapter_config": dict(vision_feature_layer=[24, 18], hidden_size=1152, num_attention_heads=16,
-                           num_key_value_heads=16, head_dim=72, intermediate_size=9728, text_hidden_size=2560),
-    "text_config": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
-                        num_key_value_heads=8, head_dim=128, vocab_size=151936, additional_vocab_size=128,
-                        max_position_embeddings=36864, qk_norm_type="qwen3",
-                        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
-}
-VIDEO_POOL = (3, 3)   # Molmo2VideoProcessor's default pooling of frame patches
 
 
 class Report:
@@ -195,74 +182,6 @@ def static_cache_decode(model, tensors: dict, device, decode_steps: int, section
     if roof.get("status") == "ok":
         result["fraction_of_roofline"] = round(result["decode_tokens_per_s"] / roof["roofline_tokens_per_s"], 3)
     return result
-
-
-def keep_rotary_fp32(model, dtype):
-    """Cast `model` to `dtype` but keep the RoPE inverse frequencies in fp32 (as loading does)."""
-    rotary = {name: buf.float().clone() for name, buf in model.named_buffers() if name.endswith("inv_freq")}
-    model.to(dtype)
-    for name, value in rotary.items():
-        module = model.get_submodule(name.rsplit(".", 1)[0])
-        setattr(module, name.rsplit(".", 1)[1], value.to(next(model.parameters()).device))
-    return model
-
-
-def build_model(tiny: bool, device: str, dtype, work: Path):
-    """(model, kind): Molmo2-4B-shaped random weights, or the project's tiny model."""
-    import torch
-    from transformers import Molmo2Config, Molmo2ForConditionalGeneration
-
-    if tiny:
-        from molmo2_ros.tiny_model import build_tiny_molmo2
-
-        folder = build_tiny_molmo2(work / "tiny_model", seed=0)
-        model = Molmo2ForConditionalGeneration.from_pretrained(str(folder), dtype=dtype)
-        return model.to(device).eval(), "tiny"
-    config = Molmo2Config(**MOLMO2_4B)
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = Molmo2ForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(previous)
-    return keep_rotary_fp32(model, dtype).eval(), "molmo2-4b-shaped"
-
-
-def synthetic_video(config, frames: int, text_tokens: int = 32, seed: int = 0) -> dict:
-    """Processor-shaped video inputs (numpy) built from the config: per frame a timestamp,
-    <frame_start>, rows x cols <im_patch> (3x3 pooled patches), <frame_end>; then text.
-    Pooling indices come from transformers' own `arange_for_pooling`."""
-    import torch
-    from transformers.models.molmo2.video_processing_molmo2 import arange_for_pooling
-
-    rng = np.random.default_rng(seed)
-    vision = config.vision_config
-    grid = vision.image_size[0] // vision.patch_size
-    per_frame = grid * grid
-    pooling, rows, cols = arange_for_pooling(torch.arange(per_frame).reshape(grid, grid), *VIDEO_POOL)
-    pooling = pooling.numpy()
-    text_vocab = min(config.text_config.vocab_size, config.image_start_token_id)
-    ids, mm = [], []
-    for f in range(frames):
-        stamp = list(rng.integers(3, text_vocab, 3))
-        frame = [config.frame_start_token_id] + [config.image_patch_id] * (rows * cols) + [config.frame_end_token_id]
-        ids += stamp + frame
-        mm += [0] * len(stamp) + [1] * len(frame)
-    tail = list(rng.integers(3, text_vocab, text_tokens))
-    ids += tail
-    mm += [0] * len(tail)
-    all_pooling = np.concatenate([np.where(pooling >= 0, pooling + f * per_frame, -1) for f in range(frames)])
-    patch_dim = vision.patch_size ** 2 * vision.num_channels
-    return {
-        "input_ids": np.asarray([ids], dtype=np.int64),
-        "attention_mask": np.ones((1, len(ids)), dtype=np.int64),
-        "mm_token_type_ids": np.asarray([mm], dtype=np.int64),
-        "pixel_values_videos": rng.standard_normal((frames, per_frame, patch_dim)).astype(np.float32),
-        "video_token_pooling": all_pooling.astype(np.int64),
-        "video_grids": np.asarray([[frames, rows, cols]], dtype=np.int64),
-    }
 
 
 def reference(model, tensors: dict, device, steps: int) -> dict:

@@ -8,15 +8,10 @@ frame it was given for and carries it through every frame since then up to the n
 one (latency compensation); after that it carries it on each new frame until the next
 answer re-anchors it.
 
-Method (established, all OpenCV): pyramidal Lucas-Kanade optical flow with a
-forward-backward consistency check (Kalal et al., "Forward-Backward Error", 2010) and a
-normalised cross-correlation check against the patch the model pointed at. Model
-points often sit in the middle of a uniform region (an object's centre), where a small
-flow window sees no gradient (the aperture problem); each point is therefore tracked on
-the finest level of an image pyramid where its window's gradient structure constrains
-motion in both directions (the Shi-Tomasi criterion) - a coarser level means a window
-that covers more of the object at the same cost. A point that fails a check is marked
-lost and keeps its last good position; nothing is extrapolated.
+The flow itself (pyramidal Lucas-Kanade with forward-backward and correlation checks,
+each point on the finest pyramid level with texture): molmo2_ros.core.optical_flow. A
+point that fails a check is marked lost and keeps its last good position; nothing is
+extrapolated.
 
 Re-anchoring keeps object ids stable: the answer's objects are matched to the objects
 being propagated by label and by position at the newest frame (Hungarian assignment).
@@ -27,23 +22,13 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from molmo2_ros.core.grounding import GroundedPoint, Grounding
+from molmo2_ros.core.optical_flow import (MIN_TEXTURE, WINDOW, flow_pyramid, flow_step, inside, ncc_score,
+                                          patch_at, texture)
 
-# Square LK/template window (pixels of the pyramid level a point is tracked on).
-WINDOW = 21
-# Pyramid levels a point may be tracked on (0 = the flow image; level k covers 2**k
-# times the area per window), and LK's own pyramid reach above level 0: points follow
-# up to ~10 * 2**PYRAMID_LEVELS flow-image pixels of motion per frame on any level.
-TRACK_LEVELS = 4
-PYRAMID_LEVELS = 3
-_LK_CRITERIA = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01)
-# Minimum RMS intensity gradient (grey levels per pixel) along the window's weakest
-# direction for flow to be trusted; well above sensor noise, well below real texture.
-MIN_TEXTURE = 3.0
 _NS = 1_000_000_000
 
 
@@ -177,7 +162,7 @@ class TrackPropagator:
         """
         if not self.enable:
             return []
-        levels = self._flow_pyramid(image)
+        levels = flow_pyramid(image, self.flow_max_side)
         stamp_ns = _check_stamp(stamp_ns)
         source_size = _check_size(source_size, image)
         warnings: list[str] = []
@@ -275,35 +260,6 @@ class TrackPropagator:
 
     # ------------------------------------------------------------------ internals
 
-    def _flow_pyramid(self, image: np.ndarray) -> list[np.ndarray]:
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
-            raise ValueError(
-                "add_frame() needs a uint8 numpy image, got "
-                f"{getattr(image, 'dtype', type(image).__name__)}")
-        if image.ndim == 3 and image.shape[2] == 1:
-            image = image[:, :, 0]
-        if image.ndim == 3 and image.shape[2] == 3:
-            gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-        elif image.ndim == 3 and image.shape[2] == 4:
-            gray = cv2.cvtColor(image, cv2.COLOR_RGBA2GRAY)
-        elif image.ndim == 2:
-            gray = image
-        else:
-            raise ValueError(
-                f"add_frame() needs an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {image.shape}")
-        h, w = gray.shape
-        if min(h, w) < 2 * WINDOW:
-            raise ValueError(f"image {w}x{h} too small to track in (min side {2 * WINDOW})")
-        side = max(h, w)
-        if self.flow_max_side and side > self.flow_max_side:
-            f = self.flow_max_side / side
-            gray = cv2.resize(gray, (max(1, round(w * f)), max(1, round(h * f))),
-                              interpolation=cv2.INTER_AREA)
-        levels = [np.ascontiguousarray(gray)]
-        while len(levels) < TRACK_LEVELS and min(levels[-1].shape) >= 4 * WINDOW:
-            levels.append(cv2.pyrDown(levels[-1]))
-        return levels
-
     def _compensate(self, points: list[GroundedPoint], frames: list[_Frame],
                     scale: tuple[float, float], warnings: list[str]) -> list[_Object]:
         """New objects for `points`, each carried from its own frame to frames[-1]."""
@@ -335,15 +291,10 @@ class TrackPropagator:
             group = [o for o in objects if o.level == k]
             a, b = prev.levels[k], nxt.levels[k]
             p0 = (np.array([o.pos for o in group], np.float32) / 2**k).reshape(-1, 1, 2)
-            lk = dict(winSize=(WINDOW, WINDOW), maxLevel=max(0, PYRAMID_LEVELS - k),
-                      criteria=_LK_CRITERIA)
-            p1, st1, _ = cv2.calcOpticalFlowPyrLK(a, b, p0, None, **lk)
-            p0r, st2, _ = cv2.calcOpticalFlowPyrLK(b, a, p1, None, **lk)
-            fb = np.linalg.norm((p0 - p0r).reshape(-1, 2), axis=1)
-            ok = (st1.ravel() == 1) & (st2.ravel() == 1) & (fb <= self.fb_max_px)
-            for o, good, pos in zip(group, ok, p1.reshape(-1, 2)):
-                if good and _inside(pos, b.shape):
-                    ncc = _ncc(o.template, _patch(b, pos, WINDOW))
+            p1, ok = flow_step(a, b, p0, k, self.fb_max_px)
+            for o, good, pos in zip(group, ok, p1):
+                if good and inside(pos, b.shape):
+                    ncc = ncc_score(o.template, patch_at(b, pos, WINDOW))
                     if ncc >= self.min_ncc:
                         o.pos, o.ncc = (pos * 2**k).astype(np.float32), ncc
                         continue
@@ -410,12 +361,12 @@ def _new_object(p: GroundedPoint, frame: _Frame | None, scale: tuple[float, floa
     pos = np.array([(p.x + 0.5) * sx - 0.5, (p.y + 0.5) * sy - 0.5], np.float32)
     score = float(np.clip(p.score, 0.0, 1.0)) if np.isfinite(p.score) else 1.0
     obj = _Object(0, p.label, int(p.stamp_ns), score, pos, 0, None)
-    if frame is None or not _inside(pos, frame.levels[0].shape):
+    if frame is None or not inside(pos, frame.levels[0].shape):
         obj.lost = True
         return obj
     for k, level in enumerate(frame.levels):
-        patch = _patch(level, pos / 2**k, WINDOW)
-        if _texture(patch) >= MIN_TEXTURE:
+        patch = patch_at(level, pos / 2**k, WINDOW)
+        if texture(patch) >= MIN_TEXTURE:
             obj.level, obj.template = k, patch
             return obj
     obj.lost = True
@@ -465,28 +416,3 @@ def _check_size(source_size, image: np.ndarray) -> tuple[int, int]:
     if w < 1 or h < 1:
         raise ValueError(f"source_size must be positive, got {source_size!r}")
     return w, h
-
-
-def _inside(pos: np.ndarray, shape: tuple[int, ...]) -> bool:
-    return bool(0 <= pos[0] <= shape[1] - 1 and 0 <= pos[1] <= shape[0] - 1)
-
-
-def _patch(gray: np.ndarray, pos: np.ndarray, win: int) -> np.ndarray:
-    return cv2.getRectSubPix(gray, (win, win), (float(pos[0]), float(pos[1])),
-                             patchType=cv2.CV_32F)
-
-
-def _texture(patch: np.ndarray) -> float:
-    """RMS gradient along the patch's weakest direction (smallest structure-tensor
-    eigenvalue): how well the patch pins down motion in every direction."""
-    gx = cv2.Sobel(patch, cv2.CV_32F, 1, 0, ksize=3)[1:-1, 1:-1] / 8
-    gy = cv2.Sobel(patch, cv2.CV_32F, 0, 1, ksize=3)[1:-1, 1:-1] / 8
-    a, b, c = float(np.mean(gx * gx)), float(np.mean(gx * gy)), float(np.mean(gy * gy))
-    return float(np.sqrt(max(0.0, (a + c) / 2 - np.hypot((a - c) / 2, b))))
-
-
-def _ncc(a: np.ndarray, b: np.ndarray) -> float:
-    a = a - a.mean()
-    b = b - b.mean()
-    den = float(np.sqrt(np.sum(a * a) * np.sum(b * b)))
-    return float(np.sum(a * b) / den) if den > 0 else 0.0

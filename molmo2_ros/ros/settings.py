@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from molmo2_ros.backends.factory import BACKEND_KINDS
 from molmo2_ros.core.grounding import Task
-from molmo2_ros.core.propagation import WINDOW as FLOW_WINDOW
+from molmo2_ros.core.optical_flow import WINDOW as FLOW_WINDOW
 from molmo2_ros.ros.messages import TASK_FROM_MSG
 
 # name: (default, meaning). Types follow the defaults (an int is accepted for a double).

@@ -46,7 +46,7 @@ def test_synthetic_video_has_the_processor_structure(tiny_model_dir, synthetic_f
     """Pooling indices, grids and vision-token layout equal the real processor's for 3 frames."""
     from transformers import AutoConfig, AutoProcessor
 
-    from molmo2_ros.engines.gpu_check import synthetic_video
+    from molmo2_ros.engines.model_shapes import synthetic_video
     from molmo2_ros.backends.inputs import build_inputs
 
     config = AutoConfig.from_pretrained(str(tiny_model_dir))
@@ -66,7 +66,8 @@ def test_cpu_vision_fallback_matches_reference(tiny_model_dir, tiny_export_dir):
     graph on the CPU provider (first frame) with transformers."""
     from transformers import Molmo2ForConditionalGeneration
 
-    from molmo2_ros.engines.gpu_check import reference, synthetic_video, vision_parity_on_cpu
+    from molmo2_ros.engines.gpu_check import reference, vision_parity_on_cpu
+    from molmo2_ros.engines.model_shapes import synthetic_video
 
     model = Molmo2ForConditionalGeneration.from_pretrained(str(tiny_model_dir), attn_implementation="eager").eval()
     tensors = synthetic_video(model.config, 2)

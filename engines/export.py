@@ -27,6 +27,7 @@ from torch import nn
 
 from molmo2_ros.backends import engine_folder
 from molmo2_ros.backends.engine_folder import DECODE_FILE, GRAPH_FILES, PREFILL_FILE, VISION_FILE
+from molmo2_ros.backends.trained_window import WINDOW_FILE
 
 OPSET = 17
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -295,7 +296,7 @@ def export_checkpoint(model_dir: str | Path, out_dir: str | Path, settings: Expo
     processor = AutoProcessor.from_pretrained(str(model_dir))
     out = export_model(model, processor, out_dir, settings, source=str(model_dir), source_hash=source_hash,
                        progress=progress)
-    for extra in ("chat_template.jinja", "generation_config.json"):
+    for extra in ("chat_template.jinja", "generation_config.json", WINDOW_FILE):
         if (model_dir / extra).is_file() and not (out / extra).exists():
             shutil.copy2(model_dir / extra, out / extra)
     return out

@@ -11,6 +11,7 @@ import importlib
 import json
 import sys
 import time
+from pathlib import Path
 
 # name: (module with add_arguments/run, one-line help). Register a command with one row.
 COMMANDS = {
@@ -41,8 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine-dir", help="exported engines (onnxruntime / tensorrt backends)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow loading pickle (.bin) weights; only for checkpoints you trust")
-    parser.add_argument("--fps", type=float, default=DEFAULT_FPS, help="frame sampling rate (default: %(default)s)")
-    parser.add_argument("--max-frames", type=int, default=64, help="most frames sent (default: %(default)s)")
+    parser.add_argument("--fps", type=float,
+                        help=f"frame sampling rate (default: the model's trained window, else {DEFAULT_FPS})")
+    parser.add_argument("--max-frames", type=int,
+                        help=f"most frames sent (default: the model's trained window, else {DEFAULT_MAX_FRAMES})")
     parser.add_argument("--max-side", type=int, default=0,
                         help="shrink frames to this longest side before the model (0: keep)")
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
@@ -51,12 +54,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write the frames with points/tracks drawn: OUT.png (sheet) or OUT.mp4")
 
 
+DEFAULT_MAX_FRAMES = 64
+
+
+def resolve_window(args: argparse.Namespace, model: str) -> None:
+    """Fill --fps / --max-frames the user left out from the model's trained window (its
+    engine folder's for the graph backends), else the built-in defaults."""
+    from molmo2_ros.backends.trained_window import read_trained_window
+    from molmo2_ros.video_io import DEFAULT_FPS
+
+    if args.fps is not None and args.max_frames is not None:
+        return
+    window = read_trained_window(args.engine_dir or model) if (args.engine_dir or Path(model).is_dir()) else None
+    if window is not None:
+        print(f"molmo2-ros: the model was trained on {window.describe()}; using that where no "
+              f"--fps/--max-frames is given", file=sys.stderr)
+    if args.fps is None:
+        args.fps = window.fps if window else DEFAULT_FPS
+    if args.max_frames is None:
+        args.max_frames = window.max_frames if window else DEFAULT_MAX_FRAMES
+
+
 def run(args: argparse.Namespace) -> int:
     from molmo2_ros.backends.default_model import default_model
     from molmo2_ros.backends.factory import make_backend
     from molmo2_ros.core.grounder import ground, grounding_to_dict
     from molmo2_ros.video_io import read_images, read_video
 
+    model = args.model or default_model()[0]
+    resolve_window(args, model)
     if args.annotate and not args.annotate.lower().endswith((".png", ".mp4")):
         raise ValueError(f"--annotate must end in .png or .mp4, got {args.annotate!r}")
     if args.allow_pickle and args.backend != "torch":
@@ -71,7 +97,6 @@ def run(args: argparse.Namespace) -> int:
     decode_s = time.perf_counter() - started
 
     extra = {"allow_pickle": True} if args.allow_pickle else {}
-    model = args.model or default_model()[0]
     backend = make_backend(args.backend, model, device=args.device, dtype=args.dtype,
                            engine_dir=args.engine_dir, **extra)
     try:

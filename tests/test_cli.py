@@ -109,3 +109,19 @@ def test_infer_without_a_model_uses_the_node_default_the_packaged_model(test_vid
     proc = run_cli("infer", "--video", test_video, "--query", "red circle", "--max-new-tokens", "4", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["model"] == default_model()[0]
+
+
+def test_infer_uses_the_model_folders_trained_window_unless_told_otherwise(tiny_model_dir, test_video, tmp_path):
+    from molmo2_ros.backends.trained_window import TrainedWindow, write_trained_window
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    write_trained_window(model, TrainedWindow(fps=1.0, max_frames=3))
+    proc = run_cli("infer", "--video", test_video, "--query", "cup", "--model", model, "--max-new-tokens", "2",
+                   "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert "trained on 3 frames at 1 fps (3 s)" in proc.stderr
+    assert json.loads(proc.stdout)["frame_stamps_ns"] == [0, NS, 2 * NS]   # the 3 s clip at 1 fps
+    proc = run_cli("infer", "--video", test_video, "--query", "cup", "--model", model, "--max-new-tokens", "2",
+                   "--json", "--max-frames", "8", "--fps", "2")
+    assert json.loads(proc.stdout)["frame_stamps_ns"] == [i * NS // 2 for i in range(6)]   # explicit flags win

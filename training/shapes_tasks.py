@@ -32,6 +32,7 @@ HELDOUT_SEED = 2**41
 
 
 DEFAULT_FRAMES = (3, 4)
+FPS = 2.0   # the node's default sampling rate
 
 
 def make_example(kind: str, seed: int, *, sizes: tuple[int, int, int, int] = (112, 224, 96, 192),
@@ -59,7 +60,7 @@ def make_example(kind: str, seed: int, *, sizes: tuple[int, int, int, int] = (11
         raise ValueError(f"frames must be a range (min, max) with 2 <= min <= max, got {frames}")
     clip = make_clip(int(rng.integers(2**31)),
                      n_frames=int(rng.integers(frames[0], frames[1] + 1)) if video else 1,
-                     fps=2.0, size=size, objects=objects, size_range=(0.1, 0.18),
+                     fps=FPS, size=size, objects=objects, size_range=(0.1, 0.18),
                      n_occluders=int(rng.random() < 0.3) if video else 0,
                      start_ns=START_NS + seed * 10**10)
     return clip_example(clip, kind, target, source=f"shapes:{kind}:{seed}")

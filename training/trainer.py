@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from molmo2_ros.backends.trained_window import TrainedWindow, read_trained_window, write_trained_window
+from molmo2_ros.core.grounder import sampling_fps
 from molmo2_ros.training.batching import Encoded, collate, encode
 from molmo2_ros.training.config import TrainConfig
 from molmo2_ros.training.examples import Example
@@ -83,6 +85,19 @@ class BatchSource:
             batches += [idx[i:i + size] for i in range(0, len(idx), size)]
         rng.shuffle(batches)
         return batches
+
+    def trained_window(self) -> TrainedWindow | None:
+        """The longest video window the data holds (None without videos)."""
+        if self.examples is None:
+            video = any(kind.startswith("video") for kind in self.kinds)
+            from molmo2_ros.training.shapes_tasks import FPS
+
+            return TrainedWindow(FPS, self.frames[1]) if video else None
+        videos = [e.frames for e in self.examples if e.is_video]
+        if not videos:
+            return None
+        return TrainedWindow(round(float(np.median([sampling_fps(f) for f in videos])), 3),
+                             max(len(f) for f in videos))
 
     def training_aid(self, model, processor):
         """The data's training aid (an nn.Module with `losses()`), or None: the shapes world
@@ -230,20 +245,23 @@ def checkpoints(out: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def save_hf(model, processor, folder: Path, lora: bool) -> None:
-    """A plain HF checkpoint: LoRA merged into a copy, so training can go on."""
+def save_hf(model, processor, folder: Path, lora: bool, window: TrainedWindow | None) -> None:
+    """A plain HF checkpoint: LoRA merged into a copy, so training can go on; with the
+    frame window the model was trained for, when known."""
     folder.mkdir(parents=True, exist_ok=True)
     plain = copy.deepcopy(model).merge_and_unload() if lora else model
     plain.save_pretrained(folder, safe_serialization=True)
     processor.save_pretrained(folder)
+    if window is not None:
+        write_trained_window(folder, window)
 
 
 def save_checkpoint(step_module: TrainStep, processor, optimizer, scheduler, step: int,
-                    config: TrainConfig) -> Path:
+                    config: TrainConfig, window: TrainedWindow | None) -> Path:
     folder = config.out / f"checkpoint-{step}"
     tmp = config.out / f"checkpoint-{step}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_hf(step_module.model, processor, tmp, config.lora is not None)
+    save_hf(step_module.model, processor, tmp, config.lora is not None, window)
     state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "trainable": {n: p.detach().cpu() for n, p in step_module.named_parameters() if p.requires_grad}}
     torch.save(state, tmp / STATE_FILE)
@@ -315,6 +333,7 @@ def train(config: TrainConfig, log=_print) -> Path:
         if aid.needs_attentions:
             model.set_attn_implementation("eager")   # attention probabilities are needed
     step_module = TrainStep(model, config, aid)
+    window = source.trained_window() or read_trained_window(start_dir)
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps,
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
@@ -366,13 +385,13 @@ def train(config: TrainConfig, log=_print) -> Path:
                         n_tokens * accelerator.num_processes)
         done = step + 1
         if main and (done % config.save_every == 0 or done == config.steps):
-            save_checkpoint(inner, processor, optimizer, scheduler, done, config)
+            save_checkpoint(inner, processor, optimizer, scheduler, done, config, window)
         accelerator.wait_for_everyone()
     progress.close()
     final = config.out / FINAL_DIR
     if main:
         shutil.rmtree(final, ignore_errors=True)
-        save_hf(inner.model, processor, final, config.lora is not None)
+        save_hf(inner.model, processor, final, config.lora is not None, window)
         log(f"saved {final}")
     accelerator.wait_for_everyone()
     return final

@@ -138,3 +138,13 @@ def test_two_process_ddp_on_cpu_averages_both_ranks(tmp_path):
             safe_open(str(ddp.out / "final" / "model.safetensors"), "pt") as b:
         assert not torch.equal(a.get_tensor("lm_head.weight"), b.get_tensor("lm_head.weight"))
     make_backend("torch", str(ddp.out / "final"))
+
+
+def test_checkpoints_state_the_window_they_were_trained_on(tmp_path):
+    from molmo2_ros.backends.trained_window import TrainedWindow, read_trained_window
+
+    cfg = config(tmp_path, steps=1, batch_size=1, save_every=1,
+                 data=Data(shapes={"mix": {"video_count": 1.0}, "seed": 0, "frames": [2, 5]}))
+    final = train(cfg, log=lambda m: None)
+    assert read_trained_window(final) == TrainedWindow(2.0, 5)
+    assert read_trained_window(cfg.out / "checkpoint-1") == TrainedWindow(2.0, 5)

@@ -1,9 +1,8 @@
 """`molmo2-ros demo`: the whole system end to end on one command.
 
 Starts the video publisher (the synthetic shapes scene, or --video) and the grounding
-node as their own processes, waits until the node's window holds --frames frames (from
-its /diagnostics), sends one
-action goal, prints the result and writes the frames the model saw with the answer
+node, with its default parameters, as their own processes, waits until the node's window
+is full (or holds --frames frames; from its /diagnostics), sends one action goal, prints the result and writes the frames the model saw with the answer
 drawn on them. Uses --model, by default the packaged trained model, else the tiny
 random model built into the cache (it runs everything; its answers are meaningless).
 """
@@ -30,8 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", help="video file to publish (default: the synthetic shapes scene)")
     parser.add_argument("--query", default="red circle", help="what to ground (default: %(default)s)")
     parser.add_argument("--task", choices=("point", "count", "track", "ask"), default="point")
-    parser.add_argument("--frames", type=int, default=4,
-                        help="frames the node's window must hold before asking (default %(default)s, at 2 fps)")
+    parser.add_argument("--frames", type=int, default=0,
+                        help="frames the node's window must hold before asking (default: a full window, "
+                             "the node's max_frames)")
     parser.add_argument("--out", default="molmo2_demo.png", help="annotated image (.png) or video (.mp4)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before giving up")
@@ -68,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
     from molmo2_ros.core.image_conversion import image_to_rgb
     from molmo2_ros.ros.messages import TASK_TO_MSG, from_time, grounding_from_msg
 
-    if args.frames < 1:
-        raise ValueError(f"--frames must be >= 1, got {args.frames}")
+    if args.frames < 0:
+        raise ValueError(f"--frames must be >= 0 (0: a full window), got {args.frames}")
     model = args.model
     if not model:
         model, is_random = default_model()
@@ -98,13 +98,14 @@ def run(args: argparse.Namespace) -> int:
             seen.pop(min(seen))
 
     node.create_subscription(Image, TOPIC, keep, QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
-    window_frames = [0]
+    window = {"frames": 0, "max_frames": 0}
 
     def diagnostics(msg: DiagnosticArray) -> None:
         for status in msg.status:
             if status.name.startswith(f"{NAMESPACE.strip('/')}/molmo2_grounding:"):
                 values = {kv.key: kv.value for kv in status.values}
-                window_frames[0] = int(values.get("window_frames", 0))
+                window["frames"] = int(values.get("window_frames", 0))
+                window["max_frames"] = int(values.get("window_max_frames", 0))
 
     node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics, 10)
     client = ActionClient(node, Ground, f"{NAMESPACE}/molmo2_grounding/ground")
@@ -118,8 +119,13 @@ def run(args: argparse.Namespace) -> int:
                     raise RuntimeError(f"the {name} exited with code {proc.returncode}; see {logs}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the node did not come up in {args.timeout} s; see {logs / 'node.log'}")
-        print(f"waiting for {args.frames} frames in the node's window ...")
-        while window_frames[0] < args.frames:
+        while not window["max_frames"]:
+            rclpy.spin_once(node, timeout_sec=0.1)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no diagnostics from the node in {args.timeout} s; see {logs}")
+        wanted = min(args.frames or window["max_frames"], window["max_frames"])
+        print(f"waiting for {wanted} frames in the node's window ...")
+        while window["frames"] < wanted:
             rclpy.spin_once(node, timeout_sec=0.1)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the node's window did not fill in {args.timeout} s; see {logs}")

@@ -37,6 +37,7 @@ class Generation:
 # Stages reported to `progress` callbacks, in order.
 STAGE_PREPROCESSING = "preprocessing"
 STAGE_GENERATING = "generating"
+STAGE_PARSING = "parsing"        # announced by ground() once generation is done
 
 
 class Backend(Protocol):

@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 
 from molmo2_ros.core.answer_format import ModelPoint
 from molmo2_ros.core.answer_parser import ParsedAnswer, parse_answer
-from molmo2_ros.core.backend import Backend
+from molmo2_ros.core.backend import STAGE_PARSING, Backend
 from molmo2_ros.core.grounding import Frame, GroundedPoint, Grounding, Task, Timings, Track
 from molmo2_ros.core.mapping import map_points, map_tracks
 from molmo2_ros.core.prompts import build_prompt, sanitize_query
@@ -56,6 +56,8 @@ def ground(backend: Backend, frames: Sequence[Frame], query: str, task: Task | s
 
     generation = backend.generate(frames, prompt, max_new_tokens=max_new_tokens,
                                   progress=progress, should_stop=should_stop)
+    if progress:
+        progress(STAGE_PARSING)
     started = time.perf_counter()
     if should_stop is not None and should_stop():
         warnings.append("canceled: generation was stopped early, the answer may be incomplete")

@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from molmo2_ros.core.backend import STAGE_GENERATING, STAGE_PREPROCESSING, Generation
+from molmo2_ros.core.backend import STAGE_GENERATING, STAGE_PARSING, STAGE_PREPROCESSING, Generation
 from molmo2_ros.core.grounder import ground, grounding_from_dict, grounding_to_dict
 from molmo2_ros.core.grounding import Frame, GroundedPoint, Task
 from molmo2_ros.core.prompts import InvalidQuery
@@ -66,7 +66,7 @@ def test_point_over_video_frames():
     call = backend.calls[0]
     assert call["prompt"] == "Point to red block\nPlease say 'There are none.' if it is not in the video."
     assert call["max_new_tokens"] == 64 and call["frames"] == FRAMES
-    assert stages == [STAGE_PREPROCESSING, STAGE_GENERATING]
+    assert stages == [STAGE_PREPROCESSING, STAGE_GENERATING, STAGE_PARSING]
     assert [(p.stamp_ns, p.x, p.y, p.object_id, p.label) for p in g.points] == [
         (*px(0, 500, 500), 1, "red block"), (*px(1, 250, 750), 2, "red block")]
     assert g.task is Task.POINT and g.count is None and g.tracks == [] and g.warnings == []

@@ -127,6 +127,7 @@ class GroundingNode(LifecycleNode):
         self._window = self._make_window(s)
         self._propagator = self._make_propagator(s)
         if not self._load_backend():
+            self._window = self._propagator = None  # still unconfigured
             return TransitionCallbackReturn.FAILURE
         pub_events = PublisherEventCallbacks(incompatible_qos=self._on_incompatible_qos)
         self._grounding_pub = self.create_publisher(GroundingMsg, "~/grounding", RESULTS_QOS,

@@ -82,12 +82,14 @@ class Shell:
         finally:
             echo.stop()
 
-    def wait_for_node(self, name: str, timeout: float = 30.0) -> None:
-        """Until `ros2 node list` shows `name` (starting the ros2 daemon, whose graph the
-        param and lifecycle verbs consult, as a user's first command would)."""
+    def wait_for_node(self, name: str, lifecycle: bool = True, timeout: float = 30.0) -> None:
+        """Until `ros2 service list` shows `name`'s parameter (and lifecycle) services: starts
+        the ros2 daemon, whose graph the param and lifecycle verbs consult, as a user's first
+        command would, and waits until it has seen the node."""
+        wanted = {f"{name}/get_parameters", f"{name}/set_parameters"} | ({f"{name}/get_state"} if lifecycle else set())
         deadline = time.monotonic() + timeout
-        while name not in self.run("ros2 node list").split():
-            assert time.monotonic() < deadline, f"{name} not in `ros2 node list` within {timeout} s"
+        while not wanted <= set(self.run("ros2 service list").split()):
+            assert time.monotonic() < deadline, f"no services of {name} in `ros2 service list` within {timeout} s"
             time.sleep(1.0)
 
     def close(self) -> None:

@@ -36,7 +36,7 @@ def launched(shell, tmp_path_factory):
     launch = shell.start(
         "ros2 launch molmo2_ros demo.launch.py camera_topic:=/cam/image_raw compressed:=true "
         f"backend:=onnxruntime engine_dir:={folder}/engines query:='count: red circles' window:=4.0 "
-        f"fps:=1.0 tracking:=false namespace:=robot1 params_file:={folder}/my_params.yaml", "launch")
+        f"fps:=1.0 tracking:=false device:=cpu namespace:=robot1 params_file:={folder}/my_params.yaml", "launch")
     launch.wait_for(lambda log: "active: CompressedImage on /cam/image_raw/compressed" in log, 180,
                     "the node to activate")
     shell.wait_for_node(NODE)
@@ -50,10 +50,10 @@ def test_arguments_set_the_node_parameters(shell, launched):
     _, folder = launched
     dumped = yaml.safe_load(shell.run(f"ros2 param dump {NODE}"))[NODE]["ros__parameters"]
     assert {name: dumped[name] for name in ("image_topic", "compressed", "backend", "engine_dir", "query",
-                                            "window_seconds", "fps", "tracking_enable", "max_new_tokens")} == {
+                                            "window_seconds", "fps", "tracking_enable", "device", "max_new_tokens")} == {
         "image_topic": "/cam/image_raw", "compressed": True, "backend": "onnxruntime",
         "engine_dir": f"{folder}/engines", "query": "count: red circles", "window_seconds": 4.0, "fps": 1.0,
-        "tracking_enable": False, "max_new_tokens": 48}
+        "tracking_enable": False, "device": "cpu", "max_new_tokens": 48}
 
 
 def test_arguments_take_effect(shell, launched):

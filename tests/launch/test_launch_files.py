@@ -49,7 +49,7 @@ def demo_launch(tiny_model_dir):
 
 
 @pytest.mark.launch(fixture=grounding_launch)
-def test_molmo2_launch_serves_goals():
+def test_molmo2_launch_serves_goals(tiny_model_dir):
     harness = Harness(DOMAIN, TOPIC)
     try:
         harness.wait_diag(lambda d: d["state"] == "active", timeout=120, what="the launched node")
@@ -57,6 +57,7 @@ def test_molmo2_launch_serves_goals():
         status, result, _ = harness.ask("red square")
         assert status == GoalStatus.STATUS_SUCCEEDED, result.error_message
         assert result.grounding.header.frame_id == harness.frame_id
+        assert result.grounding.model == str(tiny_model_dir)  # model:=
         assert {s.sec * 10**9 + s.nanosec for s in result.grounding.frame_stamps} <= published
     finally:
         harness.close()

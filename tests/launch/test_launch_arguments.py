@@ -1,5 +1,5 @@
 """`ros2 launch molmo2_ros demo.launch.py` (which includes molmo2.launch.py) with every
-launch argument the README lists, each shown to take effect: the node's parameters
+launch argument the README lists (but `model:=`: tests/launch/test_launch_files.py), each shown to take effect: the node's parameters
 (`ros2 param dump`), its names (`ros2 node list`, `ros2 topic info`) and its answers
 (`ros2 topic echo`). The ONNX Runtime engines come from the README's `molmo2-engines export`.
 """
@@ -26,7 +26,7 @@ def shell(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def launched(shell, tmp_path_factory):
+def launched(shell, tmp_path_factory, session_test_video):
     folder = tmp_path_factory.mktemp("launch_inputs")
     shell.run(f"molmo2-engines export --model {PACKAGED} --out {folder}/engines --max-frames 8 "
               "--max-prompt 1024 --max-new-tokens 64", timeout=300)
@@ -34,7 +34,7 @@ def launched(shell, tmp_path_factory):
     params["/**"]["ros__parameters"]["max_new_tokens"] = 48
     (folder / "my_params.yaml").write_text(yaml.safe_dump(params))
     launch = shell.start(
-        "ros2 launch molmo2_ros demo.launch.py camera_topic:=/cam/image_raw compressed:=true "
+        f"ros2 launch molmo2_ros demo.launch.py video:={session_test_video} camera_topic:=/cam/image_raw compressed:=true "
         f"backend:=onnxruntime engine_dir:={folder}/engines query:='count: red circles' window:=4.0 "
         f"fps:=1.0 tracking:=false device:=cpu namespace:=robot1 params_file:={folder}/my_params.yaml", "launch")
     launch.wait_for(lambda log: "active: CompressedImage on /cam/image_raw/compressed" in log, 180,
@@ -56,7 +56,9 @@ def test_arguments_set_the_node_parameters(shell, launched):
         "tracking_enable": False, "device": "cpu", "max_new_tokens": 48}
 
 
-def test_arguments_take_effect(shell, launched):
+def test_arguments_take_effect(shell, launched, session_test_video):
+    launch, _ = launched
+    assert f"publishing {session_test_video} (30 frames) on /cam/image_raw/compressed" in launch.log()
     info = shell.run("ros2 topic info /cam/image_raw/compressed")  # compressed camera, both ends
     assert "Type: sensor_msgs/msg/CompressedImage" in info
     assert "Publisher count: 1" in info and "Subscription count: 1" in info

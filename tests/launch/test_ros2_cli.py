@@ -144,12 +144,21 @@ def test_param_load_every_parameter(shell, node, tmp_path):
                 assert f"Set parameter {name} failed: {name} must be a" in out, out
     dumped = yaml.safe_load(shell.run("ros2 param dump /molmo2_grounding"))[NODE]["ros__parameters"]
     assert {name: dumped[name] for name in PARAMETERS} == DEFAULTS | LIVE_VALUES
-    # Applied, not just stored: the window, the diagnostics period and the continuous query.
+    # Applied, not just stored: the window, tracking, the diagnostics period, the continuous query.
     stats = diagnostics(shell, NODE, lambda d: d["window_max_frames"] == "6")
-    assert float(stats["window_span_s"]) <= 6.0
-    found = shell.echo("/molmo2_grounding/grounding",
-                       lambda batch: [m for m in batch if m["query"] == "red circle" and m["task"] == 1])
-    assert len(found[0]["frame_stamps"]) <= 6
+    assert float(stats["window_span_s"]) <= 6.0 and "tracking_frames" not in stats
+
+    def node_diagnostics(batch):
+        ours = [m for m in batch if any(s["name"] == "molmo2_grounding: grounding" for s in m["status"])]
+        return ours if len(ours) >= 4 else None
+
+    beats = [m["header"]["stamp"]["sec"] + m["header"]["stamp"]["nanosec"] * 1e-9
+             for m in shell.echo("/diagnostics", node_diagnostics)]
+    assert max(b - a for a, b in zip(beats, beats[1:])) < 0.8  # diagnostics_period 0.5 (default 1.0)
+    found = shell.echo("/molmo2_grounding/grounding", lambda batch: [
+        m for m in batch if m["query"] == "red circle" and m["task"] == 1 and len(m["frame_stamps"]) >= 2])
+    stamps = [s["sec"] + s["nanosec"] * 1e-9 for s in found[0]["frame_stamps"]]
+    assert len(stamps) <= 6 and min(b - a for a, b in zip(stamps, stamps[1:])) > 0.75  # fps 1.0
     # Back to the package's params file (unchanged values are accepted whatever their kind).
     out = shell.run(f"ros2 param load /molmo2_grounding {VENV}/share/molmo2_ros/config/molmo2_grounding.yaml")
     assert "failed" not in out, out

@@ -44,7 +44,6 @@ class Shell:
     environment (AMENT_PREFIX_PATH must come from the activation)."""
 
     def __init__(self, domain: int, log_dir: Path):
-        self.domain = domain
         self.log_dir = log_dir
         self.env = {k: v for k, v in os.environ.items()
                     if k not in ("AMENT_PREFIX_PATH", "VIRTUAL_ENV", "PYTHONPATH")}
@@ -54,13 +53,19 @@ class Shell:
     def _argv(self, command: str) -> list[str]:
         return ["bash", "-c", f"source {shlex.quote(str(VENV / 'bin' / 'activate'))} && {command}"]
 
-    def run(self, command: str, timeout: float = 60.0, check: bool = True) -> str:
-        """Run `command` to its end; its stdout and stderr together."""
-        result = subprocess.run(self._argv(command), env=self.env, cwd=ROOT, capture_output=True,
-                                text=True, timeout=timeout)
-        output = result.stdout + result.stderr
+    def run(self, command: str, timeout: float = 180.0, check: bool = True) -> str:
+        """Run `command` to its end (killed with its children after `timeout` s); its stdout
+        and stderr together."""
+        proc = subprocess.Popen(self._argv(command), env=self.env, cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            output, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            output, _ = proc.communicate()
+            raise AssertionError(f"`{command}` still running after {timeout} s:\n{output}") from None
         if check:
-            assert result.returncode == 0, f"`{command}` exited {result.returncode}:\n{output}"
+            assert proc.returncode == 0, f"`{command}` exited {proc.returncode}:\n{output}"
         return output
 
     def start(self, command: str, name: str) -> Background:
@@ -69,7 +74,7 @@ class Shell:
         self.started.append(process)
         return process
 
-    def echo(self, topic: str, until, timeout: float = 60.0, then: str | None = None):
+    def echo(self, topic: str, until, timeout: float = 180.0, then: str | None = None):
         """`ros2 topic echo TOPIC` (and, once it runs, the command `then`) until
         `until(messages so far)` returns something true; that value. (Its stderr, e.g.
         "not published yet", goes to a file of its own.)"""
@@ -82,7 +87,7 @@ class Shell:
         finally:
             echo.stop()
 
-    def wait_for_node(self, name: str, lifecycle: bool = True, timeout: float = 30.0) -> None:
+    def wait_for_node(self, name: str, lifecycle: bool = True, timeout: float = 120.0) -> None:
         """Until `ros2 service list` shows `name`'s parameter (and lifecycle) services: starts
         the ros2 daemon, whose graph the param and lifecycle verbs consult, as a user's first
         command would, and waits until it has seen the node."""
@@ -142,7 +147,7 @@ def messages(text: str) -> list[dict]:
     return [yaml.safe_load(doc) for doc in complete if doc.strip()]
 
 
-def diagnostics(shell: Shell, node: str, until=lambda values: True, timeout: float = 30.0) -> dict:
+def diagnostics(shell: Shell, node: str, until=lambda values: True, timeout: float = 120.0) -> dict:
     """The key/values (and "_message") of the first /diagnostics status of `node` (a fully
     qualified name) for which `until(values)` holds."""
     name = node.lstrip("/") + ": grounding"

@@ -41,7 +41,7 @@ def node(shell):
     """The README's camera and node, started once; the launch's output."""
     shell.start("ros2 run molmo2_ros video_publisher", "video_publisher")
     launch = shell.start("ros2 launch molmo2_ros molmo2.launch.py", "launch")
-    launch.wait_for(lambda log: "active: Image on /camera/image_raw" in log, 180, "the node to activate")
+    launch.wait_for(lambda log: "active: Image on /camera/image_raw" in log, 600, "the node to activate")
     shell.wait_for_node(NODE)
     return launch
 
@@ -55,8 +55,7 @@ def test_interface_show(shell):
 
 
 def test_action_send_goal_with_feedback(shell, node):
-    out = shell.run("""ros2 action send_goal --feedback /molmo2_grounding/ground molmo2_ros/action/Ground "{query: 'red circle', task: 0}" """,
-                    timeout=120)
+    out = shell.run("""ros2 action send_goal --feedback /molmo2_grounding/ground molmo2_ros/action/Ground "{query: 'red circle', task: 0}" """)
     assert "Goal accepted" in out
     stages = [int(s) for s in re.findall(r"Feedback:\s+stage: (\d)", out)]
     assert stages[:3] == [0, 1, 2], out  # QUEUED, PREPROCESSING, GENERATING
@@ -73,19 +72,19 @@ def test_topic_pub_query_then_echo_grounding(shell, node):
     def counted(batch):
         return [m for m in batch if m["query"] == "red circles" and m["task"] == 1]  # TASK_COUNT
 
-    found = shell.echo("/molmo2_grounding/grounding", counted, timeout=60, then=(
+    found = shell.echo("/molmo2_grounding/grounding", counted, then=(
         """ros2 topic pub --once /molmo2_grounding/query std_msgs/String "{data: 'count: red circles'}" """))
     assert found[0]["query_id"].startswith("topic-")
     assert found[0]["header"]["frame_id"] == "camera_optical_frame"
     shell.run("""ros2 topic pub --once /molmo2_grounding/query std_msgs/String "{data: ''}" """)
-    node.wait_for(lambda log: "continuous query stopped" in log, 30, "the continuous query to stop")
+    node.wait_for(lambda log: "continuous query stopped" in log, 120, "the continuous query to stop")
 
 
 def test_topic_echo_tracked_objects(shell, node):
     def tracked(batch):
         return [m for m in batch if m["objects"]]
 
-    found = shell.echo("/molmo2_grounding/tracked_objects", tracked, timeout=60, then=(
+    found = shell.echo("/molmo2_grounding/tracked_objects", tracked, then=(
         """ros2 topic pub --once /molmo2_grounding/query std_msgs/String "{data: 'point: red circle'}" """))
     shell.run("""ros2 topic pub --once /molmo2_grounding/query std_msgs/String "{data: ''}" """)
     assert found[0]["header"]["frame_id"] == "camera_optical_frame"
@@ -179,7 +178,7 @@ def test_lifecycle_set_frees_and_reloads_the_model(shell, node):
 
     assert "Transitioning successful" in shell.run("ros2 lifecycle set /molmo2_grounding activate")
     assert loads() == loaded + 1
-    node.wait_for(lambda log: "(best_effort, depth 3)" in log, 10, "the new camera QoS depth")
+    node.wait_for(lambda log: "(best_effort, depth 3)" in log, 120, "the new camera QoS depth")
 
     shell.run("ros2 lifecycle set /molmo2_grounding deactivate")
     assert "Transitioning successful" in shell.run("ros2 lifecycle set /molmo2_grounding cleanup")
@@ -190,6 +189,5 @@ def test_lifecycle_set_frees_and_reloads_the_model(shell, node):
     assert "Transitioning successful" in shell.run("ros2 lifecycle set /molmo2_grounding activate")
     assert loads() == loaded + 2
     assert "active [3]" in shell.run("ros2 lifecycle get /molmo2_grounding")
-    out = shell.run("""ros2 action send_goal /molmo2_grounding/ground molmo2_ros/action/Ground "{query: 'red circle', task: 0}" """,
-                    timeout=120)
+    out = shell.run("""ros2 action send_goal /molmo2_grounding/ground molmo2_ros/action/Ground "{query: 'red circle', task: 0}" """)
     assert "Goal finished with status: SUCCEEDED" in out

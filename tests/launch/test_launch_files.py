@@ -52,7 +52,7 @@ def demo_launch(tiny_model_dir):
 def test_molmo2_launch_serves_goals(tiny_model_dir):
     harness = Harness(DOMAIN, TOPIC)
     try:
-        harness.wait_diag(lambda d: d["state"] == "active", timeout=120, what="the launched node")
+        harness.wait_diag(lambda d: d["state"] == "active", timeout=600, what="the launched node")
         published = set(harness.publish_frames(20))
         status, result, _ = harness.ask("red square")
         assert status == GoalStatus.STATUS_SUCCEEDED, result.error_message
@@ -68,7 +68,7 @@ def test_demo_launch_publishes_and_serves():
     harness = Harness(DOMAIN, TOPIC)
     try:
         harness.wait_diag(lambda d: d["state"] == "active" and int(d["window_frames"]) >= 2,
-                          timeout=120, what="the launched node to buffer the publisher's frames")
+                          timeout=600, what="the launched node to buffer the publisher's frames")
         status, result, _ = harness.ask("red circle")
         assert status == GoalStatus.STATUS_SUCCEEDED, result.error_message
         assert result.grounding.header.frame_id == "camera_optical_frame"

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Sets up molmo2_ros without a system ROS 2: a .venv with ROS 2 Jazzy from PyPI wheels,
-# torch, transformers and the rest, the package's interfaces built into the venv, and the
-# package itself installed editable. Idempotent: each step is skipped while its inputs are
-# unchanged (a stamp in .venv/.bootstrap holds their hash).
+# torch, transformers and the rest; the venv made a ROS prefix for this package as a
+# colcon install would be (interfaces, share/molmo2_ros/{launch,config}, lib/molmo2_ros
+# executables, ament index; CMakeLists.txt says what goes where); the package itself
+# installed editable; the ROS 2 command-line and launch tools from ../shared/ros2-tools
+# when that folder exists; and `source .venv/bin/activate` sets AMENT_PREFIX_PATH.
+# Idempotent: each step is skipped while its inputs are unchanged (a stamp in
+# .venv/.bootstrap holds their hash).
 #
 # Environment: PYTHON (interpreter to use, default: python3.11, else python3),
 #              VENV (default: .venv at the repository root).
@@ -62,12 +66,13 @@ fi
 
 SITE=$("$PY" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
 
-# --- 3. interfaces (msg/action) built with CMake into the venv --------------------------
-IFACE_HASH=$(hash_of "$ROOT"/msg/*.msg "$ROOT"/action/*.action "$ROOT/CMakeLists.txt" "$ROOT/package.xml")
+# --- 3. the ROS install layout (interfaces, launch/, config/, executables), by CMake ---
+IFACE_HASH=$(hash_of "$ROOT"/msg/*.msg "$ROOT"/action/*.action "$ROOT/CMakeLists.txt" "$ROOT/package.xml" \
+  "$ROOT"/launch/* "$ROOT"/config/* "$ROOT/scripts/molmo2_grounding" "$ROOT/scripts/video_publisher")
 if fresh interfaces "$IFACE_HASH"; then
-  say "interfaces up to date"
+  say "ROS install layout up to date"
 else
-  say "building interfaces (msg/, action/) into $VENV"
+  say "building interfaces (msg/, action/) and installing launch/, config/ and the executables into $VENV"
   # The wheels' CMake exports hard-code their build host's Python include paths.
   PYINC=$("$PY" -c 'import sysconfig; print(sysconfig.get_path("include"))')
   NPINC=$("$PY" -c 'import numpy; print(numpy.get_include())')
@@ -83,7 +88,7 @@ else
       >"$BUILD.log" 2>&1 || { tail -40 "$BUILD.log" >&2; die "CMake configure failed (full log: $BUILD.log)"; }
   CMAKE_PREFIX_PATH=$VENV AMENT_PREFIX_PATH=$VENV \
     cmake --build "$BUILD" --target install -j "$(nproc)" >>"$BUILD.log" 2>&1 \
-    || { tail -40 "$BUILD.log" >&2; die "interface build failed (full log: $BUILD.log)"; }
+    || { tail -40 "$BUILD.log" >&2; die "CMake build/install failed (full log: $BUILD.log)"; }
   # The generated Python lands in site-packages/molmo2_ros/{msg,action}. Its __init__.py
   # would hide the editable source package (without it the directory is merged into the
   # source package's __path__: molmo2_ros/__init__.py extends it), and its egg-info would
@@ -108,6 +113,26 @@ fi
 mkdir -p "$SITE/molmo2_ros"
 for sub in engines training; do ln -sfn "$ROOT/$sub" "$SITE/molmo2_ros/$sub"; done
 
+# --- 5. the environment: activating the venv does what `source install/setup.bash` does --
+if ! grep -q "molmo2_ros: ROS prefix" "$VENV/bin/activate"; then
+  say "adding AMENT_PREFIX_PATH to $VENV/bin/activate"
+  cat >>"$VENV/bin/activate" <<'ACTIVATE'
+# molmo2_ros: ROS prefix (added by scripts/bootstrap.sh; what `source install/setup.bash` sets)
+case ":${AMENT_PREFIX_PATH:-}:" in
+  *":$VIRTUAL_ENV:"*) ;;
+  *) export AMENT_PREFIX_PATH="$VIRTUAL_ENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}" ;;
+esac
+ACTIVATE
+fi
+
+# --- 6. the ROS 2 command-line and launch tools (ros2 launch/run/topic/..., launch_pytest) --
+TOOLS=$ROOT/../shared/ros2-tools/install.sh
+if [[ -f "$TOOLS" ]]; then
+  bash "$TOOLS" "$VENV" || die "installing the ROS 2 tools from $(dirname "$TOOLS") failed"
+else
+  say "no ../shared/ros2-tools: the ros2 command and launch are not installed (the tests that need them skip)"
+fi
+
 "$PY" -c 'import molmo2_ros.msg, molmo2_ros.action, molmo2_ros.core' \
   || die "the installed package does not import (try: rm -rf $VENV/.bootstrap and rerun)"
-say "ready: $VENV (activate with: source $VENV/bin/activate)"
+say "ready: $VENV (source $VENV/bin/activate, then molmo2-ros ..., ros2 launch molmo2_ros ...)"

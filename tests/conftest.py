@@ -60,3 +60,18 @@ def write_test_video(path, n_frames: int = 30, fps: int = 10, size: tuple[int, i
 @pytest.fixture
 def test_video(tmp_path):
     return write_test_video(tmp_path / "clip.mp4")
+
+
+@pytest.fixture(scope="session")
+def session_test_video(tmp_path_factory):
+    """write_test_video's clip, made once per session."""
+    return write_test_video(tmp_path_factory.mktemp("video") / "clip.mp4")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Count the ROS 2 command-line and launch tests (tests/launch) apart: CI runs them all."""
+    counts = {outcome: sum(1 for report in terminalreporter.stats.get(outcome, [])
+                           if report.nodeid.startswith("tests/launch/"))
+              for outcome in ("passed", "failed", "error", "skipped")}
+    terminalreporter.write_line("ROS 2 tool tests (tests/launch): "
+                                + ", ".join(f"{n} {outcome}" for outcome, n in counts.items()))

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -45,7 +45,8 @@ from molmo2_ros.ros.messages import (from_time, grounding_markers, grounding_to_
 from molmo2_ros.ros.query_worker import (ERROR_CANCELED, ERROR_EMPTY_WINDOW, ERROR_INVALID_QUERY,
                                          ERROR_NONE, ERROR_NOT_ACTIVE, Outcome, Query,
                                          QueryError, QueryWorker)
-from molmo2_ros.ros.settings import PARAMETERS, READ_ONLY, Settings, parse_task, validate
+from molmo2_ros.ros import live_params
+from molmo2_ros.ros.settings import PARAMETERS, Settings, parse_task, validate
 
 try:  # Jazzy and later
     from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
@@ -76,7 +77,8 @@ class GroundingNode(LifecycleNode):
         super().__init__(NODE_NAME, **kwargs)
         for name, (default, meaning) in PARAMETERS.items():
             self.declare_parameter(name, default, ParameterDescriptor(
-                description=meaning, dynamic_typing=True, read_only=name in READ_ONLY))
+                description=meaning, dynamic_typing=True))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self.settings: Settings | None = None
         self._backend = None
         self._ground = None
@@ -123,12 +125,10 @@ class GroundingNode(LifecycleNode):
             self.get_logger().error(f"invalid parameters: {exc}")
             return TransitionCallbackReturn.FAILURE
         s = self.settings
-        self._window = FrameWindow(fps=s.fps, max_seconds=s.window_seconds, max_frames=s.max_frames,
-                                   max_side=s.max_side, jump_back_s=s.jump_back_s)
-        self._propagator = TrackPropagator(
-            enable=s.tracking_enable, max_points=s.tracking_max_points, max_age=s.tracking_max_age,
-            window=s.tracking_window, flow_max_side=s.tracking_max_side, buffer_mb=s.tracking_buffer_mb)
+        self._window = self._make_window(s)
+        self._propagator = self._make_propagator(s)
         if not self._load_backend():
+            self._window = self._propagator = None  # still unconfigured
             return TransitionCallbackReturn.FAILURE
         pub_events = PublisherEventCallbacks(incompatible_qos=self._on_incompatible_qos)
         self._grounding_pub = self.create_publisher(GroundingMsg, "~/grounding", RESULTS_QOS,
@@ -145,6 +145,17 @@ class GroundingNode(LifecycleNode):
         if s.query:
             self._set_topic_query(s.query)
         return TransitionCallbackReturn.SUCCESS
+
+    @staticmethod
+    def _make_window(s: Settings) -> FrameWindow:
+        return FrameWindow(fps=s.fps, max_seconds=s.window_seconds, max_frames=s.max_frames,
+                           max_side=s.max_side, jump_back_s=s.jump_back_s)
+
+    @staticmethod
+    def _make_propagator(s: Settings) -> TrackPropagator:
+        return TrackPropagator(
+            enable=s.tracking_enable, max_points=s.tracking_max_points, max_age=s.tracking_max_age,
+            window=s.tracking_window, flow_max_side=s.tracking_max_side, buffer_mb=s.tracking_buffer_mb)
 
     def _load_backend(self) -> bool:
         s = self.settings
@@ -273,6 +284,34 @@ class GroundingNode(LifecycleNode):
         self._window = None
         self._propagator = None
         self._topic_query = None
+
+    # --- live parameters (ros2 param set; see live_params) ----------------------------
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        current = {name: self.get_parameter(name).value for name in PARAMETERS}
+        changes = {p.name: p.value for p in parameters if p.name in PARAMETERS
+                   and (p.value != current[p.name] or type(p.value) is not type(current[p.name]))}
+        state = "active" if self._active else "inactive" if self._window is not None else "unconfigured"
+        reason = live_params.refusal(changes, self.get_fully_qualified_name(), state)
+        if reason is None and changes and state != "unconfigured":
+            self._apply(validate({**current, **changes}), set(changes))
+        return SetParametersResult(successful=reason is None, reason=reason or "")
+
+    def _apply(self, new: Settings, names: set[str]) -> None:
+        """Apply validated parameter changes to the configured node now."""
+        self.settings = new
+        if names & live_params.WINDOW:
+            self._window = self._make_window(new)  # restarts empty
+        if names & live_params.TRACKING:
+            self._propagator = self._make_propagator(new)  # tracks restart at the next answer
+        if "diagnostics_period" in names:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = self.create_timer(new.diagnostics_period, self._publish_diagnostics)
+        if "query_period" in names and self._topic_timer is not None:
+            self.destroy_timer(self._topic_timer)
+            self._topic_timer = self.create_timer(new.query_period, self._topic_tick)
+        if "query" in names:
+            self._set_topic_query(new.query)
+        self.get_logger().info(f"parameters applied: {', '.join(sorted(names))}")
 
     # --- ingest ---------------------------------------------------------------------
     def _on_image(self, msg) -> None:

@@ -34,7 +34,7 @@ PARAMETERS = {
     "warmup": ("auto", "at configure, answer one query on blank frames (a full window) so the first "
                        "real one does not pay for compilation: auto (only backends that compile on "
                        "first use: torch on CUDA), always or never"),
-    "queue_size": (2, "action goals that may wait while one runs (more: ERROR_BUSY)"),
+    "queue_size": (2, "action goals that may wait while one runs (more: ERROR_BUSY); set at start"),
     "query": ("", "initial continuous query (as if published on ~/query)"),
     "query_task": ("point", "task of ~/query text without a 'task:' prefix: point, count, track, ask"),
     "query_period": (1.0, "seconds between re-runs of the continuous query"),
@@ -46,7 +46,6 @@ PARAMETERS = {
     "tracking_max_side": (640, "longer side of the image optical flow runs on (px; 0 = full size)"),
     "tracking_buffer_mb": (128.0, "memory bound of the tracking frame buffer (MiB)"),
 }
-READ_ONLY = {"queue_size"}  # sizes the executor's thread pool at start
 
 
 @dataclass

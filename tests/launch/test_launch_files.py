@@ -1,24 +1,18 @@
 """launch_pytest tests of launch/molmo2.launch.py and launch/demo.launch.py: each launch
-brings up a node that answers an action goal over DDS.
-
-Needs a ROS 2 install (launch, launch_ros, launch_pytest and a colcon-built molmo2_ros
-are not available as PyPI wheels), so the module is skipped where `launch` is not the
-real package (the repository's own launch/ folder can import as an empty namespace).
-"""
+brings up a node that answers an action goal over DDS. Needs the ROS 2 launch tools
+(../shared/ros2-tools; see ros2_cli.require_ros2_tools)."""
 import os
 import sys
 from pathlib import Path
 
 import pytest
 
-try:
-    import launch
-except ImportError:
-    launch = None
-if launch is None or not hasattr(launch, "LaunchDescription"):
-    pytest.skip("ROS 2 `launch` is not importable (not published as PyPI wheels; a ROS 2 install "
-                "with launch_ros and launch_pytest provides it)", allow_module_level=True)
+sys.path.insert(0, str(Path(__file__).parent))
+from ros2_cli import require_ros2_tools  # noqa: E402
 
+require_ros2_tools()
+
+import launch  # noqa: E402
 import launch_pytest  # noqa: E402
 from action_msgs.msg import GoalStatus  # noqa: E402
 from launch.actions import IncludeLaunchDescription  # noqa: E402
@@ -30,6 +24,8 @@ from node_harness import Harness  # noqa: E402
 
 DOMAIN = 50 + (os.getpid() + 37) % 100
 os.environ["ROS_DOMAIN_ID"] = str(DOMAIN)  # the launched processes inherit it
+# What `source .venv/bin/activate` adds: the launch files find the package's share.
+os.environ["AMENT_PREFIX_PATH"] = os.pathsep.join(filter(None, [sys.prefix, os.environ.get("AMENT_PREFIX_PATH")]))
 TOPIC = "/launch_test/camera/image_raw"
 
 
@@ -53,14 +49,15 @@ def demo_launch(tiny_model_dir):
 
 
 @pytest.mark.launch(fixture=grounding_launch)
-def test_molmo2_launch_serves_goals():
+def test_molmo2_launch_serves_goals(tiny_model_dir):
     harness = Harness(DOMAIN, TOPIC)
     try:
-        harness.wait_diag(lambda d: d["state"] == "active", timeout=120, what="the launched node")
+        harness.wait_diag(lambda d: d["state"] == "active", timeout=600, what="the launched node")
         published = set(harness.publish_frames(20))
         status, result, _ = harness.ask("red square")
         assert status == GoalStatus.STATUS_SUCCEEDED, result.error_message
         assert result.grounding.header.frame_id == harness.frame_id
+        assert result.grounding.model == str(tiny_model_dir)  # model:=
         assert {s.sec * 10**9 + s.nanosec for s in result.grounding.frame_stamps} <= published
     finally:
         harness.close()
@@ -71,7 +68,7 @@ def test_demo_launch_publishes_and_serves():
     harness = Harness(DOMAIN, TOPIC)
     try:
         harness.wait_diag(lambda d: d["state"] == "active" and int(d["window_frames"]) >= 2,
-                          timeout=120, what="the launched node to buffer the publisher's frames")
+                          timeout=600, what="the launched node to buffer the publisher's frames")
         status, result, _ = harness.ask("red circle")
         assert status == GoalStatus.STATUS_SUCCEEDED, result.error_message
         assert result.grounding.header.frame_id == "camera_optical_frame"

@@ -189,6 +189,11 @@ class Harness:
         return self._call(ChangeState, f"{NODE}/change_state", request, timeout=60.0).success
 
     def set_params(self, **values) -> None:
+        results = self.set_params_results(**values)
+        assert all(r.successful for r in results), results
+
+    def set_params_results(self, **values) -> list:
+        """One SetParametersResult per value (successful, or the reason it was refused)."""
         params = []
         for name, value in values.items():
             pv = ParameterValue()
@@ -201,8 +206,7 @@ class Harness:
             else:
                 pv.type, pv.double_value = ParameterType.PARAMETER_DOUBLE, float(value)
             params.append(Parameter(name=name, value=pv))
-        results = self._call(SetParameters, f"{NODE}/set_parameters", SetParameters.Request(parameters=params))
-        assert all(r.successful for r in results.results), results
+        return self._call(SetParameters, f"{NODE}/set_parameters", SetParameters.Request(parameters=params)).results
 
     def reconfigure(self, **params) -> bool:
         """deactivate -> cleanup -> set params -> configure -> activate; True when active."""

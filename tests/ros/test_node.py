@@ -266,15 +266,13 @@ def test_lifecycle_inactive_queries_and_failing_backends(served, nan_model_dir, 
     assert "cannot load the torch backend" in node.log() and "does not exist" in node.log()
     assert harness.ask("red square")[1].error_code == R.ERROR_NOT_ACTIVE
 
-    # Invalid parameters: refused at configure, each named.
-    harness.set_params(model=str(pointing_model_dir), fps=-1.0, image_reliability="sometimes")
-    assert not harness.transition(Transition.TRANSITION_CONFIGURE)
-    assert "fps must be > 0" in node.log() and "image_reliability must be" in node.log()
-
-    harness.set_params(fps=2.0, image_reliability="best_effort")
+    # Invalid parameters: refused when set, with configure's message; the old value stays.
+    harness.set_params(model=str(pointing_model_dir))
+    refused = harness.set_params_results(fps=-1.0, image_reliability="sometimes")
+    assert [r.reason for r in refused] == ["fps must be > 0, got -1.0", "image_reliability must be "
+                                           "best_effort or reliable, got 'sometimes'"]
     assert harness.transition(Transition.TRANSITION_CONFIGURE)
-    assert "warm-up: 8 blank frames answered" in node.log()   # max_frames 8
-    harness.set_params(warmup="auto")
+    assert "warm-up: 8 blank frames answered" in node.log()   # max_frames 8, fps 2.0 kept
     assert harness.transition(Transition.TRANSITION_ACTIVATE)
     harness.publish_frames(4)
     assert harness.ask("red square")[1].error_code == R.ERROR_NONE
@@ -293,7 +291,7 @@ def test_4k_flood_keeps_memory_bounded(served):
     """30 Hz of 4K JPEG frames (CompressedImage): the node takes them all in, decodes
     only the 2 fps it keeps, and the window and the process stay bounded."""
     harness, node = served
-    assert harness.reconfigure(compressed=True)
+    assert harness.reconfigure(compressed=True, warmup="auto")
     msg = rgb_to_compressed(scene_4k(), to_time(0), harness.frame_id)
     received0 = int(harness.wait_diag(lambda d: d["state"] == "active")["frames_received"])
     rss, sent, seconds = {}, 0, 8

@@ -1,0 +1,76 @@
+"""`ros2 launch molmo2_ros demo.launch.py` (which includes molmo2.launch.py) with every
+launch argument the README lists (but `model:=`: tests/launch/test_launch_files.py), each shown to take effect: the node's parameters
+(`ros2 param dump`), its names (`ros2 node list`, `ros2 topic info`) and its answers
+(`ros2 topic echo`). The ONNX Runtime engines come from the README's `molmo2-engines export`.
+"""
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ros2_cli import ROOT, Shell, diagnostics, private_domain, require_ros2_tools  # noqa: E402
+
+require_ros2_tools()
+
+NODE = "/robot1/molmo2_grounding"
+PACKAGED = ROOT / "molmo2_ros" / "assets" / "shapes-tiny"
+
+
+@pytest.fixture(scope="module")
+def shell(tmp_path_factory):
+    shell = Shell(private_domain(23), tmp_path_factory.mktemp("launch_arguments"))
+    yield shell
+    shell.close()
+
+
+@pytest.fixture(scope="module")
+def launched(shell, tmp_path_factory, session_test_video):
+    folder = tmp_path_factory.mktemp("launch_inputs")
+    shell.run(f"molmo2-engines export --model {PACKAGED} --out {folder}/engines --max-frames 8 "
+              "--max-prompt 1024 --max-new-tokens 64", timeout=300)
+    params = yaml.safe_load((ROOT / "config" / "molmo2_grounding.yaml").read_text())
+    params["/**"]["ros__parameters"]["max_new_tokens"] = 48
+    (folder / "my_params.yaml").write_text(yaml.safe_dump(params))
+    launch = shell.start(
+        f"ros2 launch molmo2_ros demo.launch.py video:={session_test_video} camera_topic:=/cam/image_raw compressed:=true "
+        f"backend:=onnxruntime engine_dir:={folder}/engines query:='count: red circles' window:=4.0 "
+        f"fps:=1.0 tracking:=false device:=cpu namespace:=robot1 params_file:={folder}/my_params.yaml", "launch")
+    launch.wait_for(lambda log: "active: CompressedImage on /cam/image_raw/compressed" in log, 600,
+                    "the node to activate")
+    shell.wait_for_node(NODE)
+    shell.wait_for_node("/robot1/video_publisher", lifecycle=False)
+    return launch, folder
+
+
+def test_arguments_set_the_node_parameters(shell, launched):
+    """namespace:= (the fixture found /robot1/molmo2_grounding and /robot1/video_publisher in
+    `ros2 node list`), params_file:= (max_new_tokens) and the others."""
+    _, folder = launched
+    dumped = yaml.safe_load(shell.run(f"ros2 param dump {NODE}"))[NODE]["ros__parameters"]
+    assert {name: dumped[name] for name in ("image_topic", "compressed", "backend", "engine_dir", "query",
+                                            "window_seconds", "fps", "tracking_enable", "device", "max_new_tokens")} == {
+        "image_topic": "/cam/image_raw", "compressed": True, "backend": "onnxruntime",
+        "engine_dir": f"{folder}/engines", "query": "count: red circles", "window_seconds": 4.0, "fps": 1.0,
+        "tracking_enable": False, "device": "cpu", "max_new_tokens": 48}
+
+
+def test_arguments_take_effect(shell, launched, session_test_video):
+    launch, _ = launched
+    assert f"publishing {session_test_video} (30 frames) on /cam/image_raw/compressed" in launch.log()
+    info = shell.run("ros2 topic info /cam/image_raw/compressed")  # compressed camera, both ends
+    assert "Type: sensor_msgs/msg/CompressedImage" in info
+    assert "Publisher count: 1" in info and "Subscription count: 1" in info
+
+    def counted(batch):  # the query argument's answers, on ONNX Runtime, over >= 2 frames
+        return [m for m in batch if m["query"] == "red circles" and m["task"] == 1 and len(m["frame_stamps"]) >= 2]
+
+    grounding = shell.echo(f"{NODE}/grounding", counted)[0]
+    assert grounding["backend"] == "onnxruntime"
+    stamps = [s["sec"] + s["nanosec"] * 1e-9 for s in grounding["frame_stamps"]]
+    assert min(b - a for a, b in zip(stamps, stamps[1:])) > 0.75  # fps:=1.0 (default 2: 0.5 s apart)
+    assert stamps[-1] - stamps[0] <= 4.0  # window:=4.0 (default 8)
+    stats = diagnostics(shell, NODE, lambda d: d["state"] == "active")
+    assert "tracking_frames" not in stats  # tracking:=false
+    assert stats["backend"] == "onnxruntime"

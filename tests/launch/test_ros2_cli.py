@@ -1,0 +1,199 @@
+"""The README's "Using it" commands, verbatim, with the real ROS 2 tools: a camera from
+`ros2 run molmo2_ros video_publisher`, the node from `ros2 launch molmo2_ros
+molmo2.launch.py`, then `ros2 action send_goal --feedback`, `ros2 topic pub/echo`,
+`ros2 param dump/set/load/get`, `ros2 lifecycle set/get` and `ros2 interface show` against
+them. One node serves the whole module (tests run in file order and leave it active).
+"""
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ros2_cli import ROOT, VENV, Shell, diagnostics, private_domain, require_ros2_tools
+
+require_ros2_tools()
+
+from molmo2_ros.ros import live_params  # noqa: E402
+from molmo2_ros.ros.settings import PARAMETERS  # noqa: E402
+
+NODE = "/molmo2_grounding"
+DEFAULTS = yaml.safe_load((ROOT / "config" / "molmo2_grounding.yaml").read_text())["/**"]["ros__parameters"]
+# A new valid value for every parameter that applies at once.
+LIVE_VALUES = {"fps": 1.0, "window_seconds": 6.0, "max_frames": 6, "max_side": 320, "jump_back_s": 2.0,
+               "max_new_tokens": 128, "query_task": "count", "query": "red circle", "query_period": 0.5,
+               "diagnostics_period": 0.5, "tracking_enable": False, "tracking_max_points": 20,
+               "tracking_max_age": 8.0, "tracking_window": 4.0, "tracking_max_side": 320,
+               "tracking_buffer_mb": 64.0}
+
+
+@pytest.fixture(scope="module")
+def shell(tmp_path_factory):
+    shell = Shell(private_domain(11), tmp_path_factory.mktemp("ros2_cli"))
+    yield shell
+    shell.close()
+
+
+@pytest.fixture(scope="module")
+def node(shell):
+    """The README's camera and node, started once; the launch's output."""
+    shell.start("ros2 run molmo2_ros video_publisher", "video_publisher")
+    launch = shell.start("ros2 launch molmo2_ros molmo2.launch.py", "launch")
+    launch.wait_for(lambda log: "active: Image on /camera/image_raw" in log, 600, "the node to activate")
+    shell.wait_for_node(NODE)
+    return launch
+
+
+def test_interface_show(shell):
+    out = shell.run("ros2 interface show molmo2_ros/action/Ground")
+    goal, result, feedback = out.split("\n---\n")
+    assert "string query" in goal and "uint8 task" in goal
+    assert "molmo2_ros/Grounding grounding" in result and "uint8 ERROR_BUSY = 6" in result
+    assert "uint8 STAGE_GENERATING = 2" in feedback and "float32 elapsed" in feedback
+
+
+def test_action_send_goal_with_feedback(shell, node):
+    out = shell.run("""ros2 action send_goal --feedback /molmo2_grounding/ground molmo2_ros/action/Ground "{query: 'red circle', task: 0}" """)
+    assert "Goal accepted" in out
+    stages = [int(s) for s in re.findall(r"Feedback:\s+stage: (\d)", out)]
+    assert stages[:3] == [0, 1, 2], out  # QUEUED, PREPROCESSING, GENERATING
+    result = yaml.safe_load(out.split("Result:\n", 1)[1].split("\nGoal finished")[0].strip())
+    assert result["error_code"] == 0, result["error_message"]
+    grounding = result["grounding"]
+    assert grounding["query"] == "red circle" and grounding["task"] == 0
+    assert grounding["header"]["frame_id"] == "camera_optical_frame"  # the video publisher's
+    assert grounding["points"], grounding["answer"]
+    assert "Goal finished with status: SUCCEEDED" in out
+
+
+def test_topic_pub_query_then_echo_grounding(shell, node):
+    def counted(batch):
+        return [m for m in batch if m["query"] == "red circles" and m["task"] == 1]  # TASK_COUNT
+
+    found = shell.echo("/molmo2_grounding/grounding", counted, then=(
+        """ros2 topic pub --once /molmo2_grounding/query std_msgs/String "{data: 'count: red circles'}" """))
+    assert found[0]["query_id"].startswith("topic-")
+    assert found[0]["header"]["frame_id"] == "camera_optical_frame"
+    shell.run("""ros2 topic pub --once /molmo2_grounding/query std_msgs/String "{data: ''}" """)
+    node.wait_for(lambda log: "continuous query stopped" in log, 120, "the continuous query to stop")
+
+
+def test_topic_echo_tracked_objects(shell, node):
+    def tracked(batch):
+        return [m for m in batch if m["objects"]]
+
+    # Objects are dropped tracking_max_age s after the frame their answer saw: on a loaded
+    # 2-core machine an answer can take longer than the defaults allow, so widen them here.
+    shell.run("ros2 param set /molmo2_grounding tracking_max_age 120.0")
+    shell.run("ros2 param set /molmo2_grounding tracking_window 60.0")
+    found = shell.echo("/molmo2_grounding/tracked_objects", tracked, then=(
+        """ros2 topic pub --once /molmo2_grounding/query std_msgs/String "{data: 'point: red circle'}" """))
+    shell.run("""ros2 topic pub --once /molmo2_grounding/query std_msgs/String "{data: ''}" """)
+    shell.run(f"ros2 param set /molmo2_grounding tracking_max_age {DEFAULTS['tracking_max_age']}")
+    shell.run(f"ros2 param set /molmo2_grounding tracking_window {DEFAULTS['tracking_window']}")
+    assert found[0]["header"]["frame_id"] == "camera_optical_frame"
+    assert {"object_id", "x", "y", "anchor_stamp", "age", "confidence", "lost"} <= set(found[0]["objects"][0])
+
+
+def test_param_dump_lists_every_parameter(shell, node):
+    dumped = yaml.safe_load(shell.run("ros2 param dump /molmo2_grounding"))[NODE]["ros__parameters"]
+    assert {name: dumped[name] for name in PARAMETERS} == DEFAULTS
+
+
+def test_param_set_applies_at_once_or_names_the_problem(shell, node):
+    assert "Set parameter successful" in shell.run("ros2 param set /molmo2_grounding max_frames 4")
+    assert diagnostics(shell, NODE, lambda d: d["window_max_frames"] == "4")
+
+    assert "Set parameter successful" in shell.run("ros2 param set /molmo2_grounding tracking_enable false")
+    assert "tracking_frames" not in diagnostics(shell, NODE, lambda d: "tracking_frames" not in d)
+    shell.run("ros2 param set /molmo2_grounding tracking_enable true")
+
+    out = shell.run("ros2 param set /molmo2_grounding fps 0")
+    assert "Setting parameter failed: fps must be > 0, got 0.0" in out
+    assert "Double value is: 2.0" in shell.run("ros2 param get /molmo2_grounding fps")
+    out = shell.run("ros2 param set /molmo2_grounding max_frames -2")
+    assert "Setting parameter failed: max_frames must be >= 1, got -2" in out
+    assert "Integer value is: 4" in shell.run("ros2 param get /molmo2_grounding max_frames")
+
+    out = shell.run("ros2 param set /molmo2_grounding model /models/Molmo2-4B")
+    assert ("Setting parameter failed: model applies at configure: ros2 lifecycle set /molmo2_grounding "
+            "cleanup, set model, then ros2 lifecycle set /molmo2_grounding configure") in out
+    assert "String value is: " + DEFAULTS["model"] in shell.run("ros2 param get /molmo2_grounding model")
+
+
+def test_param_load_every_parameter(shell, node, tmp_path):
+    """Every live parameter applies; every other one is refused with how to apply it; a
+    value of the wrong type is refused with the configure-time message."""
+    assert set(LIVE_VALUES) == live_params.LIVE
+    refused = {name: "changed" if isinstance(DEFAULTS[name], str) else
+               (not DEFAULTS[name] if isinstance(DEFAULTS[name], bool) else DEFAULTS[name] + 1)
+               for name in set(PARAMETERS) - live_params.LIVE}
+    wrong_type = {name: 5 if isinstance(value, str) else "five" for name, value in LIVE_VALUES.items()}
+    for values, expect in ((LIVE_VALUES, "successful"), (refused, "failed: "), (wrong_type, "failed: ")):
+        path = tmp_path / "params.yaml"
+        path.write_text(yaml.safe_dump({NODE: {"ros__parameters": values}}, sort_keys=False))
+        out = shell.run(f"ros2 param load /molmo2_grounding {path}")
+        for name in values:
+            assert f"Set parameter {name} {expect}" in out, out
+        if values is refused:
+            for name in live_params.AT_CONFIGURE:
+                assert f"Set parameter {name} failed: {name} applies at configure: ros2 lifecycle set" in out
+            for name in live_params.AT_ACTIVATE:
+                assert f"Set parameter {name} failed: {name} applies at activate: ros2 lifecycle set" in out
+            for name in live_params.AT_START:
+                assert f"Set parameter {name} failed: {name} is read when the node starts" in out
+        if values is wrong_type:
+            for name in values:
+                assert f"Set parameter {name} failed: {name} must be a" in out, out
+    dumped = yaml.safe_load(shell.run("ros2 param dump /molmo2_grounding"))[NODE]["ros__parameters"]
+    assert {name: dumped[name] for name in PARAMETERS} == DEFAULTS | LIVE_VALUES
+    # Applied, not just stored: the window, tracking, the diagnostics period, the continuous query.
+    stats = diagnostics(shell, NODE, lambda d: d["window_max_frames"] == "6")
+    assert float(stats["window_span_s"]) <= 6.0 and "tracking_frames" not in stats
+
+    def node_diagnostics(batch):
+        ours = [m for m in batch if any(s["name"] == "molmo2_grounding: grounding" for s in m["status"])]
+        return ours if len(ours) >= 4 else None
+
+    beats = [m["header"]["stamp"]["sec"] + m["header"]["stamp"]["nanosec"] * 1e-9
+             for m in shell.echo("/diagnostics", node_diagnostics)]
+    assert max(b - a for a, b in zip(beats, beats[1:])) < 0.8  # diagnostics_period 0.5 (default 1.0)
+    found = shell.echo("/molmo2_grounding/grounding", lambda batch: [
+        m for m in batch if m["query"] == "red circle" and m["task"] == 1 and len(m["frame_stamps"]) >= 2])
+    stamps = [s["sec"] + s["nanosec"] * 1e-9 for s in found[0]["frame_stamps"]]
+    assert len(stamps) <= 6 and min(b - a for a, b in zip(stamps, stamps[1:])) > 0.75  # fps 1.0
+    # Back to the package's params file (unchanged values are accepted whatever their kind).
+    out = shell.run(f"ros2 param load /molmo2_grounding {VENV}/share/molmo2_ros/config/molmo2_grounding.yaml")
+    assert "failed" not in out, out
+
+
+def test_lifecycle_set_frees_and_reloads_the_model(shell, node):
+    def loads():
+        return node.log().count("loaded torch backend")
+
+    loaded = loads()
+    assert "Transitioning successful" in shell.run("ros2 lifecycle set /molmo2_grounding deactivate")
+    assert "inactive [2]" in shell.run("ros2 lifecycle get /molmo2_grounding")
+    freed = diagnostics(shell, NODE, lambda d: d["state"] == "inactive")
+    assert freed["backend"] == "" and freed["model"] == ""  # the backend was closed
+    # Inactive: what applies at activate may be set; what applies at configure still may not.
+    assert "Set parameter successful" in shell.run("ros2 param set /molmo2_grounding image_depth 3")
+    assert "applies at configure" in shell.run("ros2 param set /molmo2_grounding backend onnxruntime")
+
+    assert "Transitioning successful" in shell.run("ros2 lifecycle set /molmo2_grounding activate")
+    assert loads() == loaded + 1
+    node.wait_for(lambda log: "(best_effort, depth 3)" in log, 120, "the new camera QoS depth")
+
+    shell.run("ros2 lifecycle set /molmo2_grounding deactivate")
+    assert "Transitioning successful" in shell.run("ros2 lifecycle set /molmo2_grounding cleanup")
+    assert "unconfigured [1]" in shell.run("ros2 lifecycle get /molmo2_grounding")
+    packaged = str(ROOT / "molmo2_ros" / "assets" / "shapes-tiny")
+    assert "Set parameter successful" in shell.run(f"ros2 param set /molmo2_grounding model {packaged}")
+    assert "Transitioning successful" in shell.run("ros2 lifecycle set /molmo2_grounding configure")
+    assert "Transitioning successful" in shell.run("ros2 lifecycle set /molmo2_grounding activate")
+    assert loads() == loaded + 2
+    assert "active [3]" in shell.run("ros2 lifecycle get /molmo2_grounding")
+    out = shell.run("""ros2 action send_goal /molmo2_grounding/ground molmo2_ros/action/Ground "{query: 'red circle', task: 0}" """)
+    assert "Goal finished with status: SUCCEEDED" in out

@@ -57,6 +57,11 @@ STAGES = {"preprocessing": Ground.Feedback.STAGE_PREPROCESSING,
           "parsing": Ground.Feedback.STAGE_PARSING}
 RESULTS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.VOLATILE, history=HistoryPolicy.KEEP_LAST)
+# The action's goal, result and cancel services keep every request until the executor
+# takes it. The default (keep last 10) lets DDS overwrite the oldest waiting requests when
+# a burst of goals arrives faster than the executor takes them: those clients never hear back.
+ACTION_SERVICE_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE,
+                                durability=DurabilityPolicy.VOLATILE)
 
 def split_topic_query(text: str, default_task: Task) -> tuple[Task, str]:
     """'count: red circles' -> (COUNT, 'red circles'); text without a known task
@@ -103,7 +108,9 @@ class GroundingNode(LifecycleNode):
         self._action_server = ActionServer(
             self, Ground, "~/ground", self._execute, callback_group=self._action_group,
             goal_callback=lambda goal: GoalResponse.ACCEPT,
-            cancel_callback=lambda goal_handle: CancelResponse.ACCEPT)
+            cancel_callback=lambda goal_handle: CancelResponse.ACCEPT,
+            goal_service_qos_profile=ACTION_SERVICE_QOS, result_service_qos_profile=ACTION_SERVICE_QOS,
+            cancel_service_qos_profile=ACTION_SERVICE_QOS)
         self._query_sub = self.create_subscription(String, "~/query", self._on_query, RESULTS_QOS)
         if self.get_parameter("autostart").value is True:
             if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:

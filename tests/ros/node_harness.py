@@ -153,6 +153,20 @@ class Harness:
         self.published_stamps += stamps
         return stamps
 
+    def stream_frames(self, hz: float = 10.0) -> threading.Event:
+        """Publish frames at `hz` on a thread until the returned event is set."""
+        stop = threading.Event()
+
+        def loop():
+            i = 0
+            while not stop.wait(1.0 / hz):
+                self.image_pub.publish(rgb_to_image(self.frame(i), to_time(self.next_stamp(1.0 / hz)),
+                                                    self.frame_id))
+                i += 1
+
+        threading.Thread(target=loop, daemon=True).start()
+        return stop
+
     def publish_raw(self, msg, stamp_ns: int | None = None) -> None:
         if stamp_ns is not None:
             msg.header.stamp = to_time(stamp_ns)

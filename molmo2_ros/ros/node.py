@@ -63,6 +63,10 @@ RESULTS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
 # a burst of goals arrives faster than the executor takes them: those clients never hear back.
 ACTION_SERVICE_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE,
                                 durability=DurabilityPolicy.VOLATILE)
+# Seconds a finished goal's result is kept for a late result request (rclpy: 900). Every
+# kept goal is listed in each status message, published at every goal's acceptance and
+# end: under bursts of goals 15 minutes' worth grew to thousands of entries per message.
+RESULT_TIMEOUT_S = 30
 
 def split_topic_query(text: str, default_task: Task) -> tuple[Task, str]:
     """'count: red circles' -> (COUNT, 'red circles'); text without a known task
@@ -112,7 +116,7 @@ class GroundingNode(LifecycleNode):
             goal_callback=lambda goal: GoalResponse.ACCEPT,
             cancel_callback=lambda goal_handle: CancelResponse.ACCEPT,
             goal_service_qos_profile=ACTION_SERVICE_QOS, result_service_qos_profile=ACTION_SERVICE_QOS,
-            cancel_service_qos_profile=ACTION_SERVICE_QOS)
+            cancel_service_qos_profile=ACTION_SERVICE_QOS, result_timeout=RESULT_TIMEOUT_S)
         self._query_sub = self.create_subscription(String, "~/query", self._on_query, RESULTS_QOS)
         if self.get_parameter("autostart").value is True:
             if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:

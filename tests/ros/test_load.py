@@ -31,9 +31,9 @@ def test_bursts_from_several_clients_get_every_goal_answered(tmp_path):
     harness = Harness(domain, TOPIC)
     stop_frames = None
     try:
-        harness.wait_diag(lambda d: d["state"] == "active", timeout=90, what="the node to become active")
+        harness.wait_diag(lambda d: d["state"] == "active", timeout=180, what="the node to become active")
         stop_frames = harness.stream_frames(hz=10)
-        harness.wait_for(lambda: any(m.query_id.startswith("topic-") for m in harness.groundings), 60,
+        harness.wait_for(lambda: any(m.query_id.startswith("topic-") for m in harness.groundings), 120,
                          "the continuous query's first result")
         rss_before = node.rss_bytes()
         start = time.time() + 5.0  # the clients' start-up, then all at once

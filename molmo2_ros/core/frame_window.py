@@ -7,7 +7,10 @@ bounded by seconds and by count, so its memory never grows with the input rate.
 
 Stamps must increase. A duplicate or slightly older stamp is rejected with a reason; a
 stamp older than the newest by more than `jump_back_s` means time jumped backwards
-(bag replay restarting, sim time reset): the window is cleared and starts over.
+(bag replay restarting, sim time reset): the window is cleared and starts over. A stamp
+newer than the newest by more than `jump_ahead_s` is rejected too, unless the frame
+right after it confirms the jump (a stamp after it, within `jump_ahead_s`): one frame
+stamped far in the future must not make every following frame look like a jump back.
 
 `select()` returns a snapshot list of immutable Frames, so inference working on it never
 races the ingest thread.
@@ -76,7 +79,7 @@ class FrameWindow:
     """Thread-safe rolling window of sampled frames (see the module docstring)."""
 
     def __init__(self, fps: float = 2.0, max_seconds: float = 10.0, max_frames: int = 16,
-                 max_side: int = 1024, jump_back_s: float = 1.0):
+                 max_side: int = 1024, jump_back_s: float = 1.0, jump_ahead_s: float = 10.0):
         if fps <= 0:
             raise ValueError(f"fps must be > 0, got {fps}")
         if max_seconds <= 0:
@@ -87,6 +90,8 @@ class FrameWindow:
             raise ValueError(f"max_side must be >= 0 (0 = keep the source size), got {max_side}")
         if jump_back_s < 0:
             raise ValueError(f"jump_back_s must be >= 0, got {jump_back_s}")
+        if jump_ahead_s <= 0:
+            raise ValueError(f"jump_ahead_s must be > 0, got {jump_ahead_s}")
         self.fps = fps
         self.max_seconds = max_seconds
         self.max_frames = max_frames
@@ -96,10 +101,12 @@ class FrameWindow:
         # must not make a 30 Hz stream skip a whole sampling period.
         self._slack_ns = self._period_ns // 10
         self._jump_back_ns = round(jump_back_s * NS)
+        self._jump_ahead_ns = round(jump_ahead_s * NS)
         self._lock = threading.Lock()
         self._frames: deque[Frame] = deque(maxlen=max_frames)
         self._newest_ns: int | None = None   # newest stamp offered (kept or not)
         self._next_due_ns: int | None = None
+        self._ahead_ns: int | None = None    # the previous frame, if rejected as far ahead
         self._offered = self._accepted = self._rejected = self._resets = 0
 
     def add(self, stamp_ns: int, image: np.ndarray | Callable[[], tuple[np.ndarray, tuple[int, int]]],
@@ -117,8 +124,9 @@ class FrameWindow:
             self._offered += 1
             if decision.outcome is Ingest.REJECTED:
                 self._rejected += 1
+            if decision.outcome is Ingest.SKIPPED:
+                self._newest_ns = stamp_ns
             if not decision.keep:
-                self._newest_ns = max(self._newest_ns or stamp_ns, stamp_ns)
                 return decision
         if callable(image):
             image, source_size = image()
@@ -153,6 +161,7 @@ class FrameWindow:
 
     def _decide(self, stamp_ns: int) -> Decision:
         newest = self._newest_ns
+        ahead_of, self._ahead_ns = self._ahead_ns, None
         if newest is not None:
             if stamp_ns == newest:
                 return Decision(Ingest.REJECTED, f"duplicate stamp {_fmt(stamp_ns)}")
@@ -165,6 +174,14 @@ class FrameWindow:
                 return Decision(Ingest.REJECTED, (
                     f"out-of-order stamp {_fmt(stamp_ns)}, {behind / NS:.3f} s older than "
                     f"the newest {_fmt(newest)}"))
+            ahead = stamp_ns - newest
+            confirmed = ahead_of is not None and 0 < stamp_ns - ahead_of <= self._jump_ahead_ns
+            if ahead > self._jump_ahead_ns and not confirmed:
+                self._ahead_ns = stamp_ns
+                return Decision(Ingest.REJECTED, (
+                    f"stamp {_fmt(stamp_ns)} is {ahead / NS:.3f} s ahead of the newest "
+                    f"{_fmt(newest)} (more than jump_ahead_s): rejected unless the next frame "
+                    "confirms the jump"))
         if self._next_due_ns is not None and stamp_ns < self._next_due_ns - self._slack_ns:
             return Decision(Ingest.SKIPPED)
         return Decision(Ingest.ACCEPTED)
@@ -185,7 +202,7 @@ class FrameWindow:
         """Forget all frames and stamps (e.g. when the node is deactivated)."""
         with self._lock:
             self._frames.clear()
-            self._newest_ns = self._next_due_ns = None
+            self._newest_ns = self._next_due_ns = self._ahead_ns = None
 
     def stats(self) -> WindowStats:
         with self._lock:

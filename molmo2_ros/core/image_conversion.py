@@ -4,6 +4,11 @@ The raw path views the message buffer in place (no copy) with the row stride the
 message declares, shrinks it to the window's `max_side` while still in the camera's
 layout (cheaper than converting every pixel of a 4K frame first), then converts the
 colour order. Errors are ValueErrors that say what is wrong with the message.
+
+Images larger than `max_pixels` (width x height) are refused with ImageTooLarge. A
+compressed image's size is read from its header before anything is decoded (a 160 KB
+PNG can declare 12000x12000 pixels, ~430 MB decoded), so only JPEG, PNG and simple
+WebP, whose headers this module reads, are accepted.
 """
 from __future__ import annotations
 
@@ -32,9 +37,20 @@ _RAW = {
     "yuv422_yuy2": (np.uint8, 2, cv2.COLOR_YUV2RGB_YUY2),
 }
 SUPPORTED_ENCODINGS = tuple(sorted(_RAW))
+MAX_IMAGE_PIXELS = 7680 * 4320  # 8K UHD: the default of the node's max_image_pixels
 
 
-def image_view(msg) -> np.ndarray:
+class ImageTooLarge(ValueError):
+    """An image with more pixels than allowed, refused before it is decoded or converted."""
+
+
+def check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"{what} is {width}x{height} = {width * height} pixels, more than "
+                            f"max_image_pixels {max_pixels}: refused before decoding")
+
+
+def image_view(msg, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """A zero-copy HxWxC view of a sensor_msgs/Image's pixels in its own layout
     (a copy only where the byte order must be swapped)."""
     encoding = msg.encoding.lower()
@@ -45,6 +61,7 @@ def image_view(msg) -> np.ndarray:
     width, height, step = msg.width, msg.height, msg.step
     if width == 0 or height == 0:
         raise ValueError(f"zero-size image {width}x{height}")
+    check_pixels(width, height, max_pixels, "Image")
     pixel_bytes = np.dtype(dtype).itemsize * channels
     if encoding in ("yuv422", "uyvy", "yuyv", "yuv422_yuy2") and width % 2:
         raise ValueError(f"{encoding} needs an even width, got {width}")
@@ -64,10 +81,10 @@ def image_view(msg) -> np.ndarray:
     return view
 
 
-def image_to_rgb(msg, max_side: int = 0) -> tuple[np.ndarray, tuple[int, int]]:
+def image_to_rgb(msg, max_side: int = 0, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np.ndarray, tuple[int, int]]:
     """RGB uint8 HxWx3 of a sensor_msgs/Image, longer side at most `max_side` (0 = full
     size), and the source (width, height)."""
-    view = image_view(msg)
+    view = image_view(msg, max_pixels)
     _, _, conversion = _RAW[msg.encoding.lower()]
     source_size = (msg.width, msg.height)
     if view.shape[2] == 2:  # chroma is shared by pixel pairs: convert at full size first
@@ -82,8 +99,9 @@ def image_to_rgb(msg, max_side: int = 0) -> tuple[np.ndarray, tuple[int, int]]:
     return cv2.cvtColor(np.ascontiguousarray(small), conversion), source_size
 
 
-def compressed_to_rgb(msg, max_side: int = 0) -> tuple[np.ndarray, tuple[int, int]]:
-    """RGB uint8 of a sensor_msgs/CompressedImage (any format cv2.imdecode reads).
+def compressed_to_rgb(msg, max_side: int = 0, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np.ndarray, tuple[int, int]]:
+    """RGB uint8 of a sensor_msgs/CompressedImage (JPEG, PNG or WebP), refused unless
+    its header declares at most `max_pixels`.
 
     A JPEG that is larger than `max_side` is decoded at 1/2, 1/4 or 1/8 scale in the
     DCT domain (libjpeg's scaled decoding): a 4K frame shrunk to 640 px then costs a
@@ -92,9 +110,14 @@ def compressed_to_rgb(msg, max_side: int = 0) -> tuple[np.ndarray, tuple[int, in
     if len(msg.data) == 0:
         raise ValueError("empty CompressedImage")
     data = np.frombuffer(msg.data, np.uint8)
-    size = jpeg_size(data)
+    size = encoded_size(data)
+    if size is None:
+        raise ValueError(f"CompressedImage (format {msg.format!r}, {len(msg.data)} bytes) is not a "
+                         "JPEG, PNG or WebP with a complete header: its size cannot be checked "
+                         "before decoding")
+    check_pixels(*size, max_pixels, "CompressedImage")
     factor = 1
-    if size is not None and max_side > 0:
+    if max_side > 0 and jpeg_size(data) is not None:
         factor = next((k for k in (8, 4, 2) if -(-max(size) // k) >= max_side), 1)
     bgr = cv2.imdecode(data, _REDUCED_COLOR[factor])
     if bgr is None or bgr.size == 0:
@@ -129,3 +152,20 @@ def jpeg_size(data: np.ndarray) -> tuple[int, int] | None:
             return (width, height) if width and height else None
         i += 2 + (int(data[i + 2]) << 8 | int(data[i + 3]))
     return None
+
+
+def encoded_size(data: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) declared by a JPEG, PNG or WebP header (uint8 `data`), without
+    decoding; None for other data or a header cut short."""
+    head = data[:30].tobytes()
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR" and len(head) >= 24:
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        chunk = head[12:16]   # simple lossless or lossy WebP; the extended (VP8X) is not read
+        if chunk == b"VP8L" and len(head) >= 25:    # 14-bit sizes - 1
+            bits = int.from_bytes(head[21:25], "little")
+            return (bits & 0x3FFF) + 1, (bits >> 14 & 0x3FFF) + 1
+        if chunk == b"VP8 " and len(head) >= 30:    # 14-bit sizes after the frame's start code
+            return int.from_bytes(head[26:28], "little") & 0x3FFF, int.from_bytes(head[28:30], "little") & 0x3FFF
+        return None
+    return jpeg_size(data)

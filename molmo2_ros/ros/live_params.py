@@ -13,7 +13,7 @@ AT_START = {"autostart", "queue_size"}  # queue_size sizes the executor's thread
 AT_CONFIGURE = {"model", "backend", "engine_dir", "force_engine_update", "device", "dtype", "warmup"}
 AT_ACTIVATE = {"image_topic", "compressed", "image_reliability", "image_depth"}
 LIVE = set(PARAMETERS) - AT_START - AT_CONFIGURE - AT_ACTIVATE
-WINDOW = {"fps", "window_seconds", "max_frames", "max_side", "jump_back_s"}  # rebuild the window
+WINDOW = {"fps", "window_seconds", "max_frames", "max_side", "jump_back_s", "jump_ahead_s"}  # rebuild the window
 TRACKING = {name for name in PARAMETERS if name.startswith("tracking_")}  # rebuild the propagator
 DEFAULTS = {name: default for name, (default, _) in PARAMETERS.items()}
 

@@ -29,6 +29,9 @@ def to_time(stamp_ns: int) -> Time:
 
 
 def from_time(stamp: Time) -> int:
+    """Nanoseconds of a builtin_interfaces/Time; ValueError when nanosec is not < 1e9."""
+    if stamp.nanosec >= NS:
+        raise ValueError(f"malformed stamp: nanosec {stamp.nanosec} is not < 1e9 (sec {stamp.sec})")
     return stamp.sec * NS + stamp.nanosec
 
 

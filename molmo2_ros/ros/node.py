@@ -38,7 +38,7 @@ from molmo2_ros.core.prompts import InvalidQuery, sanitize_query
 from molmo2_ros.core.propagation import TrackPropagator
 from molmo2_ros.msg import Grounding as GroundingMsg
 from molmo2_ros.msg import TrackedObjectArray
-from molmo2_ros.core.image_conversion import compressed_to_rgb, image_to_rgb
+from molmo2_ros.core.image_conversion import ImageTooLarge, compressed_to_rgb, image_to_rgb
 from molmo2_ros.ros.image_messages import rgb_to_image
 from molmo2_ros.ros.messages import (from_time, grounding_markers, grounding_to_msg, to_time,
                                      tracked_to_msg)
@@ -46,7 +46,7 @@ from molmo2_ros.ros.query_worker import (ERROR_CANCELED, ERROR_EMPTY_WINDOW, ERR
                                          ERROR_NONE, ERROR_NOT_ACTIVE, Outcome, Query,
                                          QueryError, QueryWorker)
 from molmo2_ros.ros import live_params
-from molmo2_ros.ros.settings import PARAMETERS, Settings, parse_task, validate
+from molmo2_ros.ros.settings import PARAMETERS, Settings, check_goal_window, parse_task, validate
 
 try:  # Jazzy and later
     from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
@@ -59,6 +59,15 @@ STAGES = {"preprocessing": Ground.Feedback.STAGE_PREPROCESSING,
           "parsing": Ground.Feedback.STAGE_PARSING}
 RESULTS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.VOLATILE, history=HistoryPolicy.KEEP_LAST)
+# The action's goal, result and cancel services keep every request until the executor
+# takes it. The default (keep last 10) lets DDS overwrite the oldest waiting requests when
+# a burst of goals arrives faster than the executor takes them: those clients never hear back.
+ACTION_SERVICE_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE,
+                                durability=DurabilityPolicy.VOLATILE)
+# Seconds a finished goal's result is kept for a late result request (rclpy: 900). Every
+# kept goal is listed in each status message, published at every goal's acceptance and
+# end: under bursts of goals 15 minutes' worth grew to thousands of entries per message.
+RESULT_TIMEOUT_S = 30
 
 def split_topic_query(text: str, default_task: Task) -> tuple[Task, str]:
     """'count: red circles' -> (COUNT, 'red circles'); text without a known task
@@ -92,12 +101,13 @@ class GroundingNode(LifecycleNode):
         self._publishers = []
         self._topic_query: tuple[Task, str] | None = None
         self._topic_runs = 0
-        self._running: Query | None = None
         self._frames_in = 0            # camera messages received since the last diagnostics
         self._frames_total = 0         # camera messages received in all
+        self._frames_since_activation = 0
         self._frames_in_since = time.monotonic()
         self._bad_frames = 0
-        self._last_frame_error = ""
+        self._too_large_frames = 0
+        self._last_frame_error = ""        # since activation
         self._last_timings = None
         self._ingest_group = MutuallyExclusiveCallbackGroup()
         self._action_group = ReentrantCallbackGroup()
@@ -106,7 +116,9 @@ class GroundingNode(LifecycleNode):
         self._action_server = ActionServer(
             self, Ground, "~/ground", self._execute, callback_group=self._action_group,
             goal_callback=lambda goal: GoalResponse.ACCEPT,
-            cancel_callback=lambda goal_handle: CancelResponse.ACCEPT)
+            cancel_callback=lambda goal_handle: CancelResponse.ACCEPT,
+            goal_service_qos_profile=ACTION_SERVICE_QOS, result_service_qos_profile=ACTION_SERVICE_QOS,
+            cancel_service_qos_profile=ACTION_SERVICE_QOS, result_timeout=RESULT_TIMEOUT_S)
         self._query_sub = self.create_subscription(String, "~/query", self._on_query, RESULTS_QOS)
         if self.get_parameter("autostart").value is True:
             if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
@@ -149,7 +161,7 @@ class GroundingNode(LifecycleNode):
     @staticmethod
     def _make_window(s: Settings) -> FrameWindow:
         return FrameWindow(fps=s.fps, max_seconds=s.window_seconds, max_frames=s.max_frames,
-                           max_side=s.max_side, jump_back_s=s.jump_back_s)
+                           max_side=s.max_side, jump_back_s=s.jump_back_s, jump_ahead_s=s.jump_ahead_s)
 
     @staticmethod
     def _make_propagator(s: Settings) -> TrackPropagator:
@@ -225,6 +237,8 @@ class GroundingNode(LifecycleNode):
             kind, topic, self._on_image, qos, callback_group=self._ingest_group,
             event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos))
         self._topic_timer = self.create_timer(s.query_period, self._topic_tick)
+        self._frames_since_activation = 0
+        self._last_frame_error = ""
         self._active = True
         self.get_logger().info(f"active: {kind.__name__} on {self.resolve_topic_name(topic)} "
                                f"({s.image_reliability}, depth {s.image_depth}); window {s.fps} fps, "
@@ -256,9 +270,6 @@ class GroundingNode(LifecycleNode):
         if self._topic_timer is not None:
             self.destroy_timer(self._topic_timer)
             self._topic_timer = None
-        running = self._running
-        if running is not None:
-            running.canceled.set()  # the backend stops at its next decode step
         if self._worker is not None:
             self._worker.stop(timeout=30.0)
             self._worker = None
@@ -317,7 +328,9 @@ class GroundingNode(LifecycleNode):
     def _on_image(self, msg) -> None:
         self._frames_in += 1
         self._frames_total += 1
+        self._frames_since_activation += 1
         window, propagator, max_side = self._window, self._propagator, self.settings.max_side
+        max_pixels = self.settings.max_image_pixels
         if window is None or propagator is None:
             return
         convert = compressed_to_rgb if isinstance(msg, CompressedImage) else image_to_rgb
@@ -326,18 +339,21 @@ class GroundingNode(LifecycleNode):
         def rgb(side: int):
             """(RGB, source size) shrunk to `side`, converted once per size."""
             if side not in converted:
-                converted[side] = convert(msg, side)
+                converted[side] = convert(msg, side, max_pixels)
             return converted[side]
 
-        stamp_ns = from_time(msg.header.stamp)
         try:
+            stamp_ns = from_time(msg.header.stamp)
             decision = window.add(stamp_ns, lambda: rgb(max_side), frame_id=msg.header.frame_id)
             # Tracking takes every frame, kept by the window or not (not an out-of-order
             # or duplicate one), so tracks move at camera rate.
             track = propagator.enable and decision.outcome is not Ingest.REJECTED
             image, source_size = rgb(propagator.flow_max_side) if track else (None, None)
         except ValueError as exc:
-            self._bad_frames += 1
+            if isinstance(exc, ImageTooLarge):
+                self._too_large_frames += 1
+            else:
+                self._bad_frames += 1
             self._last_frame_error = str(exc)
             self.get_logger().warning(f"dropped a camera frame: {exc}", throttle_duration_sec=2.0)
             return
@@ -385,20 +401,17 @@ class GroundingNode(LifecycleNode):
             reason = "no camera frames buffered yet"
             if self._last_frame_error:
                 reason += f" (last frame dropped: {self._last_frame_error})"
-            elif self._frames_in == 0:
-                reason += f" (nothing received on {self.resolve_topic_name(s.image_topic)} lately)"
+            elif self._frames_since_activation == 0:
+                reason += f" (no frame has arrived on {self.resolve_topic_name(s.image_topic)} since activation)"
             raise QueryError(ERROR_EMPTY_WINDOW, reason)
         query.frames = frames
         queue_wait = time.monotonic() - query.submitted
-        self._running = query
         try:
             grounding = self._ground(backend, frames, query.text, query.task,
                                      max_new_tokens=s.max_new_tokens, progress=query.on_stage,
                                      should_stop=query.canceled.is_set)
         except InvalidQuery as exc:
             raise QueryError(ERROR_INVALID_QUERY, str(exc)) from None
-        finally:
-            self._running = None
         grounding.timings.queue_wait = queue_wait
         grounding.frame_id = grounding.frame_id or frames[-1].frame_id
         grounding.model = grounding.model or backend.model_id
@@ -417,8 +430,10 @@ class GroundingNode(LifecycleNode):
                 raise QueryError(ERROR_NOT_ACTIVE, "the node is not active (lifecycle state "
                                                    "unconfigured/inactive); activate it first")
             task = self._check_query(goal.query, goal.task)
-            if goal.window_seconds < 0:
-                raise QueryError(ERROR_INVALID_QUERY, f"window_seconds must be >= 0, got {goal.window_seconds}")
+            try:
+                check_goal_window(goal.window_seconds, goal.max_frames, self.settings)
+            except ValueError as exc:
+                raise QueryError(ERROR_INVALID_QUERY, str(exc)) from None
         except QueryError as exc:
             goal_handle.abort()
             return Ground.Result(error_code=exc.code, error_message=str(exc))
@@ -561,6 +576,7 @@ class GroundingNode(LifecycleNode):
             "frames_rejected": str(stats.rejected if stats else 0),
             "window_resets": str(stats.resets if stats else 0),
             "frames_malformed": str(self._bad_frames),
+            "frames_too_large": str(self._too_large_frames),
             "last_frame_error": self._last_frame_error,
             "queue_length": str(worker.queue_length if worker else 0),
             "inferring": str(bool(worker and worker.busy)),

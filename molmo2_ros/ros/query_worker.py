@@ -8,7 +8,8 @@ Queue policy (queries arriving faster than answers):
 - pending goals run before a pending topic run.
 Every submitted query gets exactly one `Outcome` through its `done` callback: a
 grounding, or an error code (Ground.Result.ERROR_*) and message. A canceled query
-still waiting is answered ERROR_CANCELED without running.
+still waiting is answered ERROR_CANCELED without running; `stop` (deactivate) answers the
+waiting ones and the running one ERROR_NOT_ACTIVE.
 """
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ class QueryWorker:
         self.capacity = capacity
         self._goals: deque[Query] = deque()
         self._topic: Query | None = None
-        self._busy = False
+        self._running: Query | None = None
         self._stopping = False
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -112,7 +113,7 @@ class QueryWorker:
     @property
     def busy(self) -> bool:
         with self._cond:
-            return self._busy
+            return self._running is not None
 
     def _loop(self) -> None:
         while True:
@@ -125,12 +126,12 @@ class QueryWorker:
                     query = self._goals.popleft()
                 else:
                     query, self._topic = self._topic, None
-                self._busy = True
+                self._running = query
             try:
                 query.done(self._answer(query))
             finally:
                 with self._cond:
-                    self._busy = False
+                    self._running = None
                     self._cond.notify_all()
 
     def _answer(self, query: Query) -> Outcome:
@@ -143,14 +144,21 @@ class QueryWorker:
         except Exception as exc:  # the node must answer, whatever the model did
             return Outcome(error_code=ERROR_BACKEND, error_message=f"{type(exc).__name__}: {exc}")
         if query.canceled.is_set():
+            with self._cond:
+                stopping = self._stopping
+            if stopping:
+                return Outcome(error_code=ERROR_NOT_ACTIVE, error_message="the node was deactivated during inference")
             return Outcome(error_code=ERROR_CANCELED, error_message="canceled during inference")
         return Outcome(grounding=grounding)
 
     def stop(self, timeout: float | None = None) -> None:
-        """Answer every waiting query ERROR_NOT_ACTIVE and end the thread after the
-        running one (which should be canceled by the caller to finish quickly)."""
+        """Answer every waiting query ERROR_NOT_ACTIVE, cancel the running one (the
+        backend stops at its next decode step; it is answered ERROR_NOT_ACTIVE too) and
+        end the thread."""
         with self._cond:
             self._stopping = True
+            if self._running is not None:
+                self._running.canceled.set()
             waiting = list(self._goals) + ([self._topic] if self._topic else [])
             self._goals.clear()
             self._topic = None

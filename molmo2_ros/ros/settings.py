@@ -3,6 +3,7 @@ meaning; the README's table and config/molmo2_grounding.yaml mirror it, a test c
 and their validation at configure into `Settings`, naming every bad value at once."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from molmo2_ros.backends.factory import BACKEND_KINDS
@@ -30,6 +31,10 @@ PARAMETERS = {
     "max_frames": (16, "frames a query sees at most by default (and the window keeps)"),
     "max_side": (640, "frames are shrunk on ingest so their longer side is at most this (px)"),
     "jump_back_s": (1.0, "a stamp this much older than the newest resets the window (bag replay)"),
+    "jump_ahead_s": (10.0, "a stamp this much newer than the newest is rejected, unless the next "
+                           "frame confirms the jump (one bad stamp must not wipe the window)"),
+    "max_image_pixels": (7680 * 4320, "camera images with more pixels (width x height, read from a "
+                                      "compressed image's header) are refused before decoding"),
     "max_new_tokens": (256, "token budget of one answer"),
     "warmup": ("auto", "at configure, answer one query on blank frames (a full window) so the first "
                        "real one does not pay for compilation: auto (only backends that compile on "
@@ -46,6 +51,9 @@ PARAMETERS = {
     "tracking_max_side": (640, "longer side of the image optical flow runs on (px; 0 = full size)"),
     "tracking_buffer_mb": (128.0, "memory bound of the tracking frame buffer (MiB)"),
 }
+MAX_PERIOD_S = 3600.0
+# A goal's float32 window_seconds may exceed the node's float64 one by rounding.
+GOAL_WINDOW_SLACK_S = 1e-3
 
 
 @dataclass
@@ -67,6 +75,8 @@ class Settings:
     max_frames: int
     max_side: int
     jump_back_s: float
+    jump_ahead_s: float
+    max_image_pixels: int
     max_new_tokens: int
     warmup: str
     queue_size: int
@@ -94,6 +104,19 @@ def parse_task(value) -> Task:
         raise ValueError(f"unknown task {value!r} (expected point, count, track or ask)") from None
 
 
+def check_goal_window(window_seconds: float, max_frames: int, settings: Settings) -> None:
+    """ValueError unless a goal's window is one the node can serve: window_seconds a
+    finite number of seconds up to the node's window_seconds (0 = all of it), max_frames
+    up to the node's max_frames (0 = all of them)."""
+    if not math.isfinite(window_seconds) or window_seconds < 0 \
+            or window_seconds > settings.window_seconds + GOAL_WINDOW_SLACK_S:
+        raise ValueError(f"window_seconds must be 0 (the whole window) or a number of seconds up to "
+                         f"the node's window_seconds {settings.window_seconds:g}, got {window_seconds}")
+    if max_frames > settings.max_frames:
+        raise ValueError(f"max_frames must be 0 (the node's) or up to the node's max_frames "
+                         f"{settings.max_frames}, got {max_frames}")
+
+
 def validate(values: dict) -> Settings:
     """Settings from raw parameter values, or ValueError naming every bad parameter."""
     errors = []
@@ -107,6 +130,8 @@ def validate(values: dict) -> Settings:
         elif isinstance(default, float):
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             value = float(value) if ok else value
+            if ok and not math.isfinite(value):
+                errors.append(f"{name} must be a finite number, got {value}")
         elif isinstance(default, int):
             ok = isinstance(value, int) and not isinstance(value, bool)
         else:
@@ -124,7 +149,7 @@ def validate(values: dict) -> Settings:
     check(out["image_topic"].strip() != "", "image_topic must not be empty")
     check(out["image_reliability"] in ("best_effort", "reliable"),
           f"image_reliability must be best_effort or reliable, got {out['image_reliability']!r}")
-    check(out["image_depth"] >= 1, f"image_depth must be >= 1, got {out['image_depth']}")
+    check(1 <= out["image_depth"] <= 1000, f"image_depth must be 1..1000, got {out['image_depth']}")
     check(out["backend"] in BACKEND_KINDS,
           f"backend must be one of {', '.join(BACKEND_KINDS)}, got {out['backend']!r}")
     check(out["dtype"] in ("auto", "float32", "float16", "bfloat16"),
@@ -134,12 +159,14 @@ def validate(values: dict) -> Settings:
     check(out["max_frames"] >= 1, f"max_frames must be >= 1, got {out['max_frames']}")
     check(out["max_side"] >= 0, f"max_side must be >= 0 (0 = keep the source size), got {out['max_side']}")
     check(out["jump_back_s"] >= 0, f"jump_back_s must be >= 0, got {out['jump_back_s']}")
+    check(out["jump_ahead_s"] > 0, f"jump_ahead_s must be > 0, got {out['jump_ahead_s']}")
+    check(out["max_image_pixels"] >= 1, f"max_image_pixels must be >= 1, got {out['max_image_pixels']}")
     check(out["max_new_tokens"] >= 1, f"max_new_tokens must be >= 1, got {out['max_new_tokens']}")
     check(out["warmup"] in ("auto", "always", "never"),
           f"warmup must be auto, always or never, got {out['warmup']!r}")
     check(1 <= out["queue_size"] <= 16, f"queue_size must be 1..16, got {out['queue_size']}")
-    check(out["query_period"] > 0, f"query_period must be > 0, got {out['query_period']}")
-    check(out["diagnostics_period"] > 0, f"diagnostics_period must be > 0, got {out['diagnostics_period']}")
+    for period in ("query_period", "diagnostics_period"):  # timers hold int64 nanoseconds
+        check(0 < out[period] <= MAX_PERIOD_S, f"{period} must be in (0, {MAX_PERIOD_S:g}] s, got {out[period]}")
     check(out["tracking_max_points"] >= 1, f"tracking_max_points must be >= 1, got {out['tracking_max_points']}")
     check(out["tracking_max_age"] > 0, f"tracking_max_age must be > 0, got {out['tracking_max_age']}")
     check(out["tracking_window"] > 0, f"tracking_window must be > 0, got {out['tracking_window']}")

@@ -84,6 +84,31 @@ def test_time_jump_back_resets_the_window_and_keeps_the_new_frame():
     assert len(window) == 2 and window.stats().resets == 1
 
 
+def test_one_stamp_far_ahead_is_rejected_and_does_not_wipe_the_window():
+    window = FrameWindow(fps=2, max_seconds=100, jump_back_s=1.0, jump_ahead_s=10.0)
+    camera(window, seconds=3)
+    kept = [f.stamp_ns for f in window.select()]
+    glitch = window.add(T0 + 3600 * NS, rgb(value=99))
+    assert glitch.outcome is Ingest.REJECTED and "ahead of the newest" in glitch.reason
+    camera(window, seconds=2, start_ns=T0 + 3 * NS)  # the stream goes on: no jump back
+    assert window.stats().resets == 0 and window.stats().rejected == 1
+    assert [f.stamp_ns for f in window.select()][:len(kept)] == kept
+    # Within jump_ahead_s a gap is no glitch (a camera paused for 9 s).
+    assert window.add(T0 + 14 * NS, rgb()).outcome is Ingest.ACCEPTED
+
+
+def test_a_jump_ahead_confirmed_by_the_next_frame_is_taken():
+    window = FrameWindow(fps=2, max_seconds=8, jump_ahead_s=10.0)
+    camera(window, seconds=3)
+    first = window.add(T0 + 60 * NS, rgb())
+    second = window.add(T0 + 60 * NS + NS // 2, rgb())  # the new timeline goes on
+    assert first.outcome is Ingest.REJECTED and second.outcome is Ingest.ACCEPTED
+    assert [f.stamp_ns for f in window.select()] == [T0 + 60 * NS + NS // 2]  # the old ones aged out
+    # Two glitches far apart confirm nothing.
+    window.add(T0 + 600 * NS, rgb())
+    assert window.add(T0 + 6000 * NS, rgb()).outcome is Ingest.REJECTED
+
+
 def test_select_newest_frames_or_seconds_as_a_snapshot():
     window = FrameWindow(fps=2, max_seconds=100, max_frames=100)
     camera(window, seconds=10)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +155,20 @@ class Harness:
         self.published_stamps += stamps
         return stamps
 
+    def stream_frames(self, hz: float = 10.0) -> threading.Event:
+        """Publish frames at `hz` on a thread until the returned event is set."""
+        stop = threading.Event()
+
+        def loop():
+            i = 0
+            while not stop.wait(1.0 / hz):
+                self.image_pub.publish(rgb_to_image(self.frame(i), to_time(self.next_stamp(1.0 / hz)),
+                                                    self.frame_id))
+                i += 1
+
+        threading.Thread(target=loop, daemon=True).start()
+        return stop
+
     def publish_raw(self, msg, stamp_ns: int | None = None) -> None:
         if stamp_ns is not None:
             msg.header.stamp = to_time(stamp_ns)
@@ -240,6 +256,19 @@ class Harness:
         handle, stages = self.send_goal(query, task, **goal)
         status, result = self.result(handle, timeout)
         return status, result, stages
+
+
+def png_bomb(width: int = 12000, height: int = 12000) -> bytes:
+    """A valid grey PNG of width x height black pixels: ~140 KB for 12000 x 12000, which
+    decode to 144 MB (432 MB as RGB). Compressed row by row, never held whole."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer = zlib.compressobj(9)
+    row = bytes(1 + width)  # filter byte 0 + one byte per pixel
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
 
 
 def stamps_of(msg: GroundingMsg) -> set[int]:

@@ -1,11 +1,18 @@
 """sensor_msgs Image/CompressedImage -> RGB: every encoding, strides, bad messages."""
+import sys
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
 from sensor_msgs.msg import CompressedImage, Image
 
-from molmo2_ros.core.image_conversion import compressed_to_rgb, image_to_rgb, image_view
+from molmo2_ros.core.image_conversion import (MAX_IMAGE_PIXELS, ImageTooLarge, compressed_to_rgb, encoded_size,
+                                              image_to_rgb, image_view)
 from molmo2_ros.ros.image_messages import rgb_to_compressed, rgb_to_image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from node_harness import png_bomb  # noqa: E402
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (6, 8, 3), dtype=np.uint8)
@@ -89,8 +96,11 @@ def test_compressed_round_trip_and_garbage():
     assert size == (8, 6)
     np.testing.assert_array_equal(rgb, RGB)
     bad = CompressedImage(format="jpeg", data=b"not a jpeg at all")
-    with pytest.raises(ValueError, match="could not decode"):
+    with pytest.raises(ValueError, match="not a JPEG, PNG or WebP"):
         compressed_to_rgb(bad)
+    jpeg = rgb_to_compressed(RGB, Time(), "cam", fmt="jpeg").data
+    with pytest.raises(ValueError, match="could not decode"):  # a JPEG header, then garbage
+        compressed_to_rgb(CompressedImage(format="jpeg", data=jpeg[:len(jpeg) // 2]))
     with pytest.raises(ValueError, match="empty"):
         compressed_to_rgb(CompressedImage(format="jpeg"))
     back, _ = image_to_rgb(rgb_to_image(RGB, Time(), "cam", encoding="bgr8"))
@@ -122,3 +132,37 @@ def test_jpeg_size_of_other_data_is_none():
 
     assert jpeg_size(np.frombuffer(b"\x89PNG\r\n\x1a\n0000", np.uint8)) is None
     assert jpeg_size(np.frombuffer(b"\xff\xd8\xff\xe0\x00", np.uint8)) is None  # cut short
+
+
+@pytest.mark.parametrize("ext,params", [(".png", []), (".jpg", []), (".webp", []),
+                                        (".webp", [cv2.IMWRITE_WEBP_QUALITY, 80])])
+@pytest.mark.parametrize("width,height", [(8, 6), (1000, 700), (3, 5000)])
+def test_encoded_size_reads_the_header(ext, params, width, height):
+    ok, data = cv2.imencode(ext, np.zeros((height, width, 3), np.uint8), params)
+    assert ok and encoded_size(data) == (width, height)
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    bomb = png_bomb(12000, 12000)
+    assert len(bomb) < 200_000 and encoded_size(np.frombuffer(bomb, np.uint8)) == (12000, 12000)
+    with pytest.raises(ImageTooLarge, match="12000x12000 = 144000000 pixels, more than max_image_pixels"):
+        compressed_to_rgb(CompressedImage(format="png", data=bomb))
+    assert compressed_to_rgb(CompressedImage(format="png", data=png_bomb(16, 12)))[1] == (16, 12)
+    assert 7680 * 4320 == MAX_IMAGE_PIXELS  # an 8K frame passes by default
+    eight_k = CompressedImage(format="png", data=png_bomb(7680, 4320))
+    assert compressed_to_rgb(eight_k, max_side=640)[1] == (7680, 4320)
+    with pytest.raises(ImageTooLarge):
+        compressed_to_rgb(eight_k, max_pixels=7680 * 4320 - 1)
+    # Formats whose header is not read (BMP, TIFF, ...) are refused: their size is unknown.
+    with pytest.raises(ValueError, match="cannot be checked before decoding"):
+        compressed_to_rgb(CompressedImage(format="bmp", data=cv2.imencode(".bmp", RGB)[1].tobytes()))
+
+
+def test_raw_image_with_too_many_pixels_is_refused():
+    msg = image(RGB, "rgb8")
+    assert image_to_rgb(msg, max_pixels=48)[1] == (8, 6)
+    with pytest.raises(ImageTooLarge, match="8x6 = 48 pixels, more than max_image_pixels 47"):
+        image_to_rgb(msg, max_pixels=47)
+    huge = Image(height=12000, width=12000, encoding="mono8", step=12000)  # refused before its data
+    with pytest.raises(ImageTooLarge, match="12000x12000"):
+        image_to_rgb(huge)

@@ -4,6 +4,7 @@ kind of bad input. One node process serves the whole module; the lifecycle tests
 it back in its served state when they are done."""
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sys
@@ -13,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from action_msgs.msg import GoalStatus
+from builtin_interfaces.msg import Time
 from lifecycle_msgs.msg import Transition
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from visualization_msgs.msg import MarkerArray
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
 from molmo2_ros.action import Ground
@@ -25,7 +27,7 @@ from molmo2_ros.ros.image_messages import rgb_to_compressed, rgb_to_image
 from molmo2_ros.ros.messages import from_time, to_time
 
 sys.path.insert(0, str(Path(__file__).parent))
-from node_harness import Harness, NodeProcess, stamps_of, write_params  # noqa: E402
+from node_harness import Harness, NodeProcess, png_bomb, stamps_of, write_params  # noqa: E402
 
 R = Ground.Result
 TOPIC = "/node_test/camera/image_raw"
@@ -142,6 +144,14 @@ def test_cancel_and_queue_policy(served, tiny_model_dir, pointing_model_dir):
         assert status == GoalStatus.STATUS_CANCELED
         assert result.error_code == R.ERROR_CANCELED, result.error_message
     assert harness.ask("red square")[1].error_code == R.ERROR_NONE  # and it still serves
+    # Deactivated during inference: NOT_ACTIVE, as documented (CANCELED is the client's own).
+    running, running_stages = harness.send_goal("red square")
+    harness.wait_for(lambda: Ground.Feedback.STAGE_GENERATING in running_stages, 30, "generation to start")
+    assert harness.transition(Transition.TRANSITION_DEACTIVATE)
+    status, result = harness.result(running, timeout=60)
+    assert status == GoalStatus.STATUS_ABORTED and result.error_code == R.ERROR_NOT_ACTIVE, result.error_message
+    assert "deactivated during inference" in result.error_message
+    assert harness.transition(Transition.TRANSITION_ACTIVATE)
     assert harness.reconfigure(model=str(pointing_model_dir))
 
 
@@ -156,6 +166,34 @@ def test_bad_queries_are_refused_with_a_reason(served, query, task, why):
     status, result, _ = harness.ask(query, task=task)
     assert status == GoalStatus.STATUS_ABORTED
     assert result.error_code == R.ERROR_INVALID_QUERY and why in result.error_message
+
+
+@pytest.mark.parametrize("window_seconds,max_frames,why", [
+    (math.inf, 0, "window_seconds must be 0 (the whole window) or a number of seconds up to the node's "
+                  "window_seconds 8, got inf"),
+    (math.nan, 0, "got nan"),
+    (1e30, 0, "got 1.0000000150474662e+30"),
+    (-0.5, 0, "got -0.5"),
+    (0.0, 2**32 - 1, "max_frames must be 0 (the node's) or up to the node's max_frames 8, got 4294967295"),
+])
+def test_goal_numbers_out_of_range_are_refused(served, window_seconds, max_frames, why):
+    harness, node = served
+    harness.publish_frames(3)
+    status, result, _ = harness.ask("red square", window_seconds=window_seconds, max_frames=max_frames)
+    assert status == GoalStatus.STATUS_ABORTED
+    assert result.error_code == R.ERROR_INVALID_QUERY and why in result.error_message, result.error_message
+
+
+def test_empty_window_after_reactivation_names_no_stale_frame_error(served):
+    harness, node = served
+    harness.publish_raw(malformed_images()["unknown encoding"], harness.next_stamp(0.6))
+    harness.wait_diag(lambda d: "bayer_weird16" in d["last_frame_error"], what="the frame error")
+    assert harness.reconfigure()
+    status, result, _ = harness.ask("red square")
+    assert result.error_code == R.ERROR_EMPTY_WINDOW
+    assert "no frame has arrived on /node_test/camera/image_raw since activation" in result.error_message
+    assert "bayer_weird16" not in result.error_message
+    assert harness.wait_diag(lambda d: True)["last_frame_error"] == ""
 
 
 def test_topic_mode_streams_repeated_results(served):
@@ -213,6 +251,20 @@ def test_malformed_images_are_dropped_with_a_reason_and_nothing_else_is_lost(ser
         before = diag
         time.sleep(0.3)
     assert int(before["frames_malformed"]) >= 5
+    # A stamp whose nanosec is not < 1e9 is malformed too.
+    bad_stamp = rgb_to_image(harness.frame(0), Time(sec=harness.next_stamp(0.6) // 10**9, nanosec=1_500_000_000),
+                             harness.frame_id)
+    harness.image_pub.publish(bad_stamp)
+    diag = harness.wait_diag(lambda d: "malformed stamp: nanosec 1500000000 is not < 1e9" in d["last_frame_error"],
+                             what="the malformed stamp to be reported")
+    assert int(diag["frames_malformed"]) == int(before["frames_malformed"]) + 1
+    # An Image declaring more pixels than max_image_pixels (8K) is refused before its data is read.
+    huge = Image(height=12000, width=12000, encoding="mono8", step=12000)
+    harness.publish_raw(huge, harness.next_stamp(0.6))
+    too_large = int(diag["frames_too_large"])
+    diag = harness.wait_diag(lambda d: int(d["frames_too_large"]) == too_large + 1,
+                             what="the too-large frame to be counted")
+    assert "12000x12000 = 144000000 pixels, more than max_image_pixels 33177600" in diag["last_frame_error"]
     assert node.alive()
     status, result, _ = harness.ask("red square")
     assert result.error_code == R.ERROR_NONE, result.error_message
@@ -228,6 +280,18 @@ def test_out_of_order_duplicate_and_time_jump_back(served):
     diag = harness.wait_diag(lambda d: int(d["frames_rejected"]) >= rejected + 2, what="rejections")
     assert "out-of-order" in diag["last_frame_error"] or "duplicate" in diag["last_frame_error"]
     resets = int(diag["window_resets"])
+    # One frame stamped an hour ahead (a clock glitch) is rejected; the stream goes on
+    # without looking like a jump back, so the window keeps its frames.
+    harness.image_pub.publish(rgb_to_image(duplicate, to_time(stamps[-1] + 3600 * 10**9), harness.frame_id))
+    diag = harness.wait_diag(lambda d: "3600.000 s ahead of the newest" in d["last_frame_error"],
+                             what="the future stamp to be rejected")
+    assert int(diag["frames_rejected"]) == rejected + 3
+    harness.publish_frames(6)
+    status, result, _ = harness.ask("red square")
+    assert result.error_code == R.ERROR_NONE, result.error_message
+    assert stamps_of(result.grounding) & set(stamps)  # frames from before the glitch
+    assert int(harness.wait_diag(lambda d: True)["window_resets"]) == resets
+    stamps = harness.published_stamps
     # A bag replay restarting: time jumps back a minute.
     harness._next_stamp = stamps[-1] - 60 * 10**9
     replayed = harness.publish_frames(3, hz=10)
@@ -271,6 +335,10 @@ def test_lifecycle_inactive_queries_and_failing_backends(served, nan_model_dir, 
     refused = harness.set_params_results(fps=-1.0, image_reliability="sometimes")
     assert [r.reason for r in refused] == ["fps must be > 0, got -1.0", "image_reliability must be "
                                            "best_effort or reliable, got 'sometimes'"]
+    refused = harness.set_params_results(window_seconds=math.nan, jump_back_s=math.inf, query_period=1e30)
+    assert [r.reason for r in refused] == ["window_seconds must be a finite number, got nan",
+                                           "jump_back_s must be a finite number, got inf",
+                                           "query_period must be in (0, 3600] s, got 1e+30"]
     assert harness.transition(Transition.TRANSITION_CONFIGURE)
     assert "warm-up: 8 blank frames answered" in node.log()   # max_frames 8, fps 2.0 kept
     assert harness.transition(Transition.TRANSITION_ACTIVATE)
@@ -315,6 +383,17 @@ def test_4k_flood_keeps_memory_bounded(served):
     assert received >= 5 * seconds  # far more than the window keeps (2 fps)
     assert int(diag["window_frames"]) == 8 and int(diag["window_bytes"]) == bound
     assert rss[seconds - 1] - rss[1] < 100 * 2**20, rss  # nothing grows with the input
+    # Decompression bombs: 140 KB PNGs declaring 12000x12000 pixels, refused from their header.
+    bomb = CompressedImage(format="png", data=png_bomb(12000, 12000))
+    rss_before, too_large = node.rss_bytes(), int(diag["frames_too_large"])
+    for _ in range(3):
+        bomb.header.stamp = to_time(harness.next_stamp(0.6))  # due for a window slot
+        harness.compressed_pub.publish(bomb)
+    diag = harness.wait_diag(lambda d: int(d["frames_too_large"]) == too_large + 3, what="three refused bombs")
+    assert "CompressedImage is 12000x12000 = 144000000 pixels, more than max_image_pixels" in diag["last_frame_error"]
+    print(f"3 PNG bombs ({len(bomb.data) / 1e3:.0f} KB, 12000x12000): node RSS {rss_before / 2**20:.0f} -> "
+          f"{node.rss_bytes() / 2**20:.0f} MiB")
+    assert node.rss_bytes() - rss_before < 100 * 2**20
     assert node.alive()
     assert harness.ask("red square")[1].error_code == R.ERROR_NONE
     assert harness.reconfigure(compressed=False)

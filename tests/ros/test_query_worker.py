@@ -79,6 +79,9 @@ def test_stop_answers_every_waiting_query():
     gate.release.set()
     stopper.join(5)
     assert outcomes["b"][0].error_code == outcomes["t"][0].error_code == ERROR_NOT_ACTIVE
-    assert outcomes["a"][0].error_code == ERROR_NONE  # the running one finishes
+    # The running one is canceled (its backend stops at the next decode step) and
+    # answered NOT_ACTIVE, not CANCELED: the client did not ask for that.
+    assert outcomes["a"][0].error_code == ERROR_NOT_ACTIVE
+    assert "deactivated during inference" in outcomes["a"][0].error_message
     assert not worker.submit(query("late", outcomes=outcomes))
     assert outcomes["late"][0].error_code == ERROR_NOT_ACTIVE

@@ -28,7 +28,6 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", help="override the config's output_dir")
     args = parser.parse_args(argv)
     from molmo2_ros.training.config import load_config, validate
-    from molmo2_ros.training.dataset import ManifestError
     from molmo2_ros.training.trainer import TrainingInterrupted, train
 
     try:
@@ -43,7 +42,7 @@ def train_main(argv: list[str] | None = None) -> int:
         return 2
     try:
         final = train(config)
-    except ManifestError as exc:
+    except ValueError as exc:   # bad data or settings: the message says which
         print(f"molmo2-train: {exc}", file=sys.stderr)
         return 2
     except TrainingInterrupted as exc:

@@ -79,6 +79,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     z_loss: float = 1e-4
     dtype: str = "fp32"                                 # "fp32" | "bf16" (autocast)
+    weights_dtype: str = "fp32"                         # "bf16": the frozen base of a LoRA run in bf16
     gradient_checkpointing: bool = False
     freeze: Freeze = field(default_factory=Freeze)
     lora: Lora | None = None
@@ -147,6 +148,11 @@ def validate(c: TrainConfig, where: str = "config") -> TrainConfig:
         raise ValueError(f"{where}: data needs exactly one of 'manifest' or 'shapes'")
     if c.dtype not in ("fp32", "bf16"):
         raise ValueError(f"{where}: dtype must be 'fp32' or 'bf16', got {c.dtype!r}")
+    if c.weights_dtype not in ("fp32", "bf16"):
+        raise ValueError(f"{where}: weights_dtype must be 'fp32' or 'bf16', got {c.weights_dtype!r}")
+    if c.weights_dtype == "bf16" and c.lora is None:
+        raise ValueError(f"{where}: weights_dtype bf16 is for LoRA (a frozen base); full fine-tuning keeps "
+                         "fp32 weights for AdamW")
     for name in ("steps", "batch_size", "grad_accum", "save_every", "log_every"):
         if getattr(c, name) < 1:
             raise ValueError(f"{where}: {name} must be >= 1")

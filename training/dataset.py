@@ -78,7 +78,7 @@ def load_examples(path, stats: LoadStats | None = None) -> Iterator[Example]:
     """Examples of the manifest at `path`, in order (sources relative to its folder)."""
     path = Path(path)
     stats = stats if stats is not None else LoadStats()
-    readers = _Recordings()
+    readers = Recordings()
     try:
         for row in read_manifest(path):
             yield row_to_example(row, path.parent, stats, readers)
@@ -93,7 +93,7 @@ def load_all(path, stats: LoadStats | None = None) -> list[Example]:
     if not path.is_file():
         raise ManifestError(f"manifest {path} does not exist")
     stats = stats if stats is not None else LoadStats()
-    readers = _Recordings()
+    readers = Recordings()
     examples, errors = [], []
     try:
         for row in read_manifest(path, errors):
@@ -108,7 +108,7 @@ def load_all(path, stats: LoadStats | None = None) -> list[Example]:
     return examples
 
 
-def row_to_example(row: dict, base: Path, stats: LoadStats, readers: "_Recordings | None" = None
+def row_to_example(row: dict, base: Path, stats: LoadStats, readers: "Recordings | None" = None
                    ) -> Example:
     where = row.get("_where", "manifest")
     sources = [k for k in SOURCE_KEYS if k in row]
@@ -137,7 +137,7 @@ def row_to_example(row: dict, base: Path, stats: LoadStats, readers: "_Recording
     max_frames = int(row.get("max_frames", 16))
     max_side = int(row.get("max_side", 0))
     frames, clip_start_ns = _frames(row, sources[0], base, fps, max_frames, max_side, where,
-                                    readers or _Recordings())
+                                    readers or Recordings())
     points = _points(row.get("points", []), frames, clip_start_ns, fps, where, stats)
     if task is Task.ASK and not row.get("answer"):
         raise ManifestError(f"{where}: an 'ask' example needs an 'answer'")
@@ -215,7 +215,7 @@ def _points(rows, frames: list[Frame], clip_start_ns: int, fps: float, where: st
     return out
 
 
-class _Recordings:
+class Recordings:
     """Image messages of recordings (MCAP or rosbag2 folders), read with `rosbags`."""
 
     def __init__(self):

@@ -2,7 +2,8 @@
 
 RUN is a run folder (its metrics.jsonl), a metrics.jsonl file, or a trainer's saved
 stdout (`step N/M lm ... loss ...` lines). Drawn with OpenCV (no plotting library):
-the loss of every step (light) and its running mean (dark) on the left axis, the
+the loss of every step (light) and its running mean (dark) on the left axis (log scale
+when it spans a decade), the
 validation F1 of each evaluated checkpoint on the right axis (0..1), the best one ringed.
 """
 from __future__ import annotations
@@ -49,13 +50,20 @@ def plot(path, out, title: str = "") -> Path:
     def px(step):
         return x0 + (step - x_min) / max(1, x_max - x_min) * (x1 - x0)
 
-    loss_lo = loss_hi = 0.0
+    loss_lo, loss_hi, log_scale = 0.0, 1.0, False
     if losses:
         values = np.array([v for _, v in losses], float)
         loss_lo, loss_hi = float(values.min()), float(values.max())
-        loss_lo, loss_hi = max(0.0, loss_lo - 0.05 * (loss_hi - loss_lo)), loss_hi + 1e-9
+        # a start-up spike would flatten the rest: log scale when the loss spans a decade
+        log_scale = loss_lo > 0 and loss_hi / loss_lo >= 10
+        if log_scale:
+            loss_lo, loss_hi = np.log10(loss_lo), np.log10(loss_hi)
+        else:
+            loss_lo = max(0.0, loss_lo - 0.05 * (loss_hi - loss_lo))
+        loss_hi += 1e-9
 
     def py_loss(v):
+        v = np.log10(v) if log_scale else v
         return y1 - (v - loss_lo) / (loss_hi - loss_lo) * (y1 - y0)
 
     def py_f1(v):
@@ -65,7 +73,8 @@ def plot(path, out, title: str = "") -> Path:
         y = y1 - i * (y1 - y0) / 5
         cv2.line(img, (x0, int(y)), (x1, int(y)), GRID, 1)
         if losses:
-            _text(img, f"{loss_lo + i * (loss_hi - loss_lo) / 5:.3g}", (x0 - 8, y), LOSS, anchor="right")
+            tick = loss_lo + i * (loss_hi - loss_lo) / 5
+            _text(img, f"{10 ** tick if log_scale else tick:.3g}", (x0 - 8, y), LOSS, anchor="right")
         if vals:
             _text(img, f"{i / 5:.1f}", (x1 + 8, y), F1)
         x = x0 + i * (x1 - x0) / 5
@@ -78,7 +87,7 @@ def plot(path, out, title: str = "") -> Path:
         smooth = np.stack([xs, [py_loss(v) for v in running_mean(values, max(1, len(values) // 50))]], 1)
         cv2.polylines(img, [pts], False, LOSS_LIGHT, 1, cv2.LINE_AA)
         cv2.polylines(img, [smooth.astype(np.int32)], False, LOSS, 2, cv2.LINE_AA)
-        _text(img, "training loss", (x0, y0 - 14), LOSS)
+        _text(img, "training loss" + (" (log scale)" if log_scale else ""), (x0, y0 - 14), LOSS)
     if vals:
         pts = np.array([(px(v["step"]), py_f1(v["val_f1"])) for v in vals], np.int32)
         cv2.polylines(img, [pts], False, F1, 2, cv2.LINE_AA)

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,7 +24,7 @@ from urllib.parse import urlparse
 import cv2
 import numpy as np
 
-from molmo2_ros.training.dataset import LoadStats, ManifestError, read_manifest, row_to_example
+from molmo2_ros.training.dataset import LoadStats, ManifestError, Recordings, read_manifest, row_to_example
 
 PAGE = Path(__file__).with_name("review_page.html")
 
@@ -38,6 +39,8 @@ class Review:
         self.rows = read_manifest(self.path)
         self.state: dict[int, dict] = {}        # line index -> edits (query, task, points, drop, reviewed)
         self._examples: dict[int, object] = {}
+        self._recordings = Recordings()          # each recording read once
+        self._lock = threading.Lock()            # the page asks for a line's frames in parallel
 
     def summary(self) -> list[dict]:
         out = []
@@ -51,9 +54,11 @@ class Review:
     def example(self, i: int):
         """The line as training loads it (frames sampled as the node samples them, truth
         points on their frames)."""
-        if i not in self._examples:
-            self._examples[i] = row_to_example(dict(self.rows[i]), self.path.parent, LoadStats())
-        return self._examples[i]
+        with self._lock:
+            if i not in self._examples:
+                self._examples[i] = row_to_example(dict(self.rows[i]), self.path.parent, LoadStats(),
+                                                   self._recordings)
+            return self._examples[i]
 
     def line(self, i: int) -> dict:
         """A line for the page: its frames' sizes and its points per frame (pixels)."""
@@ -145,7 +150,10 @@ def make_server(review: Review, port: int = 0) -> ThreadingHTTPServer:
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass   # the page moved on (e.g. to another line) before this frame arrived
 
         def _json(self, value, status=HTTPStatus.OK) -> None:
             self._send(status, json.dumps(value).encode(), "application/json")

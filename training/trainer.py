@@ -301,7 +301,8 @@ def train(config: TrainConfig, log=_print) -> Path:
 
     processor = AutoProcessor.from_pretrained(start_dir)
     apply_processor_settings(processor, config.processor)
-    model = AutoModelForImageTextToText.from_pretrained(start_dir, dtype=torch.float32)
+    weights = torch.bfloat16 if config.weights_dtype == "bf16" else torch.float32   # bf16: LoRA's frozen base
+    model = AutoModelForImageTextToText.from_pretrained(start_dir, dtype=weights)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False

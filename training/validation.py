@@ -58,7 +58,9 @@ def prepare(config: TrainConfig, log) -> tuple[list[Example] | None, list[Exampl
     held_frames = set().union(*(keys[i] for i in held))
     train = [i for i in range(len(rows)) if i not in held and not keys[i] & held_frames]
     if not train:
-        raise ValueError(f"validation ({how}) leaves no training line of {path}")
+        raise ValueError(f"validation ({how}) leaves no training line of {path}: its lines share frames "
+                         "(overlapping windows of one recording); hold out a smaller fraction, or record a "
+                         "separate validation recording and use validation.recordings")
     left_out = len(rows) - len(held) - len(train)
     log(f"validation: {len(held)} line(s) held out ({how}), training on {len(train)}"
         + (f"; {left_out} line(s) left out: they share frames with held-out lines" if left_out else ""))

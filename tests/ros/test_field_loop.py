@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -34,13 +35,14 @@ def env(domain: int) -> dict:
 
 
 def node_params(path: Path, model: str, **extra) -> Path:
-    return write_params(path, model=model, image_topic=TOPIC, query="red circle", query_period=1.0,
-                        window_seconds=2.0, max_frames=4, tracking_enable=False, max_new_tokens=48, **extra)
+    params = dict(model=model, image_topic=TOPIC, query="red circle", query_period=1.0, window_seconds=2.0,
+                  max_frames=4, tracking_enable=False, max_new_tokens=48)
+    return write_params(path, **{**params, **extra})
 
 
 @pytest.fixture(scope="module")
 def field(pointing_model_dir, tmp_path_factory):
-    """A node answering a continuous query on the published shapes scene, recorded for 6 s."""
+    """A node answering a continuous query on the published shapes scene, recorded for 10 s."""
     tmp = tmp_path_factory.mktemp("field")
     domain = 50 + (os.getpid() + 37) % 100
     publisher = subprocess.Popen([sys.executable, "-m", "molmo2_ros.ros.video_publisher", "--topic", TOPIC,
@@ -51,7 +53,7 @@ def field(pointing_model_dir, tmp_path_factory):
     try:
         harness.wait_for(lambda: len(harness.groundings) >= 2, 240, "the node's continuous answers")
         record = subprocess.run([str(BIN / "molmo2-ros"), "record", "--out", str(tmp / "rec"), "--image-topic",
-                                 TOPIC, "--duration", "6"], env=env(domain), capture_output=True, text=True,
+                                 TOPIC, "--duration", "10"], env=env(domain), capture_output=True, text=True,
                                 timeout=120)
     finally:
         harness.close()
@@ -70,7 +72,7 @@ def test_record_from_the_running_node_then_convert(field):
 
     out = field["record"].stdout
     assert f"recording {TOPIC}, {RESULTS} into {field['bag']}" in out
-    assert "duration 6 s reached:" in out and f"on {RESULTS}" in out
+    assert "duration 10 s reached:" in out and f"on {RESULTS}" in out
     metadata = yaml.safe_load((field["bag"] / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
     assert metadata["storage_identifier"] == "mcap"
     with AnyReader([field["bag"]]) as reader:   # no typestore given: the definitions come from the file
@@ -109,9 +111,9 @@ def test_the_whole_loop_review_train_export_serve(field, tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         with chromium(tmp_path / "profile") as driver:
-            driver.get(f"http://127.0.0.1:{server.server_address[1]}/")
-            line = driver.execute_async_script(
-                "fetch('/api/line/0').then(r => r.json()).then(arguments[arguments.length - 1])")
+            url = f"http://127.0.0.1:{server.server_address[1]}/"
+            driver.get(url)
+            line = json.loads(urllib.request.urlopen(url + "api/line/0", timeout=30).read())
             point = line["points"][0]
             canvases = frame_canvases(driver, len(line["frames"]))
             click_image(driver, canvases[point["frame"]], point["x"], point["y"])
@@ -132,7 +134,7 @@ def test_the_whole_loop_review_train_export_serve(field, tmp_path):
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump({
         "output_dir": "run", "model": str(field["model"]), "data": {"manifest": "data/train.jsonl"},
-        "validation": {"fraction": 0.3, "max_new_tokens": 48}, "steps": 4, "batch_size": 2, "lr": 1e-3,
+        "validation": {"fraction": 0.25, "max_new_tokens": 48}, "steps": 4, "batch_size": 2, "lr": 1e-3,
         "warmup": 1, "save_every": 2, "log_every": 1, "threads": 1}))
     done = subprocess.run([str(BIN / "molmo2-train"), "--config", str(config)], capture_output=True, text=True,
                           timeout=900, env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -163,3 +165,24 @@ def test_the_whole_loop_review_train_export_serve(field, tmp_path):
     finally:
         harness.close()
         node.stop()
+
+
+def test_record_a_compressed_camera(tmp_path):
+    """--compressed records CompressedImage on <topic>/compressed, and the frames convert back."""
+    from molmo2_ros.training.dataset import read_recording_images
+
+    domain = 50 + (os.getpid() + 41) % 100
+    publisher = subprocess.Popen([sys.executable, "-m", "molmo2_ros.ros.video_publisher", "--topic", TOPIC,
+                                  "--compressed", "--rate", "10", "--size", "96x64"], env=env(domain),
+                                 start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        record = subprocess.run([str(BIN / "molmo2-ros"), "record", "--out", str(tmp_path / "rec"), "--image-topic",
+                                 TOPIC, "--compressed", "--results-topic", "", "--duration", "3"], env=env(domain),
+                                capture_output=True, text=True, timeout=120)
+    finally:
+        os.killpg(publisher.pid, signal.SIGINT)
+        publisher.wait(timeout=20)
+    assert record.returncode == 0, record.stdout + record.stderr
+    assert f"recording {TOPIC}/compressed into" in record.stdout
+    images = list(read_recording_images(tmp_path / "rec", TOPIC + "/compressed"))
+    assert len(images) >= 10 and images[0][1].shape == (64, 96, 3) and images[0][2] == (96, 64)

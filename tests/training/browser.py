@@ -76,8 +76,9 @@ def press(driver, key: str) -> None:
 
 
 def wait_status(driver, text: str, timeout: float = 30.0) -> str:
+    """The page's status line once it starts with `text`."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     return WebDriverWait(driver, timeout).until(
-        lambda d: (s := d.find_element(By.ID, "status").text) and text in s and s)
+        lambda d: (s := d.find_element(By.ID, "status").text).startswith(text) and s)

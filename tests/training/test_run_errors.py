@@ -83,3 +83,6 @@ def test_validation_settings_are_checked(tmp_path):
     config.write_text("output_dir: run\nmodel: m\ndata: {manifest: t.jsonl}\nvalidation: {fraction: 1.5}\n")
     with pytest.raises(ValueError, match="fraction must be between 0 and 1"):
         load_config(config)
+    config.write_text("output_dir: run\nmodel: m\ndata: {manifest: t.jsonl}\nweights_dtype: bf16\n")
+    with pytest.raises(ValueError, match="weights_dtype bf16 is for LoRA"):
+        load_config(config)

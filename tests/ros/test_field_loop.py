@@ -186,3 +186,11 @@ def test_record_a_compressed_camera(tmp_path):
     assert f"recording {TOPIC}/compressed into" in record.stdout
     images = list(read_recording_images(tmp_path / "rec", TOPIC + "/compressed"))
     assert len(images) >= 10 and images[0][1].shape == (64, 96, 3) and images[0][2] == (96, 64)
+
+
+def test_record_refuses_to_overwrite(tmp_path):
+    (tmp_path / "rec").mkdir()
+    done = subprocess.run([str(BIN / "molmo2-ros"), "record", "--out", str(tmp_path / "rec"), "--duration", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"molmo2-ros record: error: {tmp_path / 'rec'} exists; choose a new --out folder" in done.stderr

@@ -100,3 +100,9 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
     assert len(saved) == 1 and f"saved {saved[0]} at step" in err
     step = int(saved[0].name.split("-")[1])
     assert step >= 2 and f"at step {step}/100000" in err
+
+
+def test_a_split_that_leaves_nothing_to_train_on_says_why(tmp_path):
+    manifest = write_image_manifest(tmp_path, n_images=1, queries_per_image=3)   # every line shares one frame
+    with pytest.raises(ValueError, match="leaves no training line .* share frames"):
+        prepare(config(tmp_path, manifest, validation=Validation(fraction=0.5)), lambda m: None)

@@ -78,3 +78,40 @@ def test_served_on_localhost_only(served):
     assert info.value.code == 403
     lines = json.loads(urllib.request.urlopen(url + "api/lines", timeout=10).read())["lines"]
     assert len(lines) == 4
+
+
+def test_tracks_are_corrected_per_frame(tmp_path):
+    """A track line from a recording: the selected object is placed on another frame (its own
+    point there), and Shift+click adds a second object."""
+    from manifests import write_scene_recording
+
+    from molmo2_ros.sim.shapes_world import make_clip
+
+    clip = make_clip(3, n_frames=16, fps=10, size=(160, 120), n_objects=1, start_ns=10**18)
+    write_scene_recording(tmp_path / "rec", clip)
+    stamps = clip.stamps_ns[0:16:5]                        # the frames a 2 fps window samples
+    obj = clip.objects[0][0]
+    line = {"recording": "rec", "topic": "/camera/image_raw", "start_ns": stamps[0], "end_ns": stamps[-1],
+            "task": "track", "query": obj.label,
+            "points": [{"stamp_ns": s, "id": 1, "x": obj.cx, "y": obj.cy} for s in stamps[:2]]}
+    manifest = tmp_path / "track.jsonl"
+    manifest.write_text(json.dumps(line) + "\n")
+    server = make_server(Review(manifest), 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with chromium(tmp_path / "profile") as driver:
+            driver.get(f"http://127.0.0.1:{server.server_address[1]}/")
+            canvases = frame_canvases(driver, 4)
+            click_image(driver, canvases[0], obj.cx, obj.cy)              # select object 1
+            click_image(driver, canvases[3], 100, 50)                     # its point on frame 4
+            click_image(driver, canvases[2], 30, 90, shift=True)          # a new object on frame 3
+            press(driver, "s")
+            wait_status(driver, "saved")
+    finally:
+        server.shutdown()
+        server.server_close()
+    (row,) = [json.loads(x) for x in manifest.read_text().splitlines()]
+    points = {(p["stamp_ns"], p["id"]): (p["x"], p["y"]) for p in row["points"]}
+    assert set(points) == {(stamps[0], 1), (stamps[1], 1), (stamps[3], 1), (stamps[2], 2)}
+    assert all(abs(a - b) <= 1 for a, b in zip(points[(stamps[3], 1)], (100, 50)))
+    assert all(abs(a - b) <= 1 for a, b in zip(points[(stamps[2], 2)], (30, 90)))

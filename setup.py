@@ -13,7 +13,7 @@ setup(
     + ["molmo2_ros.engines", "molmo2_ros.training"],
     package_dir={"molmo2_ros.engines": "engines", "molmo2_ros.training": "training"},
     include_package_data=True,
-    package_data={"molmo2_ros": ["assets/**/*"], "molmo2_ros.training": ["configs/*.yaml"]},
+    package_data={"molmo2_ros": ["assets/**/*"], "molmo2_ros.training": ["configs/*.yaml", "review_page.html"]},
     entry_points={
         "console_scripts": [
             "molmo2-ros = molmo2_ros.cli:main",

@@ -133,6 +133,19 @@ else
   say "no ../shared/ros2-tools: the ros2 command and launch are not installed (the tests that need them skip)"
 fi
 
+# --- 7. a browser for the review page's test (tests/training/test_review_page.py) ----------
+# Debian's chromium + chromium-driver, driven by selenium (requirements/dev.txt). Installed with
+# apt when missing and running as root (CI); otherwise say how (the test skips, except in CI).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    say "installing chromium and chromium-driver (apt) for the review page's browser test"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
+      >"$VENV/apt-chromium.log" 2>&1 || die "apt-get install chromium chromium-driver failed (log: $VENV/apt-chromium.log)"
+  else
+    say "note: no chromium/chromedriver; the review page's browser test skips (apt-get install chromium chromium-driver)"
+  fi
+fi
+
 "$PY" -c 'import molmo2_ros.msg, molmo2_ros.action, molmo2_ros.core' \
   || die "the installed package does not import (try: rm -rf $VENV/.bootstrap and rerun)"
 say "ready: $VENV (source $VENV/bin/activate, then molmo2-ros ..., ros2 launch molmo2_ros ...)"

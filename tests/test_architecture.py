@@ -15,7 +15,8 @@ FOLDERS = {"molmo2_ros": "molmo2_ros", "engines": "molmo2_ros.engines", "trainin
 LAYERS = [
     ("molmo2_ros.msg", "interfaces"), ("molmo2_ros.action", "interfaces"),
     ("molmo2_ros.core", "core"), ("molmo2_ros.sim", "sim"),
-    ("molmo2_ros.annotate", "support"), ("molmo2_ros.video_io", "support"), ("molmo2_ros.tiny_model", "support"),
+    ("molmo2_ros.annotate", "support"), ("molmo2_ros.bag_types", "support"),
+    ("molmo2_ros.video_io", "support"), ("molmo2_ros.tiny_model", "support"),
     ("molmo2_ros.backends", "backends"), ("molmo2_ros.ros", "ros"),
     ("molmo2_ros.engines", "engines"), ("molmo2_ros.training", "training"),
     ("molmo2_ros.cli", "entry"), ("molmo2_ros", "entry"),

@@ -1,4 +1,4 @@
-"""Console entry points: `molmo2-train` (and `molmo2-train convert`) and `molmo2-eval`."""
+"""Console entry points: `molmo2-train` (with `convert`, `review`, `plot`) and `molmo2-eval`."""
 from __future__ import annotations
 
 import argparse
@@ -7,22 +7,28 @@ import sys
 from pathlib import Path
 
 
+SUBCOMMANDS = {"convert": "molmo2_ros.training.convert", "review": "molmo2_ros.training.review",
+               "plot": "molmo2_ros.training.plot"}
+
+
 def train_main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "convert":
-        from molmo2_ros.training.convert import main as convert_main
+    if argv and argv[0] in SUBCOMMANDS:
+        import importlib
 
-        return convert_main(argv[1:])
+        return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="molmo2-train",
         description="Fine-tune Molmo2 (full or LoRA) from a config file; resumes from the newest "
-                    "checkpoint in output_dir. `molmo2-train convert --help`: recordings -> manifest.")
+                    "checkpoint in output_dir. Also: `molmo2-train convert` (recording -> manifest), "
+                    "`molmo2-train review DATASET` (correct it in the browser), `molmo2-train plot RUN` "
+                    "(loss and validation F1 as a PNG).")
     parser.add_argument("--config", required=True, help="YAML or JSON training config")
     parser.add_argument("--steps", type=int, help="override the config's steps")
     parser.add_argument("--output-dir", help="override the config's output_dir")
     args = parser.parse_args(argv)
     from molmo2_ros.training.config import load_config, validate
-    from molmo2_ros.training.trainer import train
+    from molmo2_ros.training.trainer import TrainingInterrupted, train
 
     try:
         config = load_config(args.config)
@@ -34,7 +40,18 @@ def train_main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"molmo2-train: {exc}", file=sys.stderr)
         return 2
-    final = train(config)
+    try:
+        final = train(config)
+    except ValueError as exc:   # bad data or settings: the message says which
+        print(f"molmo2-train: {exc}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted as exc:
+        resume = " ".join(["molmo2-train", *argv])
+        print(f"molmo2-train: interrupted: {exc}. Resume with: {resume}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("molmo2-train: interrupted before training started; nothing saved", file=sys.stderr)
+        return 130
     print(f"final checkpoint: {final}")
     return 0
 
@@ -56,7 +73,8 @@ def eval_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     parser.add_argument("--details", action="store_true", help="add per-example answers to the report")
-    parser.add_argument("--out", help="write the JSON report here (default: stdout only)")
+    parser.add_argument("--out", help="write the JSON report here and print a short summary "
+                                      "(default: the report on stdout)")
     args = parser.parse_args(argv)
 
     from molmo2_ros.backends.factory import make_backend
@@ -81,15 +99,31 @@ def eval_main(argv: list[str] | None = None) -> int:
     text = json.dumps(report, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")
-    print(text)
+        print(summary(report) + f"\nreport: {args.out}")
+    else:
+        print(text)
     return 0
+
+
+def summary(report: dict) -> str:
+    """One line per group: n, point P/R/F1, count accuracy."""
+    lines = []
+    for name, g in report["groups"].items():
+        p = g["points"]
+        line = f"{name}: n {p['n']}"
+        if p["n"]:
+            line += f", points P {p['precision']:.3f} R {p['recall']:.3f} F1 {p['f1']:.3f}"
+        if "count" in g and g["count"]["n"]:
+            line += f", count exact {g['count']['exact']:.3f} close {g['count']['close']:.3f}"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def _examples(args):
     if args.manifest:
-        from molmo2_ros.training.dataset import load_examples
+        from molmo2_ros.training.dataset import load_all
 
-        return list(load_examples(args.manifest))
+        return load_all(args.manifest)
     from molmo2_ros.training.shapes_tasks import HELDOUT_SEED, KINDS, heldout_examples
 
     plan = {}

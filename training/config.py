@@ -42,6 +42,21 @@ class Data:
 
 
 @dataclass
+class Validation:
+    """Held-out examples each saved checkpoint is evaluated on (molmo2_ros.training.validation).
+
+    One of: `fraction` of a manifest's lines (whole groups of lines that share frames; no
+    frame on both sides), the lines of the listed `recordings`, or `shapes` ({kind: n}
+    held-out shapes-world examples)."""
+
+    fraction: float | None = None
+    recordings: list | None = None
+    shapes: dict | None = None
+    max_new_tokens: int = 128
+    at_start: bool = True            # also evaluate the starting model (step 0)
+
+
+@dataclass
 class TrainConfig:
     output_dir: str
     model: str | None = None                            # HF checkpoint folder or hub id
@@ -49,6 +64,7 @@ class TrainConfig:
     # Processor settings saved with the checkpoints, e.g. {"video_pooling_size": [2, 2]}.
     processor: dict = field(default_factory=dict)
     data: Data = field(default_factory=Data)
+    validation: Validation | None = None
     steps: int = 1000
     batch_size: int = 8
     grad_accum: int = 1
@@ -63,6 +79,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     z_loss: float = 1e-4
     dtype: str = "fp32"                                 # "fp32" | "bf16" (autocast)
+    weights_dtype: str = "fp32"                         # "bf16": the frozen base of a LoRA run in bf16
     gradient_checkpointing: bool = False
     freeze: Freeze = field(default_factory=Freeze)
     lora: Lora | None = None
@@ -84,7 +101,7 @@ def _build(cls, values: dict, where: str):
     unknown = set(values) - set(fields)
     if unknown:
         raise ValueError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(fields)}")
-    nested = {"freeze": Freeze, "lora": Lora, "tiny_init": TinyInit, "data": Data}
+    nested = {"freeze": Freeze, "lora": Lora, "tiny_init": TinyInit, "data": Data, "validation": Validation}
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key in nested and value is not None:
@@ -106,7 +123,22 @@ def load_config(path) -> TrainConfig:
     else:
         values = json.loads(text)
     config = _build(TrainConfig, values, str(path))
+    resolve_paths(config, path.parent)
     return validate(config, str(path))
+
+
+def resolve_paths(c: TrainConfig, base: Path) -> None:
+    """Relative paths in a config file are relative to that file's folder; `model` only
+    when such a folder exists (otherwise it may be a hub id like allenai/Molmo2-4B)."""
+    def here(p):
+        return p if p is None or Path(p).is_absolute() else str(base / p)
+
+    c.output_dir = here(c.output_dir)
+    c.data.manifest = here(c.data.manifest)
+    if c.model is not None and (base / c.model).exists():
+        c.model = here(c.model)
+    if c.validation is not None and c.validation.recordings:
+        c.validation.recordings = [here(p) for p in c.validation.recordings]
 
 
 def validate(c: TrainConfig, where: str = "config") -> TrainConfig:
@@ -116,9 +148,23 @@ def validate(c: TrainConfig, where: str = "config") -> TrainConfig:
         raise ValueError(f"{where}: data needs exactly one of 'manifest' or 'shapes'")
     if c.dtype not in ("fp32", "bf16"):
         raise ValueError(f"{where}: dtype must be 'fp32' or 'bf16', got {c.dtype!r}")
+    if c.weights_dtype not in ("fp32", "bf16"):
+        raise ValueError(f"{where}: weights_dtype must be 'fp32' or 'bf16', got {c.weights_dtype!r}")
+    if c.weights_dtype == "bf16" and c.lora is None:
+        raise ValueError(f"{where}: weights_dtype bf16 is for LoRA (a frozen base); full fine-tuning keeps "
+                         "fp32 weights for AdamW")
     for name in ("steps", "batch_size", "grad_accum", "save_every", "log_every"):
         if getattr(c, name) < 1:
             raise ValueError(f"{where}: {name} must be >= 1")
+    v = c.validation
+    if v is not None:
+        chosen = [k for k in ("fraction", "recordings", "shapes") if getattr(v, k)]
+        if len(chosen) != 1:
+            raise ValueError(f"{where}: validation needs exactly one of 'fraction', 'recordings' or 'shapes'")
+        if v.fraction is not None and not 0 < v.fraction < 1:
+            raise ValueError(f"{where}: validation.fraction must be between 0 and 1, got {v.fraction}")
+        if (v.fraction or v.recordings) and c.data.manifest is None:
+            raise ValueError(f"{where}: validation by fraction or recordings needs data.manifest")
     if c.lora is not None and c.freeze.llm:
         raise ValueError(f"{where}: LoRA adapts the language model; do not also freeze it")
     return c

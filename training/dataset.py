@@ -51,8 +51,9 @@ class LoadStats:
     warnings: list[str] = field(default_factory=list)
 
 
-def read_manifest(path) -> list[dict]:
-    """The manifest's lines as dicts (blank lines and lines starting with # skipped)."""
+def read_manifest(path, errors: list[str] | None = None) -> list[dict]:
+    """The manifest's lines as dicts (blank lines and lines starting with # skipped). A line
+    that is not a JSON object raises ManifestError, or is listed in `errors` when given."""
     path = Path(path)
     rows = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
@@ -60,10 +61,14 @@ def read_manifest(path) -> list[dict]:
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ManifestError(f"{path}:{number}: not JSON ({exc})") from exc
-        if not isinstance(row, dict):
-            raise ManifestError(f"{path}:{number}: expected a JSON object")
+            if not isinstance(row, dict):
+                raise ManifestError(f"{path}:{number}: expected a JSON object")
+        except (json.JSONDecodeError, ManifestError) as exc:
+            error = exc if isinstance(exc, ManifestError) else ManifestError(f"{path}:{number}: not JSON ({exc})")
+            if errors is None:
+                raise error from exc
+            errors.append(str(error))
+            continue
         row["_where"] = f"{path}:{number}"
         rows.append(row)
     return rows
@@ -73,7 +78,7 @@ def load_examples(path, stats: LoadStats | None = None) -> Iterator[Example]:
     """Examples of the manifest at `path`, in order (sources relative to its folder)."""
     path = Path(path)
     stats = stats if stats is not None else LoadStats()
-    readers = _Recordings()
+    readers = Recordings()
     try:
         for row in read_manifest(path):
             yield row_to_example(row, path.parent, stats, readers)
@@ -81,7 +86,29 @@ def load_examples(path, stats: LoadStats | None = None) -> Iterator[Example]:
         readers.close()
 
 
-def row_to_example(row: dict, base: Path, stats: LoadStats, readers: "_Recordings | None" = None
+def load_all(path, stats: LoadStats | None = None) -> list[Example]:
+    """Every example of the manifest, or one ManifestError listing every bad line
+    (`file:line: reason`, one a line): a manifest is checked in full before training."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest {path} does not exist")
+    stats = stats if stats is not None else LoadStats()
+    readers = Recordings()
+    examples, errors = [], []
+    try:
+        for row in read_manifest(path, errors):
+            try:
+                examples.append(row_to_example(row, path.parent, stats, readers))
+            except ManifestError as exc:
+                errors.append(str(exc))
+    finally:
+        readers.close()
+    if errors:
+        raise ManifestError(f"{len(errors)} bad line(s) in {path}:\n" + "\n".join(f"  {e}" for e in errors))
+    return examples
+
+
+def row_to_example(row: dict, base: Path, stats: LoadStats, readers: "Recordings | None" = None
                    ) -> Example:
     where = row.get("_where", "manifest")
     sources = [k for k in SOURCE_KEYS if k in row]
@@ -97,8 +124,10 @@ def row_to_example(row: dict, base: Path, stats: LoadStats, readers: "_Recording
             raise ManifestError(f"{where}: bad shapes source {spec!r}: {exc}") from exc
         stats.examples += 1
         return example
+    if "task" not in row:
+        raise ManifestError(f"{where}: no 'task' (one of {', '.join(t.value for t in Task)})")
     try:
-        task = Task(row.get("task", "point"))
+        task = Task(row["task"])
     except ValueError as exc:
         raise ManifestError(f"{where}: unknown task {row.get('task')!r}") from exc
     query = row.get("query")
@@ -108,7 +137,7 @@ def row_to_example(row: dict, base: Path, stats: LoadStats, readers: "_Recording
     max_frames = int(row.get("max_frames", 16))
     max_side = int(row.get("max_side", 0))
     frames, clip_start_ns = _frames(row, sources[0], base, fps, max_frames, max_side, where,
-                                    readers or _Recordings())
+                                    readers or Recordings())
     points = _points(row.get("points", []), frames, clip_start_ns, fps, where, stats)
     if task is Task.ASK and not row.get("answer"):
         raise ManifestError(f"{where}: an 'ask' example needs an 'answer'")
@@ -121,10 +150,18 @@ def _frames(row, kind, base, fps, max_frames, max_side, where, readers) -> tuple
     from molmo2_ros.video_io import read_image, read_video
 
     if kind == "image":
-        image = read_image(base / row["image"])
+        path = base / row["image"]
+        if not path.is_file():
+            raise ManifestError(f"{where}: image {path} does not exist")
+        try:
+            image = read_image(path)
+        except (OSError, ValueError) as exc:
+            raise ManifestError(f"{where}: cannot read image {path} ({exc})") from exc
         return [Frame(image=image, stamp_ns=0, source_size=(image.shape[1], image.shape[0]))], 0
     window = FrameWindow(fps=fps, max_seconds=1e6, max_frames=max_frames, max_side=max_side)
     if kind == "video":
+        if not (base / row["video"]).is_file():
+            raise ManifestError(f"{where}: video {base / row['video']} does not exist")
         start = float(row.get("start", 0.0))
         end = float(row.get("end", float("inf")))
         # Decode at the source rate and let the node's own window pick the frames.
@@ -178,7 +215,7 @@ def _points(rows, frames: list[Frame], clip_start_ns: int, fps: float, where: st
     return out
 
 
-class _Recordings:
+class Recordings:
     """Image messages of recordings (MCAP or rosbag2 folders), read with `rosbags`."""
 
     def __init__(self):
@@ -194,11 +231,25 @@ class _Recordings:
         self._cache.clear()
 
 
+def read_recording_stamps(path: Path, topic: str, where: str = "") -> list[int]:
+    """Header stamps (ns) of the images on `topic`, without decoding them."""
+    return [stamp for stamp, _ in _recording_messages(path, topic, where)]
+
+
 def read_recording_images(path: Path, topic: str, where: str = ""):
     """(header stamp ns, RGB image, source size) of every Image/CompressedImage on `topic`."""
-    from rosbags.highlevel import AnyReader
-
     from molmo2_ros.core.image_conversion import compressed_to_rgb, image_to_rgb
+
+    for stamp, msg in _recording_messages(path, topic, where):
+        if hasattr(msg, "format"):
+            image, size = compressed_to_rgb(msg)
+        else:
+            image, size = image_to_rgb(msg)
+        yield stamp, image, size
+
+
+def _recording_messages(path: Path, topic: str, where: str):
+    from rosbags.highlevel import AnyReader
 
     path = Path(path)
     if not path.exists():
@@ -210,9 +261,4 @@ def read_recording_images(path: Path, topic: str, where: str = ""):
             raise ManifestError(f"{where}: no topic {topic!r} in {path} (topics: {topics})")
         for connection, _, raw in reader.messages(connections=connections):
             msg = reader.deserialize(raw, connection.msgtype)
-            stamp = msg.header.stamp.sec * NS + msg.header.stamp.nanosec
-            if connection.msgtype.endswith("CompressedImage"):
-                image, size = compressed_to_rgb(msg)
-            else:
-                image, size = image_to_rgb(msg)
-            yield stamp, image, size
+            yield msg.header.stamp.sec * NS + msg.header.stamp.nanosec, msg

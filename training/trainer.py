@@ -16,8 +16,6 @@ import json
 import math
 import os
 import shutil
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +28,7 @@ from molmo2_ros.core.grounder import sampling_fps
 from molmo2_ros.training.batching import Encoded, collate, encode
 from molmo2_ros.training.config import TrainConfig
 from molmo2_ros.training.examples import Example
+from molmo2_ros.training.run_log import METRICS_FILE, MetricsLog, Progress
 
 STATE_FILE = "trainer_state.pt"
 FINAL_DIR = "final"
@@ -44,7 +43,8 @@ class BatchSource:
     `data.shapes.frames`, so no batch pads short clips to a long one.
     """
 
-    def __init__(self, config: TrainConfig, rank: int = 0, world: int = 1):
+    def __init__(self, config: TrainConfig, rank: int = 0, world: int = 1,
+                 examples: list[Example] | None = None):
         self.config, self.rank, self.world = config, rank, world
         shapes = config.data.shapes
         if shapes is not None:
@@ -66,13 +66,8 @@ class BatchSource:
                 raise ValueError(f"data.shapes.frames: expected [min, max] with 2 <= min <= max, "
                                  f"got {shapes['frames']}")
             self.examples = None
-        else:
-            from molmo2_ros.training.dataset import LoadStats, load_examples
-
-            self.stats = LoadStats()
-            self.examples = list(load_examples(config.data.manifest, self.stats))
-            if not self.examples:
-                raise ValueError(f"{config.data.manifest}: no examples")
+        else:   # the manifest's training examples (molmo2_ros.training.validation.prepare)
+            self.examples = examples
             self.batches = self._manifest_batches()
 
     def _manifest_batches(self) -> list[list[int]]:
@@ -89,9 +84,9 @@ class BatchSource:
     def trained_window(self) -> TrainedWindow | None:
         """The longest video window the data holds (None without videos)."""
         if self.examples is None:
-            video = any(kind.startswith("video") for kind in self.kinds)
             from molmo2_ros.training.shapes_tasks import FPS
 
+            video = any(kind.startswith("video") for kind in self.kinds)
             return TrainedWindow(FPS, self.frames[1]) if video else None
         videos = [e.frames for e in self.examples if e.is_video]
         if not videos:
@@ -257,7 +252,9 @@ def save_hf(model, processor, folder: Path, lora: bool, window: TrainedWindow | 
 
 
 def save_checkpoint(step_module: TrainStep, processor, optimizer, scheduler, step: int,
-                    config: TrainConfig, window: TrainedWindow | None) -> Path:
+                    config: TrainConfig, protect: str | None = None, window: TrainedWindow | None = None) -> Path:
+    """checkpoint-N/ (written aside, then renamed); older ones beyond keep_checkpoints are
+    removed, except `protect` (the best one so far)."""
     folder = config.out / f"checkpoint-{step}"
     tmp = config.out / f"checkpoint-{step}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -268,7 +265,8 @@ def save_checkpoint(step_module: TrainStep, processor, optimizer, scheduler, ste
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     for old in checkpoints(config.out)[:-config.keep_checkpoints]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.name != protect:
+            shutil.rmtree(old, ignore_errors=True)
     return folder
 
 
@@ -279,6 +277,10 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     progress = (step - config.warmup) / max(1, config.steps - config.warmup)
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during training: a checkpoint was saved (the message names it)."""
 
 
 def _print(message: str) -> None:
@@ -309,10 +311,16 @@ def train(config: TrainConfig, log=_print) -> Path:
     start_dir = build_start_model(config) if main else None
     accelerator.wait_for_everyone()
     start_dir = start_dir or (config.model or str(config.out / "init"))
+    # Data first: a bad manifest stops here, every bad line listed, before the model loads.
+    from molmo2_ros.training.validation import Validator, prepare
+
+    train_examples, val_examples = prepare(config, log if main else (lambda m: None))
+    metrics = MetricsLog(config.out / METRICS_FILE, enabled=main)
 
     processor = AutoProcessor.from_pretrained(start_dir)
     apply_processor_settings(processor, config.processor)
-    model = AutoModelForImageTextToText.from_pretrained(start_dir, dtype=torch.float32)
+    weights = torch.bfloat16 if config.weights_dtype == "bf16" else torch.float32   # bf16: LoRA's frozen base
+    model = AutoModelForImageTextToText.from_pretrained(start_dir, dtype=weights)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
@@ -326,7 +334,7 @@ def train(config: TrainConfig, log=_print) -> Path:
     if config.freeze.embeddings:
         _freeze_base_embeddings(model)
 
-    source = BatchSource(config, accelerator.process_index, accelerator.num_processes)
+    source = BatchSource(config, accelerator.process_index, accelerator.num_processes, train_examples)
     aid = source.training_aid(model, processor)
     if aid is not None:
         groups.append({"params": list(aid.parameters()), "lr": config.lr, "name": "aid"})
@@ -350,13 +358,46 @@ def train(config: TrainConfig, log=_print) -> Path:
         scheduler.load_state_dict(state["scheduler"])
         start_step = state["step"]
         log(f"resumed from {found[-1]} at step {start_step}")
+    validator = (Validator(config, val_examples, metrics, accelerator.device.type, log)
+                 if main and val_examples else None)
+    if validator is not None and start_step == 0 and config.validation.at_start:
+        validator.evaluate(Path(start_dir), 0)
 
     step_module, optimizer = accelerator.prepare(step_module, optimizer)
     inner = accelerator.unwrap_model(step_module)
-    pad_id = processor.tokenizer.pad_token_id
     trainable = [p for g in groups for p in g["params"]]
-    progress = Progress(config, start_step, log, enabled=main)
+    progress = Progress(config, start_step, log, metrics, enabled=main)
     step_module.train()
+    try:
+        _loop(config, source, processor, step_module, inner, optimizer, scheduler, accelerator,
+              autocast, trainable, progress, validator, start_step, window)
+    except KeyboardInterrupt:   # Ctrl-C: keep what was learned, say how to go on
+        progress.close()
+        done = progress.step
+        if not main:
+            raise
+        if done == 0:
+            raise TrainingInterrupted("interrupted before the first step; nothing to save") from None
+        folder = config.out / f"checkpoint-{done}"
+        if not folder.is_dir():
+            folder = save_checkpoint(inner, processor, optimizer, scheduler, done, config,
+                                     validator and validator.best_checkpoint, window)
+        raise TrainingInterrupted(f"saved {folder} at step {done}/{config.steps}") from None
+    progress.close()
+    final = config.out / FINAL_DIR
+    if main:
+        shutil.rmtree(final, ignore_errors=True)
+        save_hf(inner.model, processor, final, config.lora is not None, window)
+        log(f"saved {final}")
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _loop(config, source, processor, step_module, inner, optimizer, scheduler, accelerator, autocast,
+          trainable, progress, validator, start_step, window) -> None:
+    """Optimizer steps from start_step to config.steps, saving (and validating) checkpoints."""
+    pad_id = processor.tokenizer.pad_token_id
+    main = accelerator.is_main_process
     for step in range(start_step, config.steps):
         parts_sum: dict[str, float] = {}
         n_tokens = n_examples = 0
@@ -382,56 +423,14 @@ def train(config: TrainConfig, log=_print) -> Path:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         progress.update(step + 1, parts_sum, n_examples * accelerator.num_processes,
-                        n_tokens * accelerator.num_processes)
+                        n_tokens * accelerator.num_processes, scheduler.get_last_lr()[0])
         done = step + 1
         if main and (done % config.save_every == 0 or done == config.steps):
-            save_checkpoint(inner, processor, optimizer, scheduler, done, config, window)
+            folder = save_checkpoint(inner, processor, optimizer, scheduler, done, config,
+                                     validator and validator.best_checkpoint, window)
+            if validator is not None:
+                validator.evaluate(folder, done)
         accelerator.wait_for_everyone()
-    progress.close()
-    final = config.out / FINAL_DIR
-    if main:
-        shutil.rmtree(final, ignore_errors=True)
-        save_hf(inner.model, processor, final, config.lora is not None, window)
-        log(f"saved {final}")
-    accelerator.wait_for_everyone()
-    return final
-
-
-class Progress:
-    """Loss, throughput and ETA: a tqdm bar on a terminal, a line every log_every steps."""
-
-    def __init__(self, config: TrainConfig, start: int, log, enabled: bool):
-        self.config, self.start, self.log, self.enabled = config, start, log, enabled
-        self.t0 = time.perf_counter()
-        self.examples = self.tokens = 0
-        self.smooth: dict[str, float] = {}
-        self.bar = None
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=config.steps, initial=start, unit="step", dynamic_ncols=True)
-
-    def update(self, step: int, parts: dict, examples: int, tokens: int) -> None:
-        if not self.enabled:
-            return
-        self.examples += examples
-        self.tokens += tokens
-        for k, v in parts.items():
-            self.smooth[k] = v if k not in self.smooth else 0.9 * self.smooth[k] + 0.1 * v
-        elapsed = time.perf_counter() - self.t0
-        rate = (step - self.start) / elapsed if elapsed > 0 else 0.0
-        eta = (self.config.steps - step) / rate if rate > 0 else float("inf")
-        stats = " ".join(f"{k} {v:.4f}" for k, v in self.smooth.items())
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"{stats} {self.examples / elapsed:.1f} ex/s")
-            self.bar.update(1)
-        if step % self.config.log_every == 0 or step == self.config.steps:
-            self.log(f"step {step}/{self.config.steps} {stats} | {self.examples / elapsed:.1f} ex/s "
-                     f"{self.tokens / elapsed:.0f} tok/s | elapsed {elapsed:.0f}s ETA {eta:.0f}s")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def _as_dict(config: TrainConfig) -> dict:

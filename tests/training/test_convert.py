@@ -1,6 +1,7 @@
 """A recording with camera images and the node's own answers (real MCAP written with
 rosbags, messages serialised by our generated type support) becomes a manifest that
-loads with the right frames and truth, and trains."""
+loads with the right frames and truth, and trains; lines that would not load are dropped
+and counted by reason."""
 import json
 
 import numpy as np
@@ -11,7 +12,8 @@ from sensor_msgs.msg import Image
 from molmo2_ros.core.grounding import GroundedPoint, Grounding, Task
 from molmo2_ros.ros.messages import grounding_to_msg, to_time
 from molmo2_ros.training.config import Data, TinyInit, TrainConfig
-from molmo2_ros.training.convert import convert, typestore
+from molmo2_ros.bag_types import typestore
+from molmo2_ros.training.convert import RESULTS_TOPIC, convert
 from molmo2_ros.training.dataset import LoadStats, load_examples
 from molmo2_ros.sim.shapes_world import make_clip
 from molmo2_ros.training.trainer import train
@@ -24,7 +26,7 @@ def write_bag(path, clip):
     store = typestore()
     with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
         images = writer.add_connection("/camera/image_raw", "sensor_msgs/msg/Image", typestore=store)
-        results = writer.add_connection("/molmo2/grounding", "molmo2_ros/msg/Grounding", typestore=store)
+        results = writer.add_connection(RESULTS_TOPIC, "molmo2_ros/msg/Grounding", typestore=store)
         for frame, stamp in zip(clip.frames, clip.stamps_ns):
             msg = Image(height=frame.shape[0], width=frame.shape[1], encoding="rgb8",
                         step=frame.shape[1] * 3, data=frame.tobytes())
@@ -37,6 +39,15 @@ def write_bag(path, clip):
         answer = Grounding(task=Task.POINT, query=obj.label, frame_stamps_ns=sampled, frame_id="camera",
                            points=[GroundedPoint(sampled[1], obj.cx, obj.cy, 1, obj.label)])
         writer.write(results, sampled[-1] + 1, serialize_message(grounding_to_msg(answer, "q1")))
+        # answers a recorder catches just after it starts: about frames from before the bag began
+        early = [sampled[0] - 500_000_000, sampled[0]]
+        for n in range(2):
+            before = Grounding(task=Task.POINT, query=obj.label, frame_stamps_ns=early, frame_id="camera",
+                               points=[GroundedPoint(early[0], obj.cx, obj.cy, 1, obj.label)])
+            writer.write(results, sampled[0] + 2 + n, serialize_message(grounding_to_msg(before, f"e{n}")))
+        missing = Grounding(task=Task.COUNT, query=obj.label, count=0, frame_id="camera",
+                            frame_stamps_ns=[sampled[0], sampled[0] + 1234])
+        writer.write(results, sampled[-1] + 2, serialize_message(grounding_to_msg(missing, "m")))
     return sampled, obj
 
 
@@ -52,8 +63,12 @@ def test_bag_to_manifest_to_training(tmp_path):
                    {"t": 0.5, "id": 2, "x": 1, "y": 1, "occluded": True},
                    {"t": 1.4, "id": 3, "x": 1, "y": 1}]}) + "\n")
     manifest = tmp_path / "data" / "train.jsonl"
-    n = convert(bag, "/camera/image_raw", manifest, results_topic="/molmo2/grounding", annotations=annotations)
-    assert n == 2
+    report = convert(bag, "/camera/image_raw", manifest, results_topic=RESULTS_TOPIC, annotations=annotations)
+    assert report.kept == 2
+    assert dict(report.dropped) == {"frames from before the recording began": 2,
+                                    "frames missing from the recording": 1}
+    assert report.summary() == ("kept 2 of 5 lines; dropped 2 (frames from before the recording began), "
+                                "1 (frames missing from the recording)")
 
     stats = LoadStats()
     answer, counted = load_examples(manifest, stats)

@@ -56,6 +56,10 @@ def test_molmo2_eval_writes_a_report(tiny_model_dir, tmp_path, capsys):
     rc = eval_main(["--model", str(tiny_model_dir), "--shapes", "image_point=2,image_count=2,video_track=1",
                     "--max-new-tokens", "12", "--threads", "1", "--out", str(out), "--details"])
     assert rc == 0
+    printed = capsys.readouterr().out
+    assert not printed.lstrip().startswith("{") and '"groups"' not in printed   # a summary, not the JSON
+    assert "image_point: n 2, points P" in printed and "image_count: n 2" in printed and "count exact" in printed
+    assert f"report: {out}" in printed
     report = json.loads(out.read_text())
     assert set(report["groups"]) == {"image_point", "image_count", "video_track"}
     assert report["groups"]["image_count"]["count"]["n"] == 2

@@ -46,7 +46,8 @@ def saved_keys(folder):
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_training_lowers_the_loss_and_checkpoints_load(tmp_path, mode):
     # LoRA adapts the language model's linear layers only (lm_head stays random): it learns slower
-    extra = ({"lora": Lora(r=8, alpha=16), "lr": 1e-2, "dtype": "bf16", "gradient_checkpointing": True}
+    extra = ({"lora": Lora(r=8, alpha=16), "lr": 1e-2, "dtype": "bf16", "weights_dtype": "bf16",
+              "gradient_checkpointing": True}
              if mode == "lora" else {"data": Data(shapes={"mix": {"image_point": 1.0}, "seed": 0,
                                                            "aid": {"aux_weight": 1.0, "attention_weight": 1.0}}),
                                      "grad_accum": 2})

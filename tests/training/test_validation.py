@@ -75,7 +75,7 @@ def test_validated_run_logs_metrics_plots_and_keeps_the_best(tmp_path):
 
 
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
-    manifest = write_image_manifest(tmp_path, n_images=2, queries_per_image=1)
+    write_image_manifest(tmp_path, n_images=2, queries_per_image=1)
     cfg_file = tmp_path / "train.json"
     cfg_file.write_text(json.dumps({"output_dir": "run", "tiny_init": {"seed": 0}, "data": {"manifest": "train.jsonl"},
                                     "steps": 100000, "batch_size": 1, "save_every": 100000, "threads": 1}))

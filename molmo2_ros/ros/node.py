@@ -46,7 +46,9 @@ from molmo2_ros.ros.query_worker import (ERROR_CANCELED, ERROR_EMPTY_WINDOW, ERR
                                          ERROR_NONE, ERROR_NOT_ACTIVE, Outcome, Query,
                                          QueryError, QueryWorker)
 from molmo2_ros.ros import live_params
-from molmo2_ros.ros.settings import PARAMETERS, Settings, check_goal_window, parse_task, validate
+from molmo2_ros.backends.trained_window import read_trained_window
+from molmo2_ros.ros.settings import (PARAMETERS, Settings, check_goal_window, parse_task, resolve_window,
+                                     validate)
 
 try:  # Jazzy and later
     from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
@@ -90,6 +92,8 @@ class GroundingNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.settings: Settings | None = None
         self._backend = None
+        self._trained_window = None    # what the model folder states, read at configure
+        self._window_source = ""
         self._ground = None
         self._window: FrameWindow | None = None
         self._propagator: TrackPropagator | None = None
@@ -136,12 +140,11 @@ class GroundingNode(LifecycleNode):
         except ValueError as exc:
             self.get_logger().error(f"invalid parameters: {exc}")
             return TransitionCallbackReturn.FAILURE
-        s = self.settings
+        if not self._load_backend():
+            return TransitionCallbackReturn.FAILURE
+        s = self.settings   # the window resolved against the model's
         self._window = self._make_window(s)
         self._propagator = self._make_propagator(s)
-        if not self._load_backend():
-            self._window = self._propagator = None  # still unconfigured
-            return TransitionCallbackReturn.FAILURE
         pub_events = PublisherEventCallbacks(incompatible_qos=self._on_incompatible_qos)
         self._grounding_pub = self.create_publisher(GroundingMsg, "~/grounding", RESULTS_QOS,
                                                     event_callbacks=pub_events)
@@ -197,7 +200,19 @@ class GroundingNode(LifecycleNode):
         self._ground = ground
         self.get_logger().info(f"loaded {self._backend.name} backend, model {self._backend.model_id} "
                                f"in {time.monotonic() - started:.1f} s")
-        if s.warmup == "always" or (s.warmup == "auto" and self._backend.compiles_on_first_use):
+        try:
+            self._trained_window = read_trained_window(s.engine_dir or model)
+        except ValueError as exc:
+            self.get_logger().error(f"cannot read the model's trained window: {exc}")
+            self._free_backend()
+            return False
+        # parameters left at 0 take the model's window (read from the parameters as they are now)
+        declared = validate({n: self.get_parameter(n).value for n in PARAMETERS})
+        self.settings, self._window_source = resolve_window(declared, self._trained_window)
+        w = self.settings
+        self.get_logger().info(f"window: {w.max_frames} frames, {w.window_seconds:g} s at {w.fps:g} fps, "
+                               f"from {self._window_source}")
+        if w.warmup == "always" or (w.warmup == "auto" and self._backend.compiles_on_first_use):
             self._warm_up()
         return True
 
@@ -304,7 +319,8 @@ class GroundingNode(LifecycleNode):
         state = "active" if self._active else "inactive" if self._window is not None else "unconfigured"
         reason = live_params.refusal(changes, self.get_fully_qualified_name(), state)
         if reason is None and changes and state != "unconfigured":
-            self._apply(validate({**current, **changes}), set(changes))
+            new, self._window_source = resolve_window(validate({**current, **changes}), self._trained_window)
+            self._apply(new, set(changes))
         return SetParametersResult(successful=reason is None, reason=reason or "")
 
     def _apply(self, new: Settings, names: set[str]) -> None:
@@ -571,6 +587,7 @@ class GroundingNode(LifecycleNode):
             "frames_received": str(self._frames_total),
             "window_frames": str(stats.frames if stats else 0),
             "window_max_frames": str(stats.max_frames if stats else 0),
+            "window_source": self._window_source,
             "window_span_s": f"{stats.span_s:.2f}" if stats else "0",
             "window_bytes": str(stats.bytes if stats else 0),
             "frames_rejected": str(stats.rejected if stats else 0),

@@ -3,10 +3,12 @@ meaning; the README's table and config/molmo2_grounding.yaml mirror it, a test c
 and their validation at configure into `Settings`, naming every bad value at once."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 from molmo2_ros.backends.factory import BACKEND_KINDS
+from molmo2_ros.backends.trained_window import TrainedWindow
 from molmo2_ros.core.grounding import Task
 from molmo2_ros.core.optical_flow import WINDOW as FLOW_WINDOW
 from molmo2_ros.ros.messages import TASK_FROM_MSG
@@ -26,16 +28,18 @@ PARAMETERS = {
                                    "from the folder's ONNX graphs (else they are refused)"),
     "device": ("", "torch device, e.g. cuda or cpu; empty: cuda when available"),
     "dtype": ("auto", "torch dtype: auto, float32, float16 or bfloat16"),
-    "fps": (2.0, "frames per second kept in the window (the model's sampling rate)"),
-    "window_seconds": (8.0, "seconds of frames a query sees by default (and the window keeps)"),
-    "max_frames": (16, "frames a query sees at most by default (and the window keeps)"),
+    "fps": (0.0, "frames per second kept in the window (0: the model's trained window, else 2.0)"),
+    "window_seconds": (0.0, "seconds of frames a query sees by default and the window keeps (0: the "
+                            "model's trained window, else 8.0)"),
+    "max_frames": (0, "frames a query sees at most by default and the window keeps (0: the model's "
+                      "trained window, else 16)"),
     "max_side": (640, "frames are shrunk on ingest so their longer side is at most this (px)"),
     "jump_back_s": (1.0, "a stamp this much older than the newest resets the window (bag replay)"),
     "jump_ahead_s": (10.0, "a stamp this much newer than the newest is rejected, unless the next "
                            "frame confirms the jump (one bad stamp must not wipe the window)"),
     "max_image_pixels": (7680 * 4320, "camera images with more pixels (width x height, read from a "
                                       "compressed image's header) are refused before decoding"),
-    "max_new_tokens": (256, "token budget of one answer"),
+    "max_new_tokens": (512, "token budget of one answer (a 16-frame track of two objects needs ~400)"),
     "warmup": ("auto", "at configure, answer one query on blank frames (a full window) so the first "
                        "real one does not pay for compilation: auto (only backends that compile on "
                        "first use: torch on CUDA), always or never"),
@@ -154,9 +158,10 @@ def validate(values: dict) -> Settings:
           f"backend must be one of {', '.join(BACKEND_KINDS)}, got {out['backend']!r}")
     check(out["dtype"] in ("auto", "float32", "float16", "bfloat16"),
           f"dtype must be auto, float32, float16 or bfloat16, got {out['dtype']!r}")
-    check(out["fps"] > 0, f"fps must be > 0, got {out['fps']}")
-    check(out["window_seconds"] > 0, f"window_seconds must be > 0, got {out['window_seconds']}")
-    check(out["max_frames"] >= 1, f"max_frames must be >= 1, got {out['max_frames']}")
+    check(out["fps"] >= 0, f"fps must be > 0, or 0 for the model's window, got {out['fps']}")
+    check(out["window_seconds"] >= 0,
+          f"window_seconds must be > 0, or 0 for the model's window, got {out['window_seconds']}")
+    check(out["max_frames"] >= 0, f"max_frames must be >= 1, or 0 for the model's window, got {out['max_frames']}")
     check(out["max_side"] >= 0, f"max_side must be >= 0 (0 = keep the source size), got {out['max_side']}")
     check(out["jump_back_s"] >= 0, f"jump_back_s must be >= 0, got {out['jump_back_s']}")
     check(out["jump_ahead_s"] > 0, f"jump_ahead_s must be > 0, got {out['jump_ahead_s']}")
@@ -180,3 +185,21 @@ def validate(values: dict) -> Settings:
     if errors:
         raise ValueError("; ".join(errors))
     return Settings(**out)
+
+
+# The window when neither the parameters nor the model say (Molmo2 samples video at 2 fps).
+DEFAULT_WINDOW = {"fps": 2.0, "window_seconds": 8.0, "max_frames": 16}
+
+
+def resolve_window(s: Settings, trained: TrainedWindow | None) -> tuple[Settings, str]:
+    """`s` with fps, window_seconds and max_frames left at 0 taken from the model's trained
+    window (when it states one), else DEFAULT_WINDOW; and where they came from."""
+    auto = [name for name in DEFAULT_WINDOW if not getattr(s, name)]
+    if not auto:
+        return s, "parameters"
+    base = DEFAULT_WINDOW if trained is None else {
+        "fps": trained.fps, "window_seconds": trained.window_seconds, "max_frames": trained.max_frames}
+    source = "built-in defaults" if trained is None else f"the model's trained window ({trained.describe()})"
+    if len(auto) < len(DEFAULT_WINDOW):
+        source = f"{', '.join(auto)} from {source}, the rest from parameters"
+    return dataclasses.replace(s, **{name: base[name] for name in auto}), source

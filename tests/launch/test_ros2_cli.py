@@ -110,11 +110,11 @@ def test_param_set_applies_at_once_or_names_the_problem(shell, node):
     assert "tracking_frames" not in diagnostics(shell, NODE, lambda d: "tracking_frames" not in d)
     shell.run("ros2 param set /molmo2_grounding tracking_enable true")
 
-    out = shell.run("ros2 param set /molmo2_grounding fps 0")
-    assert "Setting parameter failed: fps must be > 0, got 0.0" in out
-    assert "Double value is: 2.0" in shell.run("ros2 param get /molmo2_grounding fps")
+    out = shell.run("ros2 param set /molmo2_grounding fps -1.0")
+    assert "Setting parameter failed: fps must be > 0, or 0 for the model's window, got -1.0" in out
+    assert "Double value is: 0.0" in shell.run("ros2 param get /molmo2_grounding fps")   # the model's window
     out = shell.run("ros2 param set /molmo2_grounding max_frames -2")
-    assert "Setting parameter failed: max_frames must be >= 1, got -2" in out
+    assert "Setting parameter failed: max_frames must be >= 1, or 0 for the model's window, got -2" in out
     assert "Integer value is: 4" in shell.run("ros2 param get /molmo2_grounding max_frames")
 
     out = shell.run("ros2 param set /molmo2_grounding model /models/Molmo2-4B")

@@ -31,10 +31,11 @@ def test_refusals_say_how_to_apply(state):
 
 
 def test_bad_values_are_refused_with_the_configure_message():
-    assert live_params.refusal({"fps": 0}, NODE, "active") == "fps must be > 0, got 0.0"
+    assert live_params.refusal({"fps": -0.5}, NODE, "active") == "fps must be > 0, or 0 for the model's window, got -0.5"
+    assert live_params.refusal({"fps": 0.0}, NODE, "active") is None   # 0: the model's window
     assert live_params.refusal({"query_task": "dance"}, NODE, "active").startswith("query_task: unknown task")
     assert live_params.refusal({"max_frames": "4"}, NODE, "active") == "max_frames must be a int, got '4'"
     with pytest.raises(ValueError) as error:  # at configure (values from the start): all named at once
         validate(live_params.DEFAULTS | {"fps": -1.0, "image_reliability": "sometimes"})
     assert str(error.value) == ("image_reliability must be best_effort or reliable, got 'sometimes'; "
-                                "fps must be > 0, got -1.0")
+                                "fps must be > 0, or 0 for the model's window, got -1.0")

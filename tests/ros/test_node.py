@@ -333,7 +333,8 @@ def test_lifecycle_inactive_queries_and_failing_backends(served, nan_model_dir, 
     # Invalid parameters: refused when set, with configure's message; the old value stays.
     harness.set_params(model=str(pointing_model_dir))
     refused = harness.set_params_results(fps=-1.0, image_reliability="sometimes")
-    assert [r.reason for r in refused] == ["fps must be > 0, got -1.0", "image_reliability must be "
+    assert [r.reason for r in refused] == ["fps must be > 0, or 0 for the model's window, got -1.0",
+                                           "image_reliability must be "
                                            "best_effort or reliable, got 'sometimes'"]
     refused = harness.set_params_results(window_seconds=math.nan, jump_back_s=math.inf, query_period=1e30)
     assert [r.reason for r in refused] == ["window_seconds must be a finite number, got nan",
@@ -397,3 +398,26 @@ def test_4k_flood_keeps_memory_bounded(served):
     assert node.alive()
     assert harness.ask("red square")[1].error_code == R.ERROR_NONE
     assert harness.reconfigure(compressed=False)
+
+
+def test_the_models_trained_window_fills_the_window_parameters_left_at_0(served, pointing_model_dir, tmp_path):
+    from molmo2_ros.backends.trained_window import TrainedWindow, write_trained_window
+
+    harness, node = served
+    model = tmp_path / "model_with_window"
+    shutil.copytree(pointing_model_dir, model)
+    write_trained_window(model, TrainedWindow(fps=1.0, max_frames=3))
+    try:
+        assert harness.reconfigure(model=str(model), max_frames=0)   # fps, window_seconds: 0 in the params file
+        d = harness.wait_diag(lambda d: d["state"] == "active" and d["model"] == str(model))
+        assert d["window_max_frames"] == "3"
+        assert d["window_source"] == "the model's trained window (3 frames at 1 fps (3 s))"
+        assert "window: 3 frames, 3 s at 1 fps, from the model's trained window" in node.log()
+        harness.set_params(max_frames=5)                              # an explicit value wins, live
+        d = harness.wait_diag(lambda d: d["window_max_frames"] == "5")
+        assert d["window_source"] == ("fps, window_seconds from the model's trained window (3 frames at 1 fps "
+                                      "(3 s)), the rest from parameters")
+    finally:
+        assert harness.reconfigure(model=str(pointing_model_dir), max_frames=8)
+    d = harness.wait_diag(lambda d: d["model"] == str(pointing_model_dir))
+    assert d["window_source"] == "fps, window_seconds from built-in defaults, the rest from parameters"

@@ -50,8 +50,8 @@ PARAMETERS = {
     "diagnostics_period": (1.0, "seconds between /diagnostics messages"),
     "tracking_enable": (True, "propagate answers' points to every camera frame on ~/tracked_objects"),
     "tracking_max_points": (50, "most objects propagated at once (highest model score first)"),
-    "tracking_max_age": (10.0, "seconds after its anchor frame a propagated object is dropped"),
-    "tracking_window": (5.0, "seconds of camera frames buffered for latency compensation"),
+    "tracking_max_age": (15.0, "seconds after its anchor frame a propagated object is dropped"),
+    "tracking_window": (12.0, "seconds of camera frames buffered for latency compensation"),
     "tracking_max_side": (640, "longer side of the image optical flow runs on (px; 0 = full size)"),
     "tracking_buffer_mb": (128.0, "memory bound of the tracking frame buffer (MiB)"),
 }

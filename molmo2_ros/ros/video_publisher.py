@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate", type=float, default=10.0, help="frames per second (default %(default)s)")
     parser.add_argument("--size", type=parse_size, default=(320, 240),
                         help="synthetic scene size WxH (default 320x240)")
-    parser.add_argument("--seconds", type=float, default=6.0,
+    parser.add_argument("--seconds", type=float, default=20.0,
                         help="length of the synthetic scene before it loops (default %(default)s)")
     parser.add_argument("--objects", type=parse_objects, default="red circle,blue square,yellow triangle",
                         help="the synthetic scene's shapes, 'colour shape' comma-separated "
@@ -78,11 +78,7 @@ def load_frames(args) -> list:
         from molmo2_ros.video_io import read_video
 
         return [f.image for f in read_video(args.video, fps=args.rate)]
-    try:
-        from molmo2_ros.sim.shapes_world import make_clip
-    except ImportError as exc:
-        raise ValueError(f"the synthetic scene needs the repository's `training` package ({exc}); "
-                         "install the repository with pip, or pass --video FILE") from None
+    from molmo2_ros.sim.shapes_world import make_clip
 
     clip = make_clip(args.seed, n_frames=max(1, round(args.seconds * args.rate)), fps=args.rate,
                      size=args.size, objects=args.objects, speed_range=(0.05, 0.15))

@@ -12,7 +12,7 @@ def _export(args) -> int:
 
     settings = ExportSettings(precision=args.precision, max_frames=args.max_frames, max_crops=args.max_crops,
                               max_prompt=args.max_prompt, max_new_tokens=args.max_new_tokens,
-                              max_batch=args.max_batch)
+                              max_batch=args.max_batch, quantize=args.quantize, block_size=args.block_size)
     out = export_checkpoint(args.model, args.out, settings, device=args.device,
                             progress=lambda m: print(m, file=sys.stderr))
     print(out)
@@ -69,10 +69,10 @@ def _bench(args) -> int:
     if source is not None and not Path(source, "config.json").is_file():
         raise FileNotFoundError(f"--baseline needs the source checkpoint {source} (from the manifest) on this machine")
     kw = {"device": args.device} if args.runtime == "onnxruntime" else {}
-    backend = make_backend(args.runtime, "bench", engine_dir=args.dir, **kw)
+    backend = make_backend(args.runtime, None, engine_dir=args.dir, **kw)
     try:
         result = bench_backend(backend, frames=args.frames, decode_steps=args.decode_steps, repeats=args.repeats,
-                               baseline_model=source)
+                               baseline_model=source, pasts=args.past)
     finally:
         backend.close()
     print(json.dumps(result))
@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-prompt", type=int, default=4096)
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--max-batch", type=int, default=1)
+    p.add_argument("--quantize", choices=["int8", "int4"],
+                   help="weight-only block-wise Q/DQ of the LM graphs (layers, lm_head, embeddings); vision stays")
+    p.add_argument("--block-size", type=int, default=128, help="quantization block along the input channels")
     p.add_argument("--device", default="cpu", help="device to trace on (cuda for fp16/bf16 exports)")
     p.set_defaults(func=_export)
 
@@ -116,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--decode-steps", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--past", type=lambda text: [int(v) for v in text.split(",")],
+                   help="comma-separated cache fills, e.g. 64,4096: decode step ms at each and their ratio")
     p.add_argument("--baseline", action="store_true",
                    help="also time transformers on the source checkpoint (same inputs, same process) and print ratios")
     p.set_defaults(func=_bench)

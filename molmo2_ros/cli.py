@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     decode_s = time.perf_counter() - started
 
     extra = {"allow_pickle": True} if args.allow_pickle else {}
-    model = args.model or default_model()[0]
+    # engines run as exported unless a model is named (then they must come from it)
+    model = args.model or (default_model()[0] if args.backend == "torch" else None)
     backend = make_backend(args.backend, model, device=args.device, dtype=args.dtype,
                            engine_dir=args.engine_dir, **extra)
     try:

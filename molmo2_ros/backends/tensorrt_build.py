@@ -39,16 +39,14 @@ def default_profiles(config: dict, settings: dict) -> dict:
     kv = [text["num_key_value_heads"], text["head_dim"]]
     opt_prompt = max(1, prompt // 2)
 
-    def kv_profile(lo, opt, hi):
-        return [[1, kv[0], lo, kv[1]], [1, kv[0], opt, kv[1]], [batch, kv[0], hi, kv[1]]]
-
     layers = text["num_hidden_layers"]
+    # the runners preallocate `total` cache slots (backends.kv_cache): decode always sees that capacity
     decode = {"input_ids": [[1, 1], [1, 1], [batch, 1]],
-              "attention_mask": [[1, 2], [1, opt_prompt + 1], [batch, total]],
+              "attention_mask": [[1, 1], [1, total], [batch, total]],
               "position_ids": [[1, 1], [1, 1], [batch, 1]]}
     for i in range(layers):
         for kind in ("key", "value"):
-            decode[f"past.{i}.{kind}"] = kv_profile(1, opt_prompt, total - 1)
+            decode[f"past.{i}.{kind}"] = [[1, kv[0], 1, kv[1]], [1, kv[0], total, kv[1]], [batch, kv[0], total, kv[1]]]
     return {
         VISION_FILE: {"pixel_values": [[1, patches, patch_dim], [opt_crops, patches, patch_dim],
                                        [crops, patches, patch_dim]],

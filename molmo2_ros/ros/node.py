@@ -152,7 +152,7 @@ class GroundingNode(LifecycleNode):
         from molmo2_ros.core.grounder import ground
 
         model = s.model
-        if not model:
+        if not model and s.backend == "torch":   # engine backends run their engines as exported
             from molmo2_ros.backends.default_model import default_model
             model, is_random = default_model()
             if is_random:

@@ -140,6 +140,6 @@ def test_factory_refuses_tensorrt_folder_without_engines(engine_copy):
     from molmo2_ros.backends.factory import make_backend
 
     with pytest.raises(EngineMismatch, match="molmo2-engines build"):
-        make_backend("tensorrt", "tiny", engine_dir=engine_copy)
+        make_backend("tensorrt", None, engine_dir=engine_copy)
     with pytest.raises(ValueError, match="needs engine_dir"):
-        make_backend("onnxruntime", "tiny")
+        make_backend("onnxruntime", None)

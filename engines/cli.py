@@ -44,6 +44,7 @@ def _inspect(args) -> int:
         print(f"REFUSED: {exc}", file=sys.stderr)
         return 2
     print(manifest.format_manifest(data))
+    print(_summary(data["export"]), file=sys.stderr)
     source_hash = manifest.checkpoint_hash(args.model) if args.model else None
     runtimes = [args.runtime] if args.runtime else ["onnxruntime"] + (["tensorrt"] if "tensorrt" in data else [])
     status = 0
@@ -57,6 +58,19 @@ def _inspect(args) -> int:
             print(f"{runtime}: REFUSED: {exc}", file=sys.stderr)
             status = 2
     return status
+
+
+def _summary(export: dict) -> str:
+    settings = export["settings"]
+    line = f"graphs: {settings['precision']}, KV capacity {settings['max_prompt'] + settings['max_new_tokens']}"
+    scheme = settings.get("quantize")
+    if not scheme:
+        return line + ", weights not quantized"
+    record = export.get("quantization", {}).get("prefill.onnx", {})
+    before, after = record.get("weight_bytes_before"), record.get("weight_bytes_after")
+    ratio = f" = {after / before:.3f}x" if before and after else ""
+    return (line + f", weights {scheme} (block {record.get('block_size')}, {record.get('weights_quantized')} LM "
+            f"weights): {after} of {before} bytes{ratio}")
 
 
 def _bench(args) -> int:
@@ -94,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=1)
     p.add_argument("--quantize", choices=["int8", "int4"],
                    help="weight-only block-wise Q/DQ of the LM graphs (layers, lm_head, embeddings); vision stays")
-    p.add_argument("--block-size", type=int, default=128, help="quantization block along the input channels")
+    p.add_argument("--block-size", type=int,
+                   help="quantization block along the input channels (default: 128 for int8, 32 for int4)")
     p.add_argument("--device", default="cpu", help="device to trace on (cuda for fp16/bf16 exports)")
     p.set_defaults(func=_export)
 

@@ -45,7 +45,7 @@ class ExportSettings:
     max_batch: int = 1
     opset: int = OPSET
     quantize: str | None = None   # weight-only "int8" / "int4" LM graphs, converted to opset 21 (engines.quantize)
-    block_size: int = 128
+    block_size: int | None = None   # quantization block; None: engines.quantize.DEFAULT_BLOCK_SIZE
 
     def __post_init__(self):
         from molmo2_ros.engines.quantize import SCHEMES
@@ -54,7 +54,7 @@ class ExportSettings:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if self.quantize not in (None, *SCHEMES):
             raise ValueError(f"quantize must be one of {', '.join(SCHEMES)}, got {self.quantize!r}")
-        if self.block_size < 1:
+        if self.block_size is not None and self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
         for name in ("max_frames", "max_crops", "max_prompt", "max_new_tokens", "max_batch"):
             if getattr(self, name) < 1:

@@ -358,7 +358,8 @@ def main(argv=None) -> int:
         if device != "cuda":
             raise _Skip("TensorRT needs a CUDA GPU")
         from molmo2_ros.engines.bench import bench_runner
-        from molmo2_ros.backends.tensorrt_build import ENGINE_FILES, build_engine, default_profiles
+        from molmo2_ros.backends.engine_folder import probe_machine
+        from molmo2_ros.backends.tensorrt_build import ENGINE_FILES, build_engine, default_profiles, timing_cache_name
         from molmo2_ros.engines.export import ExportSettings
         from molmo2_ros.backends.tensorrt_backend import TrtRunner
 
@@ -371,7 +372,7 @@ def main(argv=None) -> int:
             if report.left() < 30:
                 raise _Skip(f"budget ran out before building {engine_name} (built: {seconds})")
             seconds[engine_name] = round(build_engine(
-                trt, state["graphs"] / onnx_name, state["graphs"] / engine_name, shapes[onnx_name], workspace_gb=16, timing_cache=state["graphs"] / "timing.cache",
+                trt, state["graphs"] / onnx_name, state["graphs"] / engine_name, shapes[onnx_name], workspace_gb=16, timing_cache=state["graphs"] / timing_cache_name(probe_machine()),
                 progress=lambda m: print(m, file=sys.stderr)), 2)
         runner = TrtRunner(state["graphs"], settings["max_prompt"] + settings["max_new_tokens"])
         result = parity(runner, state["tensors"], state["reference"], args.decode_steps)

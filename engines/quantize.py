@@ -23,7 +23,7 @@ import numpy as np
 
 QUANTIZE_OPSET = 21           # DequantizeLinear with block_size and int4 weights
 SCHEMES = {"int8": 127, "int4": 7}   # symmetric: int8 -127..127, int4 -7..7
-DEFAULT_BLOCK_SIZE = 128
+DEFAULT_BLOCK_SIZE = {"int8": 128, "int4": 32}   # int4 needs finer blocks to keep the answers (docs/engines.md)
 TWO_GB = 2 << 30
 
 
@@ -66,7 +66,7 @@ def _targets(graph, initializers: dict) -> dict[str, int]:
     return targets
 
 
-def quantize_graph(path: Path, scheme: str, block_size: int = DEFAULT_BLOCK_SIZE) -> dict:
+def quantize_graph(path: Path, scheme: str, block_size: int | None = None) -> dict:
     """Rewrite the ONNX graph at `path` in place with quantized weights; return what was done
     (weights quantized and left as they were, bytes of weights before and after)."""
     import onnx
@@ -74,9 +74,11 @@ def quantize_graph(path: Path, scheme: str, block_size: int = DEFAULT_BLOCK_SIZE
 
     if scheme not in SCHEMES:
         raise ValueError(f"quantization must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+    block_size = block_size or DEFAULT_BLOCK_SIZE[scheme]
     model = onnx.load(str(path))
     model = version_converter.convert_version(model, QUANTIZE_OPSET)
     graph = model.graph
+    del graph.value_info[:]   # shape annotations the converter infers; not part of the exported graph
     initializers = {t.name: t for t in graph.initializer}
     targets = _targets(graph, initializers)
     dq_nodes, kept, before, after = [], [], 0, 0

@@ -147,7 +147,7 @@ def now() -> str:
 
 
 def write_engine_manifest(folder: Path, *, engine_files: list[str], precision: str, profiles: dict,
-                          machine: MachineFacts, build_seconds: dict) -> dict:
+                          machine: MachineFacts, build_seconds: dict, timing_cache: str | None = None) -> dict:
     data = read_manifest(folder)
     data["tensorrt"] = {
         "created": now(),
@@ -156,6 +156,7 @@ def write_engine_manifest(folder: Path, *, engine_files: list[str], precision: s
         "profiles": profiles,
         "build_seconds": build_seconds,
         "machine": asdict(machine),
+        "timing_cache": timing_cache,   # made on `machine`; builds elsewhere use their own
         "project_version": project_version(),
     }
     write(folder, data)

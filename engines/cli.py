@@ -1,4 +1,4 @@
-"""`molmo2-engines export|build|inspect|bench`."""
+"""`molmo2-engines export|build|inspect|plan|bench`."""
 from __future__ import annotations
 
 import argparse
@@ -73,6 +73,28 @@ def _summary(export: dict) -> str:
             f"weights): {after} of {before} bytes{ratio}")
 
 
+def _plan(args) -> int:
+    from molmo2_ros.backends import memory_plan
+
+    window = memory_plan.Window(frames=args.frames, max_new_tokens=args.max_new_tokens)
+    plans = []
+    for model in args.model:
+        config = (memory_plan.PUBLISHED[model] if model in memory_plan.PUBLISHED
+                  else json.loads(Path(model, "config.json").read_text()))
+        plans += [memory_plan.describe(model, config, weights, window) for weights in args.weights.split(",")]
+    if args.json:
+        print(json.dumps(plans))
+        return 0
+    devices = [name for name, _, _ in memory_plan.DEVICES]
+    print(f"{args.frames} frames, {args.max_new_tokens} new tokens (GB; vision tower fp16; KV cache fp16)")
+    print(f"{'model':<12}{'weights':>8}{'LM':>7}{'vision':>7}{'KV':>6}{'act':>6}{'total':>7}  " + "  ".join(devices))
+    for p in plans:
+        act = max(p["activations_prefill"], p["activations_vision"])
+        print(f"{p['model']:<12}{p['weights']:>8}{p['weights_lm']:>7.2f}{p['weights_vision']:>7.2f}{p['kv_cache']:>6.2f}"
+              f"{act:>6.2f}{p['total_gb']:>7.2f}  " + "  ".join(f"{p['devices'][d]:^{len(d)}}" for d in devices))
+    return 0
+
+
 def _bench(args) -> int:
     from molmo2_ros.engines.bench import bench_backend
     from molmo2_ros.backends.factory import make_backend
@@ -126,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=["onnxruntime", "tensorrt"])
     p.add_argument("--model", help="checkpoint folder the engines must come from (its hash is compared)")
     p.set_defaults(func=_inspect)
+
+    p = sub.add_parser("plan", help="memory per model, weight format and device for a query window")
+    p.add_argument("--model", nargs="+", default=["Molmo2-4B", "Molmo2-8B"],
+                   help="published model names (Molmo2-4B, Molmo2-8B) or checkpoint/engine folders")
+    p.add_argument("--weights", default="fp16,int8,int4", help="comma-separated: fp32, fp16, bf16, int8, int4")
+    p.add_argument("--frames", type=int, default=16, help="frames in the window (the node's max_frames)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_plan)
 
     p = sub.add_parser("bench", help="vision ms/frame, prefill ms, decode tokens/s as JSON")
     p.add_argument("dir")

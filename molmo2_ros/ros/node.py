@@ -174,6 +174,9 @@ class GroundingNode(LifecycleNode):
         self._ground = ground
         self.get_logger().info(f"loaded {self._backend.name} backend, model {self._backend.model_id} "
                                f"in {time.monotonic() - started:.1f} s")
+        from molmo2_ros.backends.memory_plan import plan_for_backend
+        level, line = plan_for_backend(self._backend, frames=s.max_frames, max_new_tokens=s.max_new_tokens)
+        getattr(self.get_logger(), level)(line)
         if s.warmup == "always" or (s.warmup == "auto" and self._backend.compiles_on_first_use):
             self._warm_up()
         return True

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -72,6 +73,7 @@ def main() -> int:
         for name, flags in VARIANTS.items():
             folder = export(args.model, Path(tmp) / name, flags, 1024)
             result["variants"][name] = {**lm_sizes(folder), **evaluate(args.model, folder, args.shapes, args.threads)}
+            print(json.dumps({name: result["variants"][name]}), file=sys.stderr, flush=True)
         from molmo2_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
         from molmo2_ros.engines.bench import decode_scaling
 

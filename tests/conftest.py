@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pathlib import Path
 
 from molmo2_ros.core.grounding import Frame
 
@@ -60,3 +61,14 @@ def write_test_video(path, n_frames: int = 30, fps: int = 10, size: tuple[int, i
 @pytest.fixture
 def test_video(tmp_path):
     return write_test_video(tmp_path / "clip.mp4")
+
+
+@pytest.fixture(scope="session")
+def original_layout_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model written in the published checkpoints' original (remote-code) layout."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("original_layout", Path(__file__).with_name("original_layout.py"))
+    helper = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helper)
+    return helper.write_original_layout(tiny_model_dir, tmp_path_factory.mktemp("original_layout") / "model")

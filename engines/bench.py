@@ -135,24 +135,33 @@ def bench_runner(runner, tensors: dict, *, decode_steps: int = 32, repeats: int 
     }
 
 
-def decode_step_ms(runner, image_feature, image_patch_id: int, past: int, steps: int = 16) -> float:
-    """Median ms of one decode step with `past` cache slots filled: a prompt of one image
-    token and `past - 1` text tokens is prefilled, then `steps` tokens are decoded."""
-    if past + steps > runner.capacity:
-        raise ValueError(f"past {past} + {steps} steps exceed the engines' KV capacity {runner.capacity}; "
+def decode_step_ms(runner, image_feature, image_patch_id: int, pasts: list[int], steps: int = 16) -> dict[int, float]:
+    """Median ms of one decode step at each cache fill in `pasts`, measured interleaved: a prompt
+    of one image token and `max(pasts) - 1` text tokens is prefilled once, then each round sets
+    the cache to each fill in turn (mask and length: the state a prompt of that many tokens
+    leaves) and times one step there, so load changes on the machine hit every fill alike."""
+    top = max(pasts)
+    if top + 1 > runner.capacity:
+        raise ValueError(f"past {top} + 1 step exceeds the engines' KV capacity {runner.capacity}; "
                          "export with a larger --max-prompt")
     rng = np.random.default_rng(0)
-    ids = np.concatenate([[image_patch_id], rng.integers(3, 200, past - 1)])[None].astype(np.int64)
+    ids = np.concatenate([[image_patch_id], rng.integers(3, 200, top - 1)])[None].astype(np.int64)
     mask = np.ones_like(ids)
     mm = np.zeros_like(ids)
     mm[0, 0] = 1
-    logits = runner.prefill(ids, image_feature, mask, np.arange(past, dtype=np.int64)[None], mm)
-    times = []
-    for position in range(past, past + steps):
-        start = time.perf_counter()
-        logits = runner.decode(int(np.argmax(logits[0])), position)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times[1:] if steps > 1 else times)
+    logits = runner.prefill(ids, image_feature, mask, np.arange(top, dtype=np.int64)[None], mm)
+    token = int(np.argmax(logits[0]))
+    cache = runner.cache
+    times = {p: [] for p in pasts}
+    for _ in range(steps + 1):          # the first round warms up
+        for past in pasts:
+            cache.mask.zero_()
+            cache.mask[:, :past] = 1
+            cache.length = past
+            start = time.perf_counter()
+            runner.decode(token, past)
+            times[past].append((time.perf_counter() - start) * 1000)
+    return {p: statistics.median(t[1:]) for p, t in times.items()}
 
 
 def decode_scaling(backend, pasts: list[int], steps: int = 16) -> dict:
@@ -164,8 +173,8 @@ def decode_scaling(backend, pasts: list[int], steps: int = 16) -> dict:
     pixels, pooling = vision_arrays(tensors)
     feature = backend.runner.vision(pixels, pooling, (pooling >= 0).any(-1))[:1]
     pasts = sorted(pasts)
-    ms = {str(p): round(decode_step_ms(backend.runner, feature, backend.config.image_patch_id, p, steps), 4)
-          for p in pasts}
+    ms = {str(p): round(v, 4) for p, v in
+          decode_step_ms(backend.runner, feature, backend.config.image_patch_id, pasts, steps).items()}
     return {"decode_step_ms": ms, "decode_step_ratio": round(ms[str(pasts[-1])] / ms[str(pasts[0])], 3)}
 
 

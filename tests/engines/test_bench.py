@@ -34,7 +34,7 @@ def test_bench_past_reports_decode_step_ms_at_each_fill_and_their_ratio(tiny_exp
     assert result["decode_step_ratio"] == round(steps["1000"] / steps["16"], 3)
     # a fill beyond the engines' KV capacity is refused with the reason, not a crash
     assert main(["bench", str(tiny_export_dir), "--device", "cpu", "--frames", "1", "--past", "16,5000"]) == 2
-    assert "exceed the engines' KV capacity 1088" in capsys.readouterr().err
+    assert "exceeds the engines' KV capacity 1088" in capsys.readouterr().err
 
 
 def test_step_clock_rates_come_from_one_run():

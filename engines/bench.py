@@ -2,7 +2,8 @@
 
 Runs the folder's graphs (ONNX Runtime, or TensorRT engines) on synthetic frames
 through the real processor, the same path the backends take; `--baseline` adds
-transformers' own generate on the source checkpoint, in the same process, with ratios.
+transformers' own generate on the source checkpoint, in the same process, with ratios;
+`--past 64,4096` adds the decode step time at those cache fills and their ratio.
 """
 from __future__ import annotations
 
@@ -44,6 +45,25 @@ def torch_inputs(tensors: dict, device, dtype) -> dict:
             for k, v in tensors.items()}
 
 
+class StepClock:
+    """A logits processor that notes the time of every generation step, so that decode speed
+    comes from one generate call: steps after the first / the time between them."""
+
+    def __init__(self, sync=None):
+        self.sync, self.times = sync, []
+
+    def __call__(self, input_ids, scores):
+        if self.sync:
+            self.sync()
+        self.times.append(time.perf_counter())
+        return scores
+
+    def tokens_per_s(self) -> float:
+        if len(self.times) < 2:
+            raise ValueError("decode speed needs at least two generation steps")
+        return (len(self.times) - 1) / (self.times[-1] - self.times[0])
+
+
 def hf_baseline(model, tensors: dict, device, decode_steps: int, repeats: int = 3) -> dict:
     """transformers' own path on the same inputs: vision encoder, prefill with the vision
     features precomputed, time to first token and decode speed of `generate`."""
@@ -70,12 +90,14 @@ def hf_baseline(model, tensors: dict, device, decode_steps: int, repeats: int = 
             return model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
 
         ttft_ms = median_ms(lambda: generate(1), repeats, sync)
-        full_ms = median_ms(lambda: generate(decode_steps + 1), 1, sync)
+        clock = StepClock(sync)
+        model.generate(**inputs, max_new_tokens=decode_steps + 1, min_new_tokens=decode_steps + 1, do_sample=False,
+                       logits_processor=[clock])
     return {"attention": model.config._attn_implementation, "dtype": str(model.dtype).replace("torch.", ""),
             "frames": int(frames), "prompt_tokens": int(inputs["input_ids"].shape[1]),
             "vision_ms_per_frame": round(vision_ms / frames, 3), "prefill_ms": round(prefill_ms, 3),
             "time_to_first_token_ms": round(ttft_ms, 3),
-            "decode_tokens_per_s": round(decode_steps / max((full_ms - ttft_ms) / 1000, 1e-9), 2)}
+            "decode_tokens_per_s": round(clock.tokens_per_s(), 2)}
 
 
 def bench_runner(runner, tensors: dict, *, decode_steps: int = 32, repeats: int = 3) -> dict:
@@ -95,13 +117,11 @@ def bench_runner(runner, tensors: dict, *, decode_steps: int = 32, repeats: int 
     vision_ms = median_ms(lambda: runner.vision(pixels, pooling, valid), repeats)
     prefill_ms = median_ms(lambda: runner.prefill(ids, features, mask, positions, mm), repeats)
 
-    logits, kv = runner.prefill(ids, features, mask, positions, mm)
+    logits = runner.prefill(ids, features, mask, positions, mm)
     position = int(positions[0, -1]) + 1
     start = time.perf_counter()
     for _ in range(decode_steps):
-        token = np.array([[int(np.argmax(logits[0]))]], dtype=np.int64)
-        mask = np.concatenate([mask, np.ones((1, 1), dtype=np.int64)], axis=1)
-        logits, kv = runner.decode(token, mask, np.array([[position]], dtype=np.int64), kv)
+        logits = runner.decode(int(np.argmax(logits[0])), position)
         position += 1
     decode_s = time.perf_counter() - start
     return {
@@ -115,14 +135,59 @@ def bench_runner(runner, tensors: dict, *, decode_steps: int = 32, repeats: int 
     }
 
 
+def decode_step_ms(runner, image_feature, image_patch_id: int, pasts: list[int], steps: int = 16) -> dict[int, float]:
+    """Median ms of one decode step at each cache fill in `pasts`, measured interleaved: a prompt
+    of one image token and `max(pasts) - 1` text tokens is prefilled once, then each round sets
+    the cache to each fill in turn (mask and length: the state a prompt of that many tokens
+    leaves) and times one step there, so load changes on the machine hit every fill alike."""
+    top = max(pasts)
+    if top + 1 > runner.capacity:
+        raise ValueError(f"past {top} + 1 step exceeds the engines' KV capacity {runner.capacity}; "
+                         "export with a larger --max-prompt")
+    rng = np.random.default_rng(0)
+    ids = np.concatenate([[image_patch_id], rng.integers(3, 200, top - 1)])[None].astype(np.int64)
+    mask = np.ones_like(ids)
+    mm = np.zeros_like(ids)
+    mm[0, 0] = 1
+    logits = runner.prefill(ids, image_feature, mask, np.arange(top, dtype=np.int64)[None], mm)
+    token = int(np.argmax(logits[0]))
+    cache = runner.cache
+    times = {p: [] for p in pasts}
+    for _ in range(steps + 1):          # the first round warms up
+        for past in pasts:
+            cache.mask.zero_()
+            cache.mask[:, :past] = 1
+            cache.length = past
+            start = time.perf_counter()
+            runner.decode(token, past)
+            times[past].append((time.perf_counter() - start) * 1000)
+    return {p: statistics.median(t[1:]) for p, t in times.items()}
+
+
+def decode_scaling(backend, pasts: list[int], steps: int = 16) -> dict:
+    """Decode step ms at each cache fill in `pasts`, in this process, and the ratio of the
+    largest fill's step to the smallest's (a flat-cost decode keeps it near 1)."""
+    from molmo2_ros.backends.kv_greedy import vision_arrays
+
+    tensors = backend.preprocessor.build(synthetic_frames(1), "Point to the person.", return_tensors="np").tensors
+    pixels, pooling = vision_arrays(tensors)
+    feature = backend.runner.vision(pixels, pooling, (pooling >= 0).any(-1))[:1]
+    pasts = sorted(pasts)
+    ms = {str(p): round(v, 4) for p, v in
+          decode_step_ms(backend.runner, feature, backend.config.image_patch_id, pasts, steps).items()}
+    return {"decode_step_ms": ms, "decode_step_ratio": round(ms[str(pasts[-1])] / ms[str(pasts[0])], 3)}
+
+
 def bench_backend(backend, *, frames: int = 8, decode_steps: int = 32, repeats: int = 3,
-                  prompt: str = "Point to the person.", baseline_model=None) -> dict:
+                  prompt: str = "Point to the person.", baseline_model=None, pasts: list[int] | None = None) -> dict:
     """bench_runner over a GraphBackend, on synthetic frames through its preprocessing;
     with `baseline_model` (the source checkpoint folder) also transformers on the same
     inputs in this process, and the speed-up ratios."""
     inputs = backend.preprocessor.build(synthetic_frames(frames), prompt, return_tensors="np")
     result = {"backend": backend.name,
               **bench_runner(backend.runner, inputs.tensors, decode_steps=decode_steps, repeats=repeats)}
+    if pasts:
+        result.update(decode_scaling(backend, pasts))
     if baseline_model is not None:
         import torch
         from transformers import Molmo2ForConditionalGeneration

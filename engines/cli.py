@@ -1,4 +1,4 @@
-"""`molmo2-engines export|build|inspect|bench`."""
+"""`molmo2-engines export|build|inspect|plan|bench`."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +12,7 @@ def _export(args) -> int:
 
     settings = ExportSettings(precision=args.precision, max_frames=args.max_frames, max_crops=args.max_crops,
                               max_prompt=args.max_prompt, max_new_tokens=args.max_new_tokens,
-                              max_batch=args.max_batch)
+                              max_batch=args.max_batch, quantize=args.quantize, block_size=args.block_size)
     out = export_checkpoint(args.model, args.out, settings, device=args.device,
                             progress=lambda m: print(m, file=sys.stderr))
     print(out)
@@ -44,6 +44,7 @@ def _inspect(args) -> int:
         print(f"REFUSED: {exc}", file=sys.stderr)
         return 2
     print(manifest.format_manifest(data))
+    print(_summary(data["export"]), file=sys.stderr)
     source_hash = manifest.checkpoint_hash(args.model) if args.model else None
     runtimes = [args.runtime] if args.runtime else ["onnxruntime"] + (["tensorrt"] if "tensorrt" in data else [])
     status = 0
@@ -59,6 +60,41 @@ def _inspect(args) -> int:
     return status
 
 
+def _summary(export: dict) -> str:
+    settings = export["settings"]
+    line = f"graphs: {settings['precision']}, KV capacity {settings['max_prompt'] + settings['max_new_tokens']}"
+    scheme = settings.get("quantize")
+    if not scheme:
+        return line + ", weights not quantized"
+    record = export.get("quantization", {}).get("prefill.onnx", {})
+    before, after = record.get("weight_bytes_before"), record.get("weight_bytes_after")
+    ratio = f" = {after / before:.3f}x" if before and after else ""
+    return (line + f", weights {scheme} (block {record.get('block_size')}, {record.get('weights_quantized')} LM "
+            f"weights): {after} of {before} bytes{ratio}")
+
+
+def _plan(args) -> int:
+    from molmo2_ros.backends import memory_plan
+
+    window = memory_plan.Window(frames=args.frames, max_new_tokens=args.max_new_tokens)
+    plans = []
+    for model in args.model:
+        config = (memory_plan.PUBLISHED[model] if model in memory_plan.PUBLISHED
+                  else json.loads(Path(model, "config.json").read_text()))
+        plans += [memory_plan.describe(model, config, weights, window) for weights in args.weights.split(",")]
+    if args.json:
+        print(json.dumps(plans))
+        return 0
+    devices = [name for name, _, _ in memory_plan.DEVICES]
+    print(f"{args.frames} frames, {args.max_new_tokens} new tokens (GB; vision tower fp16; KV cache fp16)")
+    print(f"{'model':<12}{'weights':>8}{'LM':>7}{'vision':>7}{'KV':>6}{'act':>6}{'total':>7}  " + "  ".join(devices))
+    for p in plans:
+        act = max(p["activations_prefill"], p["activations_vision"])
+        print(f"{p['model']:<12}{p['weights']:>8}{p['weights_lm']:>7.2f}{p['weights_vision']:>7.2f}{p['kv_cache']:>6.2f}"
+              f"{act:>6.2f}{p['total_gb']:>7.2f}  " + "  ".join(f"{p['devices'][d]:^{len(d)}}" for d in devices))
+    return 0
+
+
 def _bench(args) -> int:
     from molmo2_ros.engines.bench import bench_backend
     from molmo2_ros.backends.factory import make_backend
@@ -69,10 +105,10 @@ def _bench(args) -> int:
     if source is not None and not Path(source, "config.json").is_file():
         raise FileNotFoundError(f"--baseline needs the source checkpoint {source} (from the manifest) on this machine")
     kw = {"device": args.device} if args.runtime == "onnxruntime" else {}
-    backend = make_backend(args.runtime, "bench", engine_dir=args.dir, **kw)
+    backend = make_backend(args.runtime, None, engine_dir=args.dir, **kw)
     try:
         result = bench_backend(backend, frames=args.frames, decode_steps=args.decode_steps, repeats=args.repeats,
-                               baseline_model=source)
+                               baseline_model=source, pasts=args.past)
     finally:
         backend.close()
     print(json.dumps(result))
@@ -92,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-prompt", type=int, default=4096)
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--max-batch", type=int, default=1)
+    p.add_argument("--quantize", choices=["int8", "int4"],
+                   help="weight-only block-wise Q/DQ of the LM graphs (layers, lm_head, embeddings); vision stays")
+    p.add_argument("--block-size", type=int,
+                   help="quantization block along the input channels (default: 128 for int8, 32 for int4)")
     p.add_argument("--device", default="cpu", help="device to trace on (cuda for fp16/bf16 exports)")
     p.set_defaults(func=_export)
 
@@ -109,6 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="checkpoint folder the engines must come from (its hash is compared)")
     p.set_defaults(func=_inspect)
 
+    p = sub.add_parser("plan", help="memory per model, weight format and device for a query window")
+    p.add_argument("--model", nargs="+", default=["Molmo2-4B", "Molmo2-8B"],
+                   help="published model names (Molmo2-4B, Molmo2-8B) or checkpoint/engine folders")
+    p.add_argument("--weights", default="fp16,int8,int4", help="comma-separated: fp32, fp16, bf16, int8, int4")
+    p.add_argument("--frames", type=int, default=16, help="frames in the window (the node's max_frames)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_plan)
+
     p = sub.add_parser("bench", help="vision ms/frame, prefill ms, decode tokens/s as JSON")
     p.add_argument("dir")
     p.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
@@ -116,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--decode-steps", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--past", type=lambda text: [int(v) for v in text.split(",")],
+                   help="comma-separated cache fills, e.g. 64,4096: decode step ms at each and their ratio")
     p.add_argument("--baseline", action="store_true",
                    help="also time transformers on the source checkpoint (same inputs, same process) and print ratios")
     p.set_defaults(func=_bench)

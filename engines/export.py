@@ -9,7 +9,8 @@
   ids and *adds* the image features to the `<im_patch>` embeddings in order (as
   transformers' `masked_scatter` of embed + feature does), and builds the prefix-LM mask
   itself: causal OR (both tokens are vision tokens), keys restricted to attention_mask.
-- `decode.onnx`: one token with explicit past KV -> logits + present KV (plain causal).
+- `decode.onnx`: one token over a preallocated KV cache (filled slots given by attention_mask)
+  -> logits + the token's new KV, which the runner writes into the cache (plain causal).
 
 The processor/tokenizer files, config.json and a manifest (molmo2_ros.backends.engine_folder) are written
 beside the graphs. All graphs are traced with batch 2 so batch stays dynamic.
@@ -44,17 +45,25 @@ class ExportSettings:
     max_new_tokens: int = 512
     max_batch: int = 1
     opset: int = OPSET
+    quantize: str | None = None   # weight-only "int8" / "int4" LM graphs, converted to opset 21 (engines.quantize)
+    block_size: int | None = None   # quantization block; None: engines.quantize.DEFAULT_BLOCK_SIZE
 
     def __post_init__(self):
+        from molmo2_ros.engines.quantize import SCHEMES
+
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        if self.quantize not in (None, *SCHEMES):
+            raise ValueError(f"quantize must be one of {', '.join(SCHEMES)}, got {self.quantize!r}")
+        if self.block_size is not None and self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
         for name in ("max_frames", "max_crops", "max_prompt", "max_new_tokens", "max_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 def kv_names(num_layers: int, prefix: str) -> list[str]:
-    """`past.0.key`, `past.0.value`, ... (prefix "past") or `present.*` (prefix "present")."""
+    """`past.0.key`, `past.0.value`, ... for prefix "past" (likewise "present", "new")."""
     return [f"{prefix}.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
 
 
@@ -140,14 +149,73 @@ class PrefillGraph(_LanguageModelGraph):
         return self._run(embeds, mask, position_ids, DynamicCache(config=self.text_config))
 
 
-class DecodeGraph(_LanguageModelGraph):
-    def forward(self, input_ids, attention_mask, position_ids, *past):
-        from transformers import DynamicCache
+STATIC_KV_ATTENTION = "molmo2_static_kv"
 
-        embeds = self.embed(input_ids)
-        mask = torch.where(attention_mask.bool(), 0.0, _min_value(embeds.dtype)).to(embeds.dtype)[:, None, None, :]
-        cache = DynamicCache([(past[2 * i], past[2 * i + 1]) for i in range(self.num_layers)])
-        return self._run(embeds, mask, position_ids, cache)
+
+def static_kv_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """One decode step over a preallocated KV cache without copying it.
+
+    `module.static_kv` holds the layer's cache buffers [batch, kv_heads, capacity, head_dim]
+    (graph inputs); `key`/`value` are the new token's. The scores over the buffer (masked to
+    its valid slots by `attention_mask`) and the score of the new key share one fp32 softmax,
+    as eager attention over concat(past, new) computes; grouped heads are matched by
+    reshaping the query, never by repeating (copying) the cache."""
+    past_key, past_value = module.static_kv
+    batch, heads, _, head_dim = query.shape
+    kv_heads = past_key.shape[1]
+    q = query.reshape(batch, kv_heads, heads // kv_heads, head_dim)
+    past_scores = torch.matmul(q, past_key.transpose(2, 3)) * scaling + attention_mask
+    new_scores = (q * key).sum(-1, keepdim=True) * scaling
+    weights = torch.softmax(torch.cat([past_scores, new_scores], dim=-1), dim=-1, dtype=torch.float32)
+    weights = weights.to(query.dtype)
+    out = torch.matmul(weights[..., :-1], past_value) + weights[..., -1:] * value
+    return out.reshape(batch, heads, 1, head_dim).transpose(1, 2), None
+
+
+class _NewKV:
+    """The cache object the decoder layers update: it keeps each layer's new key/value
+    (the graph's outputs) and hands them on unchanged to `static_kv_attention`."""
+
+    def __init__(self, num_layers: int):
+        self.new = [None] * num_layers
+
+    def update(self, key, value, layer_idx, *args, **kwargs):
+        self.new[layer_idx] = (key, value)
+        return key, value
+
+
+class DecodeGraph(_LanguageModelGraph):
+    """One token over a preallocated cache: in `input_ids` [batch, 1], `attention_mask`
+    [batch, capacity] (1 = a filled cache slot), `position_ids` [batch, 1], `past.*`
+    [batch, kv_heads, capacity, head_dim]; out `logits` and the token's `new.*` key/value
+    [batch, kv_heads, 1, head_dim], which the runner writes into the cache at its slot.
+    Nothing in the graph is sized by the number of filled slots, so a step costs the same
+    at any cache fill."""
+
+    def forward(self, input_ids, attention_mask, position_ids, *past):
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(STATIC_KV_ATTENTION, static_kv_attention)
+        lm = self.lm
+        hidden = self.embed(input_ids)
+        mask = torch.where(attention_mask.bool(), 0.0, _min_value(hidden.dtype)).to(hidden.dtype)[:, None, None, :]
+        rotary = {"scaled": lm.rotary_emb(hidden, position_ids=position_ids),
+                  "unscaled": lm.rotary_emb_unscaled(hidden, position_ids=position_ids)}
+        cache = _NewKV(self.num_layers)
+        config = lm.config
+        previous = config._attn_implementation
+        config._attn_implementation = STATIC_KV_ATTENTION
+        try:
+            for i, layer in enumerate(lm.layers):
+                layer.self_attn.static_kv = (past[2 * i], past[2 * i + 1])
+                hidden = layer(hidden, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
+                               use_cache=True, position_embeddings=rotary[lm.rope_types[i]])
+        finally:
+            config._attn_implementation = previous
+            for layer in lm.layers:
+                layer.self_attn.static_kv = None
+        logits = self.lm_head(lm.norm(hidden)[:, -1, :]).float()
+        return (logits, *[t for pair in cache.new for t in pair])
 
 
 def load_for_export(model_dir: str | Path, precision: str = "fp32", device: str = "cpu"):
@@ -245,37 +313,43 @@ def export_prefill(model, path: Path, opset: int = OPSET) -> None:
 def export_decode(model, path: Path, opset: int = OPSET) -> None:
     num_layers, kv_heads, head_dim, _ = _text_dims(model)
     device, dtype = model.device, model.dtype
-    past_len = 9
+    capacity, filled = 12, 9
     input_ids = torch.randint(0, 100, (2, 1), device=device)
-    attention_mask = torch.ones(2, past_len + 1, dtype=torch.int64, device=device)
-    position_ids = torch.full((2, 1), past_len, dtype=torch.int64, device=device)
-    past = [torch.randn(2, kv_heads, past_len, head_dim, device=device, dtype=dtype) for _ in range(2 * num_layers)]
-    past_names, present = kv_names(num_layers, "past"), kv_names(num_layers, "present")
-    axes = {"input_ids": {0: "batch"}, "attention_mask": {0: "batch", 1: "total"},
+    attention_mask = torch.zeros(2, capacity, dtype=torch.int64, device=device)
+    attention_mask[:, :filled] = 1
+    position_ids = torch.full((2, 1), filled, dtype=torch.int64, device=device)
+    past = [torch.randn(2, kv_heads, capacity, head_dim, device=device, dtype=dtype) for _ in range(2 * num_layers)]
+    past_names, new = kv_names(num_layers, "past"), kv_names(num_layers, "new")
+    axes = {"input_ids": {0: "batch"}, "attention_mask": {0: "batch", 1: "capacity"},
             "position_ids": {0: "batch"}, "logits": {0: "batch"}}
-    axes.update({name: {0: "batch", 2: "past"} for name in past_names})
-    axes.update({name: {0: "batch", 2: "total"} for name in present})
+    axes.update({name: {0: "batch", 2: "capacity"} for name in past_names})
+    axes.update({name: {0: "batch"} for name in new})
     _export(DecodeGraph(model), (input_ids, attention_mask, position_ids, *past), path,
-            ["input_ids", "attention_mask", "position_ids", *past_names], ["logits", *present], axes, opset)
+            ["input_ids", "attention_mask", "position_ids", *past_names], ["logits", *new], axes, opset)
 
 
 def export_model(model, processor, out_dir: str | Path, settings: ExportSettings, *, source: str,
                  source_hash: str, progress=print) -> Path:
     """Export an in-memory model (eager attention, dtype = settings.precision) to `out_dir`."""
 
+    from molmo2_ros.engines.quantize import quantize_graph
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    timings = {}
+    timings, quantization = {}, {}
     for name, fn in ((VISION_FILE, export_vision), (PREFILL_FILE, export_prefill), (DECODE_FILE, export_decode)):
         progress(f"exporting {name} ...")
         start = time.perf_counter()
         fn(model, out / name, settings.opset)
+        if settings.quantize and name != VISION_FILE:
+            quantization[name] = quantize_graph(out / name, settings.quantize, settings.block_size)
+            progress(f"quantized {name}: {quantization[name]}")
         timings[name] = round(time.perf_counter() - start, 3)
         progress(f"exported {name} in {timings[name]:.1f} s")
     processor.save_pretrained(str(out))
     model.config.save_pretrained(str(out))
     write_export_manifest(out, settings=asdict(settings), source=source, source_hash=source_hash,
-                                   export_seconds=timings)
+                          export_seconds=timings, quantization=quantization)
     return out
 
 
@@ -294,7 +368,7 @@ def export_checkpoint(model_dir: str | Path, out_dir: str | Path, settings: Expo
     source_hash = engine_folder.checkpoint_hash(model_dir)
     model = load_for_export(model_dir, settings.precision, device)
     processor = AutoProcessor.from_pretrained(str(model_dir))
-    out = export_model(model, processor, out_dir, settings, source=str(model_dir), source_hash=source_hash,
+    out = export_model(model, processor, out_dir, settings, source=str(model_dir.resolve()), source_hash=source_hash,
                        progress=progress)
     for extra in ("chat_template.jinja", "generation_config.json", WINDOW_FILE):
         if (model_dir / extra).is_file() and not (out / extra).exists():
@@ -303,7 +377,7 @@ def export_checkpoint(model_dir: str | Path, out_dir: str | Path, settings: Expo
 
 
 def write_export_manifest(folder: Path, *, settings: dict, source: str, source_hash: str,
-                          export_seconds: dict) -> dict:
+                          export_seconds: dict, quantization: dict) -> dict:
     import onnx
     import transformers
 
@@ -316,6 +390,7 @@ def write_export_manifest(folder: Path, *, settings: dict, source: str, source_h
             "source": source,
             "source_hash": source_hash,
             "export_seconds": export_seconds,
+            "quantization": quantization,
             "versions": {"project": engine_folder.project_version(), "torch": torch.__version__,
                          "transformers": transformers.__version__, "onnx": onnx.__version__,
                          "python": platform.python_version()},

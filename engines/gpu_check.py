@@ -149,7 +149,7 @@ def static_cache_decode(model, tensors: dict, device, decode_steps: int, section
     to first token, decode tokens/s, and how its greedy tokens compare with the baseline's."""
     import torch
 
-    from molmo2_ros.engines.bench import median_ms, torch_inputs
+    from molmo2_ros.engines.bench import StepClock, median_ms, torch_inputs
     from molmo2_ros.backends.torch_backend import cache_kwargs
 
     sync = torch.cuda.synchronize if str(device).startswith("cuda") else None
@@ -167,13 +167,14 @@ def static_cache_decode(model, tensors: dict, device, decode_steps: int, section
             sync()
         first_call_s = time.perf_counter() - start
         ttft_ms = median_ms(lambda: generate(1, **static), 3, sync)
-        full_ms = median_ms(lambda: generate(n, **static), 2, sync)
+        clock = StepClock(sync)
+        generate(n, **static, logits_processor=[clock])
         baseline_tokens = generate(n)
     prompt = inputs["input_ids"].shape[1]
     agree = int((ours[0, prompt:] == baseline_tokens[0, prompt:]).cumprod(0).sum())
     result = {"max_cache_len": static["max_cache_len"], "first_call_s": round(first_call_s, 2),
               "time_to_first_token_ms": round(ttft_ms, 3),
-              "decode_tokens_per_s": round(decode_steps / max((full_ms - ttft_ms) / 1000, 1e-9), 2),
+              "decode_tokens_per_s": round(clock.tokens_per_s(), 2),
               "greedy_tokens_equal_to_baseline": f"{agree}/{n}"}
     base = sections.get("hf_baseline", {})
     if base.get("status") == "ok":
@@ -209,7 +210,7 @@ def parity(runner, tensors: dict, ref: dict, steps: int) -> dict:
     features = runner.vision(pixels, pooling, valid)
     features_np = features.float().cpu().numpy() if hasattr(features, "cpu") else np.asarray(features, np.float32)
     ids, mask, mm = tensors["input_ids"], tensors["attention_mask"], tensors["mm_token_type_ids"]
-    logits, _ = runner.prefill(ids, features, mask, mask.cumsum(-1) - 1, mm)
+    logits = runner.prefill(ids, features, mask, mask.cumsum(-1) - 1, mm)
     config = GraphConfig(image_patch_id=ref["image_patch_id"], eos_token_ids=())
     tokens = greedy_generate(runner, tensors, config, max_new_tokens=steps)
     same = next((i for i, (a, b) in enumerate(zip(tokens, ref["tokens"])) if a != b), min(len(tokens), steps))
@@ -338,7 +339,8 @@ def main(argv=None) -> int:
             providers = [CPU]
         else:
             return vision_parity_on_cpu(state["graphs"], state["tensors"], state["reference"])
-        runner = OrtRunner(state["graphs"], providers)
+        runner = OrtRunner(state["graphs"], providers, None,
+                           int(state["tensors"]["input_ids"].shape[1]) + 2 * args.decode_steps + 2)
         result = parity(runner, state["tensors"], state["reference"], args.decode_steps)
         result["timings"] = bench_runner(runner, state["tensors"], decode_steps=args.decode_steps)
         result["providers"] = providers
@@ -356,7 +358,8 @@ def main(argv=None) -> int:
         if device != "cuda":
             raise _Skip("TensorRT needs a CUDA GPU")
         from molmo2_ros.engines.bench import bench_runner
-        from molmo2_ros.backends.tensorrt_build import ENGINE_FILES, build_engine, default_profiles
+        from molmo2_ros.backends.engine_folder import probe_machine
+        from molmo2_ros.backends.tensorrt_build import ENGINE_FILES, build_engine, default_profiles, timing_cache_name
         from molmo2_ros.engines.export import ExportSettings
         from molmo2_ros.backends.tensorrt_backend import TrtRunner
 
@@ -369,9 +372,9 @@ def main(argv=None) -> int:
             if report.left() < 30:
                 raise _Skip(f"budget ran out before building {engine_name} (built: {seconds})")
             seconds[engine_name] = round(build_engine(
-                trt, state["graphs"] / onnx_name, state["graphs"] / engine_name, shapes[onnx_name], workspace_gb=16, timing_cache=state["graphs"] / "timing.cache",
+                trt, state["graphs"] / onnx_name, state["graphs"] / engine_name, shapes[onnx_name], workspace_gb=16, timing_cache=state["graphs"] / timing_cache_name(probe_machine()),
                 progress=lambda m: print(m, file=sys.stderr)), 2)
-        runner = TrtRunner(state["graphs"])
+        runner = TrtRunner(state["graphs"], settings["max_prompt"] + settings["max_new_tokens"])
         result = parity(runner, state["tensors"], state["reference"], args.decode_steps)
         result["timings"] = bench_runner(runner, state["tensors"], decode_steps=args.decode_steps)
         result["build_seconds"] = seconds

@@ -7,20 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-# Molmo2-4B: dimensions of the released config.json (allenai/Molmo2-4B family, e.g.
-# Molmo2-VideoPoint-4B): Qwen3-4B text model, SigLIP so400m ViT at 378 px / 14 px patches,
-# features from ViT layers -3 and -9 of 27, which transformers' config turns into layers
-# 24 and 18 of a ViT trimmed to 25 layers (what loading the checkpoint builds).
-MOLMO2_4B = {
-    "vision_config": dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=25, num_attention_heads=16,
-                          num_key_value_heads=16, head_dim=72, image_size=[378, 378], patch_size=14),
-    "adapter_config": dict(vision_feature_layer=[24, 18], hidden_size=1152, num_attention_heads=16,
-                           num_key_value_heads=16, head_dim=72, intermediate_size=9728, text_hidden_size=2560),
-    "text_config": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
-                        num_key_value_heads=8, head_dim=128, vocab_size=151936, additional_vocab_size=128,
-                        max_position_embeddings=36864, qk_norm_type="qwen3",
-                        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
-}
+from molmo2_ros.backends.memory_plan import PUBLISHED
+
+# Molmo2-4B: dimensions of the released config.json (allenai/Molmo2-4B family): Qwen3-4B text
+# model, SigLIP so400m ViT at 378 px / 14 px patches, features from ViT layers -3 and -9 of 27,
+# which transformers' config turns into layers 24 and 18 of a ViT trimmed to 25 layers.
+MOLMO2_4B = PUBLISHED["Molmo2-4B"]
 VIDEO_POOL = (3, 3)   # Molmo2VideoProcessor's default pooling of frame patches
 
 

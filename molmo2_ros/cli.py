@@ -66,7 +66,8 @@ def resolve_window(args: argparse.Namespace, model: str) -> None:
 
     if args.fps is not None and args.max_frames is not None:
         return
-    window = read_trained_window(args.engine_dir or model) if (args.engine_dir or Path(model).is_dir()) else None
+    folder = args.engine_dir or model
+    window = read_trained_window(folder) if folder and Path(folder).is_dir() else None
     if window is not None:
         print(f"molmo2-ros: the model was trained on {window.describe()}; using that where no "
               f"--fps/--max-frames is given", file=sys.stderr)
@@ -82,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     from molmo2_ros.core.grounder import ground, grounding_to_dict
     from molmo2_ros.video_io import read_images, read_video
 
-    model = args.model or default_model()[0]
+    # engines run as exported unless a model is named (then they must come from it)
+    model = args.model or (default_model()[0] if args.backend == "torch" else None)
     resolve_window(args, model)
     if args.annotate and not args.annotate.lower().endswith((".png", ".mp4")):
         raise ValueError(f"--annotate must end in .png or .mp4, got {args.annotate!r}")

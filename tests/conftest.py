@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pathlib import Path
 
 from molmo2_ros.core.grounding import Frame
 
@@ -75,3 +76,14 @@ def pytest_terminal_summary(terminalreporter):
               for outcome in ("passed", "failed", "error", "skipped")}
     terminalreporter.write_line("ROS 2 tool tests (tests/launch): "
                                 + ", ".join(f"{n} {outcome}" for outcome, n in counts.items()))
+
+
+@pytest.fixture(scope="session")
+def original_layout_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model written in the published checkpoints' original (remote-code) layout."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("original_layout", Path(__file__).with_name("original_layout.py"))
+    helper = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helper)
+    return helper.write_original_layout(tiny_model_dir, tmp_path_factory.mktemp("original_layout") / "model")

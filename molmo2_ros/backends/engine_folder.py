@@ -21,7 +21,7 @@ PREFILL_FILE = "prefill.onnx"
 DECODE_FILE = "decode.onnx"
 GRAPH_FILES = (VISION_FILE, PREFILL_FILE, DECODE_FILE)
 MANIFEST_FILE = "manifest.json"
-SCHEMA = 1
+SCHEMA = 2   # 2: decode graph over a preallocated KV cache (new.* outputs); quantization recorded
 
 
 class EngineMismatch(RuntimeError):
@@ -92,6 +92,21 @@ def checkpoint_hash(model_dir: str | Path) -> str:
     return digest.hexdigest()
 
 
+def source_hash_for(model: str | Path, folder: str | Path) -> str:
+    """The checkpoint hash of `model`, which the engines in `folder` must come from. A model
+    that is not a local checkpoint folder cannot be checked, so it is refused rather than
+    silently answered from whatever checkpoint the engines were exported from."""
+    path = Path(model)
+    if not (path / "config.json").is_file():
+        data = read_manifest(folder)
+        raise EngineMismatch(
+            f"model {model} is not a local checkpoint folder, so the engines in {folder} (exported from "
+            f"{data['export'].get('source')}) cannot be checked against it. Pass the checkpoint folder the engines "
+            f"were exported from, or leave the model unset to run the engines as exported. "
+            f"{export_command(folder, data)}")
+    return checkpoint_hash(path)
+
+
 def describe_files(folder: Path, names: list[str]) -> dict[str, dict]:
     """size + sha256 of each artifact (and its ONNX external-data file, if any)."""
     entries = {}
@@ -111,9 +126,12 @@ def read_manifest(folder: str | Path) -> dict:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise EngineMismatch(f"{path}: unreadable manifest ({exc}). {export_command(folder, None)}") from exc
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA or "export" not in data:
+    if not isinstance(data, dict) or "export" not in data or not isinstance(data.get("schema"), int):
         raise EngineMismatch(f"{path}: not a molmo2_ros engine manifest (schema {SCHEMA}). "
                              f"{export_command(folder, None)}")
+    if data["schema"] != SCHEMA:
+        raise EngineMismatch(f"{path}: engine folder of schema {data['schema']}, this molmo2_ros reads schema "
+                             f"{SCHEMA} (the graphs' contract changed). {export_command(folder, data)}")
     return data
 
 
@@ -129,7 +147,7 @@ def now() -> str:
 
 
 def write_engine_manifest(folder: Path, *, engine_files: list[str], precision: str, profiles: dict,
-                          machine: MachineFacts, build_seconds: dict) -> dict:
+                          machine: MachineFacts, build_seconds: dict, timing_cache: str | None = None) -> dict:
     data = read_manifest(folder)
     data["tensorrt"] = {
         "created": now(),
@@ -138,6 +156,7 @@ def write_engine_manifest(folder: Path, *, engine_files: list[str], precision: s
         "profiles": profiles,
         "build_seconds": build_seconds,
         "machine": asdict(machine),
+        "timing_cache": timing_cache,   # made on `machine`; builds elsewhere use their own
         "project_version": project_version(),
     }
     write(folder, data)
@@ -148,8 +167,52 @@ def export_command(folder, data: dict | None) -> str:
     source = (data or {}).get("export", {}).get("source", "MODEL_DIR")
     settings = (data or {}).get("export", {}).get("settings", {})
     flags = "".join(f" --{k.replace('_', '-')} {v}" for k, v in sorted(settings.items())
-                    if k in ("precision", "max_frames", "max_prompt"))
-    return f"Re-export with: molmo2-engines export --model {source} --out {folder}{flags}"
+                    if k in ("precision", "max_frames", "max_prompt", "max_new_tokens", "quantize") and v)
+    return f"Re-export with: molmo2-engines export --model {source} --out {Path(folder).resolve()}{flags}"
+
+
+def _major_minor(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in str(version).split(".")[:2] if part.isdigit())
+
+
+def installed_versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    return {"transformers": transformers.__version__, "torch": torch.__version__}
+
+
+def version_problems(recorded: dict, installed: dict) -> list[str]:
+    """transformers' major.minor must match (its processor makes the inputs the graphs were
+    traced for); torch's major must (the exporter's graph conventions); patch releases may differ."""
+    problems = []
+    for name, parts in (("transformers", 2), ("torch", 1)):
+        was, now = recorded.get(name), installed.get(name)
+        if was is None or _major_minor(was)[:parts] != _major_minor(now)[:parts]:
+            problems.append(f"exported with {name} {was}, this machine has {now}")
+    return problems
+
+
+def graph_problems(folder: Path, settings: dict) -> list[str]:
+    """The LM graph's float type and Q/DQ nodes must be what the manifest says."""
+    import onnx
+
+    path = folder / PREFILL_FILE
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as exc:  # noqa: BLE001 - protobuf raises its own DecodeError types
+        return [f"{PREFILL_FILE} is not a readable ONNX graph ({type(exc).__name__})"]
+    types = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16"}
+    features = next((i for i in graph.input if i.name == "image_features"), None)
+    precision = types.get(features.type.tensor_type.elem_type) if features is not None else None
+    problems = []
+    if precision != settings.get("precision"):
+        problems.append(f"manifest says precision {settings.get('precision')}, the graphs are {precision}")
+    quantized = any(node.op_type == "DequantizeLinear" for node in graph.node)
+    if quantized != bool(settings.get("quantize")):
+        problems.append(f"manifest says quantize {settings.get('quantize')}, the graphs are "
+                        + ("weight-quantized (Q/DQ)" if quantized else "not quantized"))
+    return problems
 
 
 def build_command(folder, data: dict | None) -> str:
@@ -188,6 +251,9 @@ def check_folder(folder: str | Path, *, runtime: str, machine: MachineFacts | No
         problems += _file_problems(folder, export.get("files", {}))
         if not export.get("files"):
             problems.append("manifest lists no ONNX graphs")
+    problems += version_problems(export.get("versions", {}), installed_versions())
+    if runtime == "onnxruntime" and not problems:
+        problems += graph_problems(folder, export.get("settings", {}))
     if source_hash is not None and export.get("source_hash") != source_hash:
         problems.append(f"exported from checkpoint hash {str(export.get('source_hash'))[:12]}..., "
                         f"expected {source_hash[:12]}... (another checkpoint)")

@@ -4,11 +4,13 @@ from __future__ import annotations
 BACKEND_KINDS = ("torch", "onnxruntime", "tensorrt")
 
 
-def make_backend(kind: str, model: str, *, device: str | None = None, dtype=None, engine_dir=None, **kw):
+def make_backend(kind: str, model: str | None, *, device: str | None = None, dtype=None, engine_dir=None, **kw):
     """Build a Backend (molmo2_ros.core.backend) of `kind` for checkpoint `model` (hub id or folder).
 
-    `engine_dir` holds exported engines for "onnxruntime"/"tensorrt"; extra keyword arguments go
-    to the backend (torch: allow_pickle, local_files_only, revision).
+    `engine_dir` holds exported engines for "onnxruntime"/"tensorrt"; with a `model` given they
+    must have been exported from that local checkpoint folder (its hash is compared; anything
+    else is refused), without one they run as exported. Extra keyword arguments go to the
+    backend (torch: allow_pickle, local_files_only, revision).
     """
     if kind == "torch":
         if engine_dir is not None:
@@ -24,6 +26,10 @@ def make_backend(kind: str, model: str, *, device: str | None = None, dtype=None
         if dtype not in (None, "", "auto"):
             raise ValueError(f"the {kind} backend runs at the precision its engines were exported/built with; "
                              "leave dtype unset")
+        if model and kw.get("source_hash") is None:
+            from molmo2_ros.backends.engine_folder import source_hash_for
+
+            kw["source_hash"] = source_hash_for(model, engine_dir)
         if kind == "onnxruntime":
             from molmo2_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
 

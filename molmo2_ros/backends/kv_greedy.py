@@ -1,7 +1,8 @@
 """Greedy decoding with an explicit KV cache over exported Molmo2 graphs.
 
 The ONNX Runtime and TensorRT backends share this loop; they differ only in the
-`GraphRunner` that executes the three graphs (molmo2_ros.engines.export): vision, prefill, decode.
+`GraphRunner` that executes the three graphs (molmo2_ros.engines.export): vision, prefill, decode
+(over the runner's preallocated cache, backends.kv_cache).
 It reproduces `generate(do_sample=False)`: positions `cumsum(attention_mask) - 1`, the
 whole prompt (every frame's vision tokens in one bidirectional block) in one prefill
 call, then one token per decode step, stopping at EOS or `max_new_tokens`.
@@ -21,16 +22,17 @@ from molmo2_ros.core.grounding import Frame
 
 
 class GraphRunner(Protocol):
+    capacity: int   # KV-cache slots: prompt tokens + new tokens one generation may hold
+
     def vision(self, pixel_values: np.ndarray, pooling: np.ndarray, valid_tokens: np.ndarray) -> Any:
-        """Features of the valid pooled tokens ([valid, hidden], in the runner's own memory)."""
+        """Features of the valid pooled tokens ([valid, hidden], in the runner's device memory)."""
 
     def prefill(self, input_ids: np.ndarray, image_features: Any, attention_mask: np.ndarray,
-                position_ids: np.ndarray, mm_token_type_ids: np.ndarray) -> tuple[np.ndarray, Any]:
-        """Last-position logits [batch, vocab] (float32 numpy) and the KV cache (runner-owned)."""
+                position_ids: np.ndarray, mm_token_type_ids: np.ndarray) -> np.ndarray:
+        """Last-position logits [1, vocab] (float32 numpy); fills the runner's KV cache."""
 
-    def decode(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
-               kv: Any) -> tuple[np.ndarray, Any]:
-        """One step: logits [batch, vocab] and the KV cache grown by one position."""
+    def decode(self, token: int, position: int) -> np.ndarray:
+        """One step of `token` at RoPE `position`: logits [1, vocab]; the cache grows by one slot."""
 
 
 @dataclass(frozen=True)
@@ -98,10 +100,15 @@ def greedy_generate(runner: GraphRunner, tensors: dict, config: GraphConfig, *, 
     if patch_tokens != int(valid.sum()):
         raise ValueError(f"prompt has {patch_tokens} <im_patch> tokens but the pooling yields "
                          f"{int(valid.sum())} vision features")
+    needed = input_ids.shape[1] + max_new_tokens - 1
+    if needed > runner.capacity:
+        raise ValueError(f"a prompt of {input_ids.shape[1]} tokens and max_new_tokens {max_new_tokens} need "
+                         f"{needed} KV-cache slots; these engines hold {runner.capacity} (export --max-prompt + "
+                         "--max-new-tokens). Ask for fewer frames/tokens or re-export with larger limits.")
     features = runner.vision(pixels, pooling, valid)
 
     position_ids = np.clip(attention_mask.cumsum(-1) - 1, 0, None)
-    logits, kv = runner.prefill(input_ids, features, attention_mask, position_ids, mm_token_type_ids)
+    logits = runner.prefill(input_ids, features, attention_mask, position_ids, mm_token_type_ids)
     next_position = int(position_ids[0, -1]) + 1
     eos = np.asarray(config.eos_token_ids, dtype=np.int64)
     tokens: list[int] = []
@@ -116,9 +123,7 @@ def greedy_generate(runner: GraphRunner, tensors: dict, config: GraphConfig, *, 
             break
         if should_stop is not None and should_stop():
             break
-        attention_mask = np.concatenate([attention_mask, np.ones((1, 1), dtype=np.int64)], axis=1)
-        logits, kv = runner.decode(np.array([[token]], dtype=np.int64), attention_mask,
-                                   np.array([[next_position]], dtype=np.int64), kv)
+        logits = runner.decode(token, next_position)
         next_position += 1
     return tokens
 

@@ -1,7 +1,8 @@
 """ONNX Runtime backend over an exported engine folder (molmo2_ros.engines.export), CPU or CUDA.
 
-The KV cache stays where the provider computes (OrtValues bound through IO binding), so
-a CUDA decode step copies only the new token and the logits across the bus.
+Tensors are torch tensors on the provider's device bound through IO binding: the vision
+features and the preallocated KV cache never leave the device; a decode step copies only
+the logits to the host.
 """
 from __future__ import annotations
 
@@ -33,53 +34,127 @@ def resolve_providers(device: str | None) -> list[str]:
     raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'auto'")
 
 
-class OrtRunner:
-    """molmo2_ros.engines.export graphs in ONNX Runtime sessions (kv_greedy.GraphRunner)."""
+_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
 
-    def __init__(self, folder: str | Path, providers: Sequence[str], threads: int | None = None):
+
+def _session(ort, path: Path, options, providers):
+    """An InferenceSession, or EngineMismatch with ONNX Runtime's reason in one line."""
+    try:
+        return ort.InferenceSession(str(path), options, providers=list(providers))
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own pybind exception types
+        from molmo2_ros.backends.engine_folder import EngineMismatch, export_command
+
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EngineMismatch(f"{path}: ONNX Runtime cannot load this graph ({type(exc).__name__}: {reason}). "
+                             f"{export_command(path.parent, None)}") from None
+
+
+class OrtRunner:
+    """molmo2_ros.engines.export graphs in ONNX Runtime sessions (kv_greedy.GraphRunner).
+
+    Every tensor the graphs exchange is a torch tensor on the provider's device, bound by
+    address (IO binding): vision features go to the prefill without leaving the device, and
+    the decode graph is bound once to the preallocated KV cache (backends.kv_cache) and to
+    fixed token/position/logits buffers, so a step moves only the logits to the host."""
+
+    def __init__(self, folder: str | Path, providers: Sequence[str], threads: int | None, capacity: int):
         import onnxruntime as ort
+        import torch
 
         from molmo2_ros.backends.engine_folder import DECODE_FILE, PREFILL_FILE, VISION_FILE
+        from molmo2_ros.backends.kv_cache import StaticKVCache
 
         folder = Path(folder)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        self._ort = ort
+        self.torch = torch
         self.device = "cuda" if providers[0] == CUDA else "cpu"
-        self.vision_session = ort.InferenceSession(str(folder / VISION_FILE), options, providers=list(providers))
-        self.prefill_session = ort.InferenceSession(str(folder / PREFILL_FILE), options, providers=list(providers))
-        self.decode_session = ort.InferenceSession(str(folder / DECODE_FILE), options, providers=list(providers))
-        self.present_names = [o.name for o in self.decode_session.get_outputs()][1:]
-        self.past_names = [i.name for i in self.decode_session.get_inputs()][3:]
-        self.feature_type = np.float16 if "float16" in self.prefill_session.get_inputs()[1].type else np.float32
+        self.torch_device = torch.device("cuda", 0) if self.device == "cuda" else torch.device("cpu")
+        self.vision_session = _session(ort, folder / VISION_FILE, options, providers)
+        self.prefill_session = _session(ort, folder / PREFILL_FILE, options, providers)
+        self.decode_session = _session(ort, folder / DECODE_FILE, options, providers)
+        types = {i.name: i.type for s in (self.vision_session, self.prefill_session, self.decode_session)
+                 for i in [*s.get_inputs(), *s.get_outputs()]}
+        for name in ("features", "image_features", "past.0.key"):
+            if types[name] not in _NUMPY:
+                raise ValueError(f"ONNX Runtime runs fp32/fp16 graphs; {name} is {types[name]}")
+        self.feature_dtype = self._torch_dtype(types["features"])
+        self.image_feature_dtype = self._torch_dtype(types["image_features"])
+        past = self.decode_session.get_inputs()[3]
+        num_layers = (len(self.decode_session.get_inputs()) - 3) // 2
+        self.capacity = capacity
+        self.cache = StaticKVCache(torch, num_layers=num_layers, kv_heads=past.shape[1], head_dim=past.shape[3],
+                                   capacity=capacity, dtype=self._torch_dtype(past.type), device=self.torch_device)
+        vocab = self.decode_session.get_outputs()[0].shape[1]
+        self.token = torch.zeros((1, 1), dtype=torch.int64, device=self.torch_device)
+        self.position = torch.zeros((1, 1), dtype=torch.int64, device=self.torch_device)
+        self.logits = torch.zeros((1, vocab), dtype=torch.float32, device=self.torch_device)
+        self.decode_binding = self._decode_binding()
+
+    def _torch_dtype(self, onnx_type: str):
+        return self.torch.from_numpy(np.zeros(0, _NUMPY[onnx_type])).dtype
+
+    def _bind(self, binding, name: str, tensor, output: bool = False) -> None:
+        numpy_type = self.torch.empty(0, dtype=tensor.dtype).numpy().dtype
+        bind = binding.bind_output if output else binding.bind_input
+        bind(name, self.device, 0, numpy_type, tuple(tensor.shape), tensor.data_ptr())
+
+    def _decode_binding(self):
+        binding = self.decode_session.io_binding()
+        for name, tensor in (("input_ids", self.token), ("attention_mask", self.cache.mask),
+                             ("position_ids", self.position)):
+            self._bind(binding, name, tensor)
+        for node, tensor in zip(self.decode_session.get_inputs()[3:], self.cache.past):
+            self._bind(binding, node.name, tensor)
+        self._bind(binding, "logits", self.logits, output=True)
+        for node, tensor in zip(self.decode_session.get_outputs()[1:], self.cache.new):
+            self._bind(binding, node.name, tensor, output=True)
+        return binding
+
+    def _run(self, session, binding) -> None:
+        if self.device == "cuda":   # inputs written by torch on its stream must land before ORT reads them
+            self.torch.cuda.current_stream().synchronize()
+        session.run_with_iobinding(binding)
 
     def vision(self, pixel_values, pooling, valid_tokens):
-        (features,) = self.vision_session.run(["features"], {"pixel_values": pixel_values, "pooling": pooling})
-        return features[valid_tokens].astype(self.feature_type, copy=False)
-
-    def _run(self, session, cpu_inputs: dict, kv=None):
-        binding = session.io_binding()
-        for name, value in cpu_inputs.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        for name, value in zip(self.past_names, kv or ()):
-            binding.bind_ortvalue_input(name, value)
-        binding.bind_output("logits", "cpu")
-        for name in self.present_names:
-            binding.bind_output(name, self.device)
-        session.run_with_iobinding(binding)
-        outputs = binding.get_outputs()
-        return outputs[0].numpy(), outputs[1:]
+        torch = self.torch
+        features = torch.empty((pooling.shape[0], self.vision_session.get_outputs()[0].shape[1]),
+                               dtype=self.feature_dtype, device=self.torch_device)
+        binding = self.vision_session.io_binding()
+        binding.bind_cpu_input("pixel_values", np.ascontiguousarray(pixel_values, dtype=np.float32))
+        binding.bind_cpu_input("pooling", np.ascontiguousarray(pooling, dtype=np.int64))
+        self._bind(binding, "features", features, output=True)
+        self._run(self.vision_session, binding)
+        valid = torch.from_numpy(np.asarray(valid_tokens)).to(self.torch_device)
+        return features[valid].to(self.image_feature_dtype).contiguous()
 
     def prefill(self, input_ids, image_features, attention_mask, position_ids, mm_token_type_ids):
-        return self._run(self.prefill_session, {
-            "input_ids": input_ids, "image_features": image_features, "attention_mask": attention_mask,
-            "position_ids": position_ids, "mm_token_type_ids": mm_token_type_ids})
+        torch = self.torch
+        binding = self.prefill_session.io_binding()
+        for name, value in (("input_ids", input_ids), ("attention_mask", attention_mask),
+                            ("position_ids", position_ids), ("mm_token_type_ids", mm_token_type_ids)):
+            binding.bind_cpu_input(name, np.ascontiguousarray(value, dtype=np.int64))
+        self._bind(binding, "image_features", image_features)
+        batch, seq = input_ids.shape
+        _, kv_heads, _, head_dim = self.cache.past[0].shape
+        logits = torch.empty((batch, self.logits.shape[1]), dtype=torch.float32, device=self.torch_device)
+        present = [torch.empty((batch, kv_heads, seq, head_dim), dtype=self.cache.past[0].dtype,
+                               device=self.torch_device) for _ in self.cache.past]
+        self._bind(binding, "logits", logits, output=True)
+        for node, tensor in zip(self.prefill_session.get_outputs()[1:], present):
+            self._bind(binding, node.name, tensor, output=True)
+        self._run(self.prefill_session, binding)
+        self.cache.load(present, attention_mask)
+        return logits.cpu().numpy()
 
-    def decode(self, input_ids, attention_mask, position_ids, kv):
-        return self._run(self.decode_session, {
-            "input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}, kv)
+    def decode(self, token, position):
+        self.token.fill_(token)
+        self.position.fill_(position)
+        self._run(self.decode_session, self.decode_binding)
+        self.cache.append()
+        return self.logits.cpu().numpy().copy()
 
 
 class OnnxRuntimeBackend(GraphBackend):
@@ -93,5 +168,6 @@ class OnnxRuntimeBackend(GraphBackend):
 
         data = manifest.check_folder(engine_dir, runtime="onnxruntime", source_hash=source_hash)
         self.providers = resolve_providers(device)
-        runner = OrtRunner(engine_dir, self.providers, threads)
+        settings = data["export"]["settings"]
+        runner = OrtRunner(engine_dir, self.providers, threads, settings["max_prompt"] + settings["max_new_tokens"])
         super().__init__(engine_dir, runner, data, preprocess_device=runner.device)

@@ -4,7 +4,8 @@ The engine folder's manifest is checked against this machine first (TensorRT ver
 GPU compute capability, CUDA major version, engine file sizes and hashes, optionally the
 source checkpoint hash); a mismatch is refused with engine_folder.EngineMismatch, or
 rebuilt from the folder's ONNX graphs when `build_if_needed` is set. Buffers are torch
-CUDA tensors; the KV cache never leaves the GPU.
+CUDA tensors; the KV cache is preallocated (backends.kv_cache) and never leaves the GPU.
+Code-reviewed against the TensorRT 10.3 and 11.x Python APIs; not run here (no GPU).
 """
 from __future__ import annotations
 
@@ -23,25 +24,35 @@ def _torch_dtype(trt, torch, dtype):
     return table[dtype]
 
 
+def _deserialize(runtime, path: Path):
+    """Deserialize an engine from a read-only memory map of its file: no anonymous host copy
+    of the engine outlives this call (on Jetson's unified memory that copy is GPU memory)."""
+    import mmap
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        engine = runtime.deserialize_cuda_engine(data)
+    if engine is None:
+        from molmo2_ros.backends.engine_folder import EngineMismatch, build_command
+
+        raise EngineMismatch(f"{path}: TensorRT could not deserialize the engine. {build_command(path.parent, None)}")
+    return engine
+
+
 class _Engine:
     """One deserialized engine with its execution context."""
 
     def __init__(self, trt, torch, runtime, path: Path):
         self.trt, self.torch = trt, torch
-        engine = runtime.deserialize_cuda_engine(path.read_bytes())
-        if engine is None:
-            from molmo2_ros.backends.engine_folder import EngineMismatch, build_command
+        self.engine = _deserialize(runtime, path)
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.dtypes = {n: _torch_dtype(trt, torch, self.engine.get_tensor_dtype(n)) for n in names}
 
-            raise EngineMismatch(f"{path}: TensorRT could not deserialize the engine. "
-                                 f"{build_command(path.parent, None)}")
-        self.engine = engine
-        self.context = engine.create_execution_context()
-        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        self.dtypes = {n: _torch_dtype(trt, torch, engine.get_tensor_dtype(n)) for n in names}
-
-    def __call__(self, feeds: dict, stream) -> dict:
+    def bind_inputs(self, feeds: dict) -> list:
+        """Shapes and addresses of the inputs (numpy or torch); returns the device tensors,
+        which the caller keeps alive until the engine has run."""
         torch = self.torch
         keep = []
         for name in self.inputs:
@@ -52,26 +63,38 @@ class _Engine:
             keep.append(value)
             self.context.set_input_shape(name, tuple(value.shape))
             self.context.set_tensor_address(name, value.data_ptr())
+        return keep
+
+    def new_outputs(self) -> dict:
+        """Output tensors sized for the bound input shapes, bound to the context."""
         outputs = {}
         for name in self.outputs:
-            shape = tuple(self.context.get_tensor_shape(name))
-            outputs[name] = torch.empty(shape, dtype=self.dtypes[name], device="cuda")
+            outputs[name] = self.torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name],
+                                             device="cuda")
             self.context.set_tensor_address(name, outputs[name].data_ptr())
+        return outputs
+
+    def run(self, stream) -> None:
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError("TensorRT execution failed (see the TensorRT log)")
-        stream.synchronize()
-        return outputs
 
 
 class TrtRunner:
-    """TensorRT engines on the GPU (kv_greedy.GraphRunner)."""
+    """TensorRT engines on the GPU (kv_greedy.GraphRunner).
 
-    def __init__(self, folder: str | Path):
+    Everything runs on one CUDA stream: the torch work between engines (dropping padding
+    rows of the features, writing new KV into the cache) is issued on the stream the
+    engines run on, so no engine reads a buffer before torch has written it. The decode
+    engine's shapes and tensor addresses (preallocated cache, token, position, logits) are
+    set once; a step launches the engine and copies the logits out."""
+
+    def __init__(self, folder: str | Path, capacity: int):
         import tensorrt as trt
         import torch
 
-        from molmo2_ros.backends.tensorrt_build import ENGINE_FILES
         from molmo2_ros.backends.engine_folder import DECODE_FILE, PREFILL_FILE, VISION_FILE
+        from molmo2_ros.backends.kv_cache import StaticKVCache
+        from molmo2_ros.backends.tensorrt_build import ENGINE_FILES
 
         folder = Path(folder)
         self.torch = torch
@@ -79,26 +102,56 @@ class TrtRunner:
         self.vision_engine = _Engine(trt, torch, self.runtime, folder / ENGINE_FILES[VISION_FILE])
         self.prefill_engine = _Engine(trt, torch, self.runtime, folder / ENGINE_FILES[PREFILL_FILE])
         self.decode_engine = _Engine(trt, torch, self.runtime, folder / ENGINE_FILES[DECODE_FILE])
-        self.past_names = self.decode_engine.inputs[3:]
-        self.present_names = [n for n in self.decode_engine.outputs if n != "logits"]
         self.stream = torch.cuda.Stream()
+        self.capacity = capacity
+        decode = self.decode_engine
+        past_names = decode.inputs[3:]
+        kv_heads, head_dim = decode.engine.get_tensor_shape(past_names[0])[1], decode.engine.get_tensor_shape(past_names[0])[3]
+        with torch.cuda.stream(self.stream):
+            self.cache = StaticKVCache(torch, num_layers=len(past_names) // 2, kv_heads=kv_heads, head_dim=head_dim,
+                                       capacity=capacity, dtype=decode.dtypes[past_names[0]], device="cuda")
+            self.token = torch.zeros((1, 1), dtype=torch.int64, device="cuda")
+            self.position = torch.zeros((1, 1), dtype=torch.int64, device="cuda")
+            self.decode_feeds = decode.bind_inputs({"input_ids": self.token, "attention_mask": self.cache.mask,
+                                                    "position_ids": self.position, **dict(zip(past_names, self.cache.past))})
+            self.decode_outputs = decode.new_outputs()
+        new_names = [n for n in decode.outputs if n != "logits"]
+        for name, tensor in zip(new_names, self.cache.new):   # the step writes straight into the cache's `new`
+            decode.context.set_tensor_address(name, tensor.data_ptr())
+        self.prefill_present = [n for n in self.prefill_engine.outputs if n != "logits"]
 
     def vision(self, pixel_values, pooling, valid_tokens):
-        out = self.vision_engine({"pixel_values": pixel_values, "pooling": pooling}, self.stream)
-        return out["features"][self.torch.from_numpy(valid_tokens).to("cuda")]
-
-    def _split(self, outputs: dict):
-        return outputs["logits"].float().cpu().numpy(), [outputs[n] for n in self.present_names]
+        torch = self.torch
+        with torch.cuda.stream(self.stream):
+            keep = self.vision_engine.bind_inputs({"pixel_values": pixel_values, "pooling": pooling})
+            out = self.vision_engine.new_outputs()
+            self.vision_engine.run(self.stream)
+            features = out["features"][torch.from_numpy(np.asarray(valid_tokens)).to("cuda")]
+        self.stream.synchronize()
+        del keep
+        return features
 
     def prefill(self, input_ids, image_features, attention_mask, position_ids, mm_token_type_ids):
-        return self._split(self.prefill_engine({
-            "input_ids": input_ids, "image_features": image_features, "attention_mask": attention_mask,
-            "position_ids": position_ids, "mm_token_type_ids": mm_token_type_ids}, self.stream))
+        torch = self.torch
+        engine = self.prefill_engine
+        with torch.cuda.stream(self.stream):
+            keep = engine.bind_inputs({"input_ids": input_ids, "image_features": image_features,
+                                       "attention_mask": attention_mask, "position_ids": position_ids,
+                                       "mm_token_type_ids": mm_token_type_ids})
+            out = engine.new_outputs()
+            engine.run(self.stream)
+            self.cache.load([out[n] for n in self.prefill_present], attention_mask)
+            logits = out["logits"].float().cpu().numpy()   # .cpu() waits for the stream
+        del keep
+        return logits
 
-    def decode(self, input_ids, attention_mask, position_ids, kv):
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
-        feeds.update(zip(self.past_names, kv))
-        return self._split(self.decode_engine(feeds, self.stream))
+    def decode(self, token, position):
+        with self.torch.cuda.stream(self.stream):
+            self.token.fill_(token)
+            self.position.fill_(position)
+            self.decode_engine.run(self.stream)
+            self.cache.append()
+            return self.decode_outputs["logits"].float().cpu().numpy()
 
 
 class TensorRTBackend(GraphBackend):
@@ -118,4 +171,6 @@ class TensorRTBackend(GraphBackend):
 
             build_engines(engine_dir)
             data = manifest.check_folder(engine_dir, runtime="tensorrt", source_hash=source_hash)
-        super().__init__(engine_dir, TrtRunner(engine_dir), data, preprocess_device="cuda")
+        settings = data["export"]["settings"]
+        runner = TrtRunner(engine_dir, settings["max_prompt"] + settings["max_new_tokens"])
+        super().__init__(engine_dir, runner, data, preprocess_device="cuda")

@@ -2,27 +2,36 @@
 
 One engine per graph (`vision.plan`, `prefill.plan`, `decode.plan`), one optimisation
 profile each, sized from the export settings in the manifest (overridable), a timing
-cache kept in the folder (`timing.cache`) so rebuilds are fast, and progress printed
+cache kept in the folder per device (`timing_cache_name`) so rebuilds are fast, and progress printed
 per phase. The manifest gains a "tensorrt" section describing the engines and the
 machine they were built on (engine_folder).
 
 Networks are strongly typed: the engines run in the precision the graphs were exported
 in (`molmo2-engines export --precision fp16|bf16|fp32`), keeping the fp32 casts around
 softmax and RMSNorm that transformers has. TensorRT 11 removed the weak-typing precision
-flags, and TensorRT 10 accepts the same strongly typed build. int8/fp8 need graphs with
-Q/DQ nodes (explicit quantization).
+flags, and TensorRT 10 accepts the same strongly typed build. int8/int4 weight-only graphs
+(`molmo2-engines export --quantize`) carry their DequantizeLinear nodes, so the build is
+the same call; `--precision int8/fp8` (activation quantisation) needs Q/DQ on activations.
 """
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
 from molmo2_ros.backends.engine_folder import DECODE_FILE, PREFILL_FILE, VISION_FILE
 
 ENGINE_FILES = {VISION_FILE: "vision.plan", PREFILL_FILE: "prefill.plan", DECODE_FILE: "decode.plan"}
-TIMING_CACHE = "timing.cache"
 BUILD_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
+
+
+def timing_cache_name(machine) -> str:
+    """The timing cache file for this device: TensorRT documents that a cache made on another
+    device (GPU model, compute capability, TensorRT version) fails, so each device gets its own
+    file and one made elsewhere is never read."""
+    key = f"{machine.gpu_name or 'nogpu'}-sm{machine.compute_capability}-trt{machine.tensorrt_version}"
+    return "timing-" + re.sub(r"[^A-Za-z0-9.]+", "_", key) + ".cache"
 
 
 def default_profiles(config: dict, settings: dict) -> dict:
@@ -39,16 +48,14 @@ def default_profiles(config: dict, settings: dict) -> dict:
     kv = [text["num_key_value_heads"], text["head_dim"]]
     opt_prompt = max(1, prompt // 2)
 
-    def kv_profile(lo, opt, hi):
-        return [[1, kv[0], lo, kv[1]], [1, kv[0], opt, kv[1]], [batch, kv[0], hi, kv[1]]]
-
     layers = text["num_hidden_layers"]
+    # the runners preallocate `total` cache slots (backends.kv_cache): decode always sees that capacity
     decode = {"input_ids": [[1, 1], [1, 1], [batch, 1]],
-              "attention_mask": [[1, 2], [1, opt_prompt + 1], [batch, total]],
+              "attention_mask": [[1, 1], [1, total], [batch, total]],
               "position_ids": [[1, 1], [1, 1], [batch, 1]]}
     for i in range(layers):
         for kind in ("key", "value"):
-            decode[f"past.{i}.{kind}"] = kv_profile(1, opt_prompt, total - 1)
+            decode[f"past.{i}.{kind}"] = [[1, kv[0], 1, kv[1]], [1, kv[0], total, kv[1]], [batch, kv[0], total, kv[1]]]
     return {
         VISION_FILE: {"pixel_values": [[1, patches, patch_dim], [opt_crops, patches, patch_dim],
                                        [crops, patches, patch_dim]],
@@ -159,12 +166,15 @@ def build_engines(folder: str | Path, precision: str | None = None, *, profiles:
         if graph not in shapes:
             raise ValueError(f"--profiles names unknown graph {graph!r}; graphs: {', '.join(shapes)}")
         shapes[graph].update(overrides)
+    machine = manifest.probe_machine()
+    timing_cache = folder / timing_cache_name(machine)
     seconds = {}
     for onnx_name, engine_name in ENGINE_FILES.items():
         progress(f"building {engine_name} from {onnx_name} ({precision}) ...")
-        seconds[engine_name] = round(build_engine(
-            trt, folder / onnx_name, folder / engine_name, shapes[onnx_name], workspace_gb=workspace_gb, timing_cache=folder / TIMING_CACHE, progress=progress), 3)
+        seconds[engine_name] = round(build_engine(trt, folder / onnx_name, folder / engine_name, shapes[onnx_name],
+                                                  workspace_gb=workspace_gb, timing_cache=timing_cache,
+                                                  progress=progress), 3)
         progress(f"built {engine_name} in {seconds[engine_name]:.1f} s")
     return manifest.write_engine_manifest(folder, engine_files=list(ENGINE_FILES.values()), precision=precision,
-                                          profiles=shapes, machine=manifest.probe_machine(),
-                                          build_seconds=seconds)
+                                          profiles=shapes, machine=machine, build_seconds=seconds,
+                                          timing_cache=timing_cache.name)

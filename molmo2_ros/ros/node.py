@@ -178,7 +178,7 @@ class GroundingNode(LifecycleNode):
         from molmo2_ros.core.grounder import ground
 
         model = s.model
-        if not model:
+        if not model and s.backend == "torch":   # engine backends run their engines as exported
             from molmo2_ros.backends.default_model import default_model
             model, is_random = default_model()
             if is_random:
@@ -212,6 +212,9 @@ class GroundingNode(LifecycleNode):
         w = self.settings
         self.get_logger().info(f"window: {w.max_frames} frames, {w.window_seconds:g} s at {w.fps:g} fps, "
                                f"from {self._window_source}")
+        from molmo2_ros.backends.memory_plan import plan_for_backend
+        level, line = plan_for_backend(self._backend, frames=w.max_frames, max_new_tokens=w.max_new_tokens)
+        getattr(self.get_logger(), level)(line)
         if w.warmup == "always" or (w.warmup == "auto" and self._backend.compiles_on_first_use):
             self._warm_up()
         return True

@@ -140,6 +140,117 @@ def test_factory_refuses_tensorrt_folder_without_engines(engine_copy):
     from molmo2_ros.backends.factory import make_backend
 
     with pytest.raises(EngineMismatch, match="molmo2-engines build"):
-        make_backend("tensorrt", "tiny", engine_dir=engine_copy)
+        make_backend("tensorrt", None, engine_dir=engine_copy)
     with pytest.raises(ValueError, match="needs engine_dir"):
-        make_backend("onnxruntime", "tiny")
+        make_backend("onnxruntime", None)
+
+
+def _edit_manifest(folder, section: str, key: str, value) -> None:
+    path = folder / "manifest.json"
+    data = json.loads(path.read_text())
+    data["export"][section][key] = value
+    path.write_text(json.dumps(data))
+
+
+def _png(tmp_path):
+    import numpy as np
+
+    from molmo2_ros.annotate import write_png
+
+    path = tmp_path / "frame.png"
+    write_png(path, np.zeros((64, 64, 3), np.uint8))
+    return str(path)
+
+
+def _infer_subprocess(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "molmo2_ros.cli", "infer", *args, "--query", "cup",
+                           "--max-new-tokens", "4"], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("section, key, value, expected", [
+    ("versions", "transformers", "4.0.0", "exported with transformers 4.0.0, this machine has 5.23"),
+    ("versions", "torch", "1.0", "exported with torch 1.0, this machine has 2."),
+    ("settings", "precision", "fp16", "manifest says precision fp16, the graphs are fp32"),
+    ("settings", "quantize", "int8", "manifest says quantize int8, the graphs are not quantized"),
+], ids=["transformers", "torch", "precision", "quantize"])
+def test_edited_manifest_is_refused_by_backend_and_infer(engine_copy, tmp_path, capsys, section, key, value, expected):
+    from molmo2_ros import cli
+    from molmo2_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    _edit_manifest(engine_copy, section, key, value)
+    with pytest.raises(EngineMismatch) as info:
+        OnnxRuntimeBackend(engine_copy, device="cpu")
+    assert expected in str(info.value) and "Re-export with: molmo2-engines export --model" in str(info.value)
+    assert cli.main(["infer", "--images", _png(tmp_path), "--query", "cup", "--backend", "onnxruntime",
+                     "--engine-dir", str(engine_copy)]) == 1
+    assert expected in capsys.readouterr().err
+
+
+def test_a_named_model_must_be_the_checkpoint_the_engines_came_from(engine_copy, tmp_path, tiny_model_dir):
+    """`infer --model X --backend onnxruntime` never answers from another checkpoint's engines."""
+    from molmo2_ros.tiny_model import build_tiny_molmo2
+
+    png = _png(tmp_path)
+    proc = _infer_subprocess("--images", png, "--model", "/nonexistent", "--backend", "onnxruntime",
+                             "--engine-dir", str(engine_copy))
+    assert proc.returncode == 1, proc.stderr
+    assert "model /nonexistent is not a local checkpoint folder" in proc.stderr
+    assert f"exported from {tiny_model_dir}" in proc.stderr and "Traceback" not in proc.stderr
+
+    other = build_tiny_molmo2(tmp_path / "other", seed=1)
+    proc = _infer_subprocess("--images", png, "--model", str(other), "--backend", "onnxruntime",
+                             "--engine-dir", str(engine_copy))
+    assert proc.returncode == 1 and "another checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _infer_subprocess("--images", png, "--model", str(tiny_model_dir), "--backend", "onnxruntime",
+                             "--engine-dir", str(engine_copy))
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_graph_onnxruntime_cannot_load_is_one_message(engine_copy, tmp_path, capsys):
+    """A graph the manifest vouches for (sizes and hashes rewritten) that ONNX Runtime cannot parse:
+    infer exits 1 and bench exits 2 with one line naming the file, never a traceback."""
+    from molmo2_ros.engines.cli import main as engines_main
+
+    (engine_copy / "decode.onnx").write_bytes(b"not a protobuf" * 100)
+    data = json.loads((engine_copy / "manifest.json").read_text())
+    data["export"]["files"] = manifest.describe_files(engine_copy, list(manifest.GRAPH_FILES))
+    (engine_copy / "manifest.json").write_text(json.dumps(data))
+
+    proc = _infer_subprocess("--images", _png(tmp_path), "--backend", "onnxruntime", "--engine-dir", str(engine_copy))
+    assert proc.returncode == 1
+    assert "decode.onnx: ONNX Runtime cannot load this graph (InvalidProtobuf" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert engines_main(["bench", str(engine_copy), "--device", "cpu", "--frames", "1"]) == 2
+    assert "ONNX Runtime cannot load this graph" in capsys.readouterr().err
+
+
+def test_older_schema_is_refused_with_the_export_command(engine_copy):
+    path = engine_copy / "manifest.json"
+    data = json.loads(path.read_text())
+    data["schema"] = 1
+    path.write_text(json.dumps(data))
+    message = _refusal(engine_copy, runtime="onnxruntime")
+    assert "schema 1" in message and "molmo2-engines export --model" in message
+
+
+def test_manifest_source_is_absolute(tiny_export_dir, tiny_model_dir):
+    from pathlib import Path
+
+    source = json.loads((tiny_export_dir / "manifest.json").read_text())["export"]["source"]
+    assert Path(source).is_absolute() and Path(source) == tiny_model_dir.resolve()
+
+
+def test_timing_cache_is_keyed_to_the_device(built_folder):
+    from molmo2_ros.backends.tensorrt_build import timing_cache_name
+
+    other = MachineFacts("10.3.0", "12.6", "stand-in Orin", "8.7")
+    assert timing_cache_name(STAND_IN_MACHINE) != timing_cache_name(other)
+    assert timing_cache_name(STAND_IN_MACHINE) == timing_cache_name(MachineFacts(*STAND_IN_MACHINE.__dict__.values()))
+    assert "sm8.7" in timing_cache_name(other) and "trt10.3.0" in timing_cache_name(other)
+    manifest.write_engine_manifest(built_folder, engine_files=[], precision="fp32", profiles={},
+                                   machine=STAND_IN_MACHINE, build_seconds={},
+                                   timing_cache=timing_cache_name(STAND_IN_MACHINE))
+    assert manifest.read_manifest(built_folder)["tensorrt"]["timing_cache"] == timing_cache_name(STAND_IN_MACHINE)

@@ -58,7 +58,7 @@ def test_vision_graph_matches_pytorch(synthetic_frames, num_frames, hf_model, pr
                 tensors["pixel_values_videos"], tensors["video_token_pooling"], tensors["video_grids"]).pooler_output
     ref = torch.cat(ref).numpy()
     pixels, pooling = vision_arrays({k: v.numpy() for k, v in tensors.items()})
-    got = ort_backend.runner.vision(pixels, pooling, (pooling >= 0).any(-1))
+    got = ort_backend.runner.vision(pixels, pooling, (pooling >= 0).any(-1)).numpy()
     assert got.shape == ref.shape
     scale = float(np.abs(ref).max())
     diff = float(np.abs(got - ref).max())
@@ -83,30 +83,37 @@ def test_prefill_matches_pytorch_and_keeps_the_prefix_mask(synthetic_frames, hf_
     features = runner.vision(pixels, pooling, (pooling >= 0).any(-1))
     ids, mask, mm = np_tensors["input_ids"], np_tensors["attention_mask"], np_tensors["mm_token_type_ids"]
     positions = mask.cumsum(-1) - 1
-    logits, kv = runner.prefill(ids, features, mask, positions, mm)
+    logits = runner.prefill(ids, features, mask, positions, mm)
     assert np.abs(logits[0] - ref).max() < 1e-4
-    assert len(kv) == 2 * hf_model.config.text_config.num_hidden_layers
-    causal_only, _ = runner.prefill(ids, features, mask, positions, np.zeros_like(mm))
+    assert len(runner.cache.past) == 2 * hf_model.config.text_config.num_hidden_layers
+    assert runner.cache.length == ids.shape[1]
+    causal_only = runner.prefill(ids, features, mask, positions, np.zeros_like(mm))
     assert np.abs(causal_only[0] - ref).max() > 1e-3
 
 
 def test_prefill_batch_is_dynamic_and_left_padding_is_masked(synthetic_frames, processor, ort_backend):
-    """Batch 2 (second row left-padded by 3) gives each row the batch-1 logits."""
+    """The prefill graph takes batch 2 (second row left-padded by 3) and gives each row the
+    batch-1 logits (run on the graph directly: the greedy loop itself decodes one prompt)."""
     from molmo2_ros.backends.kv_greedy import vision_arrays
 
     np_tensors = {k: v.numpy() for k, v in _inputs(processor, synthetic_frames(2)).items()}
     pixels, pooling = vision_arrays(np_tensors)
     runner = ort_backend.runner
-    features = runner.vision(pixels, pooling, (pooling >= 0).any(-1))
+    features = runner.vision(pixels, pooling, (pooling >= 0).any(-1)).numpy()
     ids, mask, mm = np_tensors["input_ids"], np_tensors["attention_mask"], np_tensors["mm_token_type_ids"]
-    single, _ = runner.prefill(ids, features, mask, mask.cumsum(-1) - 1, mm)
 
+    def logits(ids, features, mask, mm):
+        positions = np.clip(mask.cumsum(-1) - 1, 0, None)
+        return runner.prefill_session.run(["logits"], {
+            "input_ids": ids, "image_features": features, "attention_mask": mask, "position_ids": positions,
+            "mm_token_type_ids": mm})[0]
+
+    single = logits(ids, features, mask, mm)
     pad = 3  # row 0: the prompt plus 3 text tokens; row 1: the prompt left-padded by 3
     ids2 = np.stack([np.concatenate([ids[0], ids[0, -pad:]]), np.concatenate([np.zeros(pad, np.int64), ids[0]])])
     mask2 = np.stack([np.ones(ids2.shape[1], np.int64), np.concatenate([np.zeros(pad, np.int64), mask[0]])])
     mm2 = np.stack([np.concatenate([mm[0], np.zeros(pad, np.int64)]), np.concatenate([np.zeros(pad, np.int64), mm[0]])])
-    positions2 = np.clip(mask2.cumsum(-1) - 1, 0, None)
-    batch, _ = runner.prefill(ids2, np.concatenate([features, features]), mask2, positions2, mm2)
+    batch = logits(ids2, np.concatenate([features, features]), mask2, mm2)
     assert batch.shape[0] == 2
     assert np.abs(batch[1] - single[0]).max() < 1e-4
 

@@ -29,16 +29,42 @@ def _msg_dir() -> Path:
     return Path(get_package_share_directory("molmo2_ros")) / "msg"
 
 
-def typestore():
-    """rosbags' Jazzy types plus molmo2_ros' own messages (from their .msg text)."""
+# GroundedPoint and TrackedObject before they carried 3D positions (has_position,
+# position): recordings without message definitions (rosbag2 before Jazzy) from then.
+_BEFORE_3D = {
+    "GroundedPoint": "builtin_interfaces/Time stamp\nfloat32 x\nfloat32 y\nint32 object_id\n"
+                     "string label\nfloat32 score\n",
+    "TrackedObject": "int32 object_id\nstring label\nfloat32 x\nfloat32 y\n"
+                     "builtin_interfaces/Time anchor_stamp\nbuiltin_interfaces/Duration age\n"
+                     "float32 confidence\nbool lost\n",
+}
+
+
+def typestore(before_3d: bool = False):
+    """rosbags' Jazzy types plus molmo2_ros' own messages (from their .msg text; with
+    `before_3d`, as they were before points carried 3D positions)."""
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
     store = get_typestore(Stores.ROS2_JAZZY)
     types = {}
     for path in sorted(_msg_dir().glob("*.msg")):
-        types.update(get_types_from_msg(path.read_text(), f"molmo2_ros/msg/{path.stem}"))
+        text = _BEFORE_3D.get(path.stem, path.read_text()) if before_3d else path.read_text()
+        types.update(get_types_from_msg(text, f"molmo2_ros/msg/{path.stem}"))
     store.register(types)
     return store
+
+
+def _decode(stores, raw: bytes, msgtype: str):
+    """`raw` decoded with the first store whose definition it fits exactly (decodes, and
+    re-encodes to as many bytes); None when none does."""
+    for store in stores:
+        try:
+            msg = store.deserialize_cdr(raw, msgtype)
+            if len(store.serialize_cdr(msg, msgtype)) == len(raw):
+                return msg
+        except Exception:  # a layout that does not fit runs off the buffer somewhere
+            continue
+    return None
 
 
 def _stamp(t) -> int:
@@ -55,8 +81,16 @@ def grounding_rows(bag: Path, results_topic: str, image_topic: str, recording: s
         if not conns:
             raise ValueError(f"no topic {results_topic!r} in {bag} "
                              f"(topics: {sorted({c.topic for c in reader.connections})})")
-        for conn, _, raw in reader.messages(connections=conns):
-            msg = reader.deserialize(raw, conn.msgtype)
+        # A bag with message definitions decodes with its own (any version of ours); one
+        # without them with this version's, else with the one before 3D positions.
+        stores = [reader.typestore, typestore(before_3d=True)]
+        for n, (conn, _, raw) in enumerate(reader.messages(connections=conns)):
+            msg = _decode(stores, raw, conn.msgtype)
+            if msg is None:
+                raise ValueError(
+                    f"message {n} on {results_topic} in {bag} does not decode as {conn.msgtype}: the bag "
+                    "has no message definitions and it fits neither this molmo2_ros's messages nor "
+                    "those before 3D positions; convert it with the molmo2_ros version that recorded it")
             stamps = [_stamp(t) for t in msg.frame_stamps]
             if not stamps:
                 continue

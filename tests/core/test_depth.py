@@ -77,11 +77,11 @@ def test_depth_images_16uc1_mm_and_32fc1_m_with_padding_and_byte_order():
     mm = np.arange(12, dtype=np.uint16).reshape(3, 4) * 250
     for bigendian in (False, True):
         image = depth_from_image(image_msg(mm, "16UC1", pad=4, bigendian=bigendian), 5)
-        np.testing.assert_array_equal(image.pixels(), mm)
+        np.testing.assert_array_equal(image.pixels, mm)
         assert image.scale == 1e-3 and image.stamp_ns == 5 and image.frame_id == CAM
     metres = mm.astype(np.float32) / 1000
     image = depth_from_image(image_msg(metres, "32FC1"), 5)
-    np.testing.assert_array_equal(image.pixels() * image.scale, metres)
+    np.testing.assert_array_equal(image.pixels * image.scale, metres)
     with pytest.raises(ValueError, match="16UC1 in mm or 32FC1"):
         depth_from_image(image_msg(mm.astype(np.uint8), "mono8"), 5)
     bad = image_msg(mm, "16UC1")
@@ -98,8 +98,7 @@ def test_compressed_depth_png_16uc1_32fc1_quantised_and_plain_png():
     mm = (np.arange(20, dtype=np.uint16).reshape(4, 5) + 1) * 100
     png = cv2.imencode(".png", mm)[1].tobytes()
     image = depth_from_compressed(compressed_depth_msg("16UC1; compressedDepth png", png), 1)
-    assert image.nbytes == len(png) + 12  # nothing decoded until used
-    np.testing.assert_array_equal(image.pixels(), mm)
+    np.testing.assert_array_equal(image.pixels, mm)
     # 32FC1: inverse depth quantised as in compressed_depth_image_transport (A / (q - B))
     depth_quant_a, depth_quant_b = 100.0 * (100.0 + 1), 100.0
     metres = np.array([[0.5, 1.0], [2.0, np.nan]], np.float32)
@@ -107,17 +106,16 @@ def test_compressed_depth_png_16uc1_32fc1_quantised_and_plain_png():
     msg = compressed_depth_msg("32FC1; compressedDepth png", cv2.imencode(".png", q)[1].tobytes(),
                                (0, depth_quant_a, depth_quant_b))
     image = depth_from_compressed(msg, 1)
-    decoded = image.pixels() * image.scale
+    decoded = image.pixels * image.scale
     np.testing.assert_allclose(decoded[~np.isnan(metres)], metres[~np.isnan(metres)], rtol=1e-3)
     assert np.isnan(decoded[1, 1])
     plain = SimpleNamespace(format="16UC1; png", data=png, header=SimpleNamespace(frame_id=CAM))
-    np.testing.assert_array_equal(depth_from_compressed(plain, 1).pixels(), mm)
+    np.testing.assert_array_equal(depth_from_compressed(plain, 1).pixels, mm)
     rvl = compressed_depth_msg("16UC1; compressedDepth rvl", b"\1" * 40, (1, 0.0, 0.0))
     with pytest.raises(ValueError, match="RVL"):
         depth_from_compressed(rvl, 1)
-    broken = depth_from_compressed(compressed_depth_msg("16UC1; compressedDepth png", b"not a png"), 1)
     with pytest.raises(ValueError, match="did not decode"):
-        broken.pixels()
+        depth_from_compressed(compressed_depth_msg("16UC1; compressedDepth png", b"not a png"), 1)
 
 
 def test_robust_depth_is_the_median_of_valid_values_only():
@@ -135,7 +133,7 @@ def test_robust_depth_is_the_median_of_valid_values_only():
 
 
 def flat(stamp_ns: int, metres: float = 2.0, size=(64, 48), frame_id: str = CAM) -> DepthImage:
-    return DepthImage.of(np.full((size[1], size[0]), metres, np.float32), 1.0, stamp_ns, frame_id)
+    return DepthImage(stamp_ns, frame_id, np.full((size[1], size[0]), metres, np.float32), 1.0)
 
 
 def test_buffer_nearest_within_tolerance_else_stale_reason():
@@ -195,7 +193,7 @@ def test_points_on_shapes_at_known_depth_within_one_percent(distortion, depth_si
     cam = depth_scene.camera
     buffer = DepthBuffer(tolerance_s=0.05, max_bytes=10**9, recent_s=1.0, max_wanted=4)
     mm = np.round(depth_scene.depth_m(0, depth_size) * 1000).astype(np.uint16)
-    buffer.add(DepthImage.of(mm, 1e-3, 1000, CAM))
+    buffer.add(DepthImage(1000, CAM, mm, 1e-3))
     for x, y in ((obj.cx, obj.cy), (12.3, 8.9), (300.0, 230.0)):  # on the object, background corners
         position, why = locate(x, y, 1000 + 10_000_000, CAM, (320, 240), cam, buffer, DepthLookup())
         truth = depth_scene.truth(0, x, y)
@@ -245,3 +243,12 @@ def test_with_positions_places_points_and_track_points_and_says_why_not():
     assert [q.position for q in g.tracks[0].points] == [(50.0, 10.0, 1.0), None, None]
     assert g.warnings == ["parser said", "3D: 4 points without a position: no depth image within 0.05 s "
                                          "of the frame (nearest 1 s away)"]
+
+
+def test_positions_survive_the_json_form():
+    from molmo2_ros.core.grounder import grounding_from_dict, grounding_to_dict
+
+    g = Grounding(task=Task.POINT, query="cup", points=[GroundedPoint(1, 2.0, 3.0, 1, "cup", position=(0.1, -0.2, 1.5)),
+                                                        GroundedPoint(1, 9.0, 3.0, 2, "cup")])
+    back = grounding_from_dict(grounding_to_dict(g))
+    assert [p.position for p in back.points] == [(0.1, -0.2, 1.5), None]

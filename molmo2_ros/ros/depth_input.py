@@ -8,6 +8,8 @@ and memory policy and every reason a point gets no position: molmo2_ros.core.dep
 """
 from __future__ import annotations
 
+import re
+import time
 from dataclasses import replace
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -55,6 +57,7 @@ class DepthInput:
         self._subs = []
         self.malformed = 0
         self.last_error = ""
+        self._warned: dict[str, float] = {}   # kind of warning -> when it was last logged
 
     # --- subscriptions ----------------------------------------------------------------
     def start(self, qos, event_callbacks) -> None:
@@ -76,7 +79,13 @@ class DepthInput:
         self._colour = None
 
     def _warn(self, text: str) -> None:
-        self._node.get_logger().warning(f"depth: {text}", throttle_duration_sec=THROTTLE_S)
+        """Log, at most once per THROTTLE_S for each kind of warning (the text without
+        its numbers and parenthesised details), so one kind never hides another."""
+        kind = re.sub(r"\([^)]*\)|[\d.]+", "", text)
+        now = time.monotonic()
+        if now - self._warned.get(kind, float("-inf")) >= THROTTLE_S:
+            self._warned[kind] = now
+            self._node.get_logger().warning(f"depth: {text}")
 
     def _on_depth(self, msg) -> None:
         stamp_ns = from_time(msg.header.stamp)
@@ -96,8 +105,9 @@ class DepthInput:
             if image.frame_id != frame_id:
                 self._refuse(f"depth frame_id {image.frame_id!r} is not the colour camera's {frame_id!r} "
                              "(depth must be registered to the colour camera)")
-            elif not self._compressed and not same_aspect((msg.width, msg.height), size):
-                self._refuse(f"depth size {msg.width}x{msg.height} has another aspect ratio than the "
+            elif not same_aspect(image.pixels.shape[::-1], size):
+                height, width = image.pixels.shape
+                self._refuse(f"depth size {width}x{height} has another aspect ratio than the "
                              f"colour image {size[0]}x{size[1]} (not registered to it?)")
 
     def _refuse(self, why: str) -> None:
@@ -106,13 +116,10 @@ class DepthInput:
 
     def _on_info(self, msg: CameraInfo) -> None:
         try:
-            camera = CameraModel.from_camera_info(msg)
+            self.camera = CameraModel.from_camera_info(msg)
         except (ValueError, IndexError) as exc:
             self.last_error = f"camera info unusable: {exc}"
             self._warn(self.last_error)
-            return
-        if camera != self.camera:
-            self.camera = camera
 
     # --- lookups ----------------------------------------------------------------------
     def want(self, stamp_ns: int, frame_id: str, source_size: tuple[int, int]) -> None:

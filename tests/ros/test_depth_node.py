@@ -38,6 +38,7 @@ SIZE = (160, 120)
 ANSWER_PIXELS = [(80.0, 60.0), (40.0, 90.0)]      # the pointing model's two points, in order
 PLUMB_BOB = (-0.3, 0.08, 0.001, -0.001, 0.0)   # with a wide (~100 degree) lens: fx = 0.6 width
 FRAME = "test_camera"
+BATCH = 13   # frames per check at 10 Hz: the window's 2 frames (0.5 s apart) are among them
 
 
 def static_scene() -> tuple[DepthScene, np.ndarray]:
@@ -81,13 +82,15 @@ class DepthCamera:
         self.depth_pub = harness.node.create_publisher(Image, DEPTH_TOPIC, reliable)
         self.info_pub = harness.node.create_publisher(CameraInfo, INFO_TOPIC, reliable)
 
-    def publish(self, n: int, camera: CameraModel | None = None, depth: bool | str = True,
+    def publish(self, n: int = BATCH, camera: CameraModel | None = None, depth: bool | str = True,
                 depth_size=SIZE, encoding: str = "16UC1", depth_frame_id: str = FRAME, metres=None) -> None:
-        """n frames at 10 Hz; depth=False: none, "once": only with the first frame."""
+        """n frames at 10 Hz (stamps in self.batch); depth=False: none, "once": only with the first."""
         camera = camera or self.scene.camera
         depth_m = self.scene.depth_m(0, depth_size) if metres is None else metres
+        self.batch = []
         for i in range(n):
-            stamp = to_time(self.harness.next_stamp(0.1))
+            self.batch.append(self.harness.next_stamp(0.1))
+            stamp = to_time(self.batch[-1])
             if depth is True or (depth == "once" and i == 0):
                 self.depth_pub.publish(depth_to_image(depth_m, stamp, depth_frame_id, encoding))
             self.info_pub.publish(camera_info(camera, stamp))
@@ -101,6 +104,7 @@ class DepthCamera:
         g = result.grounding
         assert [(p.x, p.y) for p in g.points] == ANSWER_PIXELS, "the pointing model's answer changed"
         assert [from_time(p.stamp) for p in g.points] == [from_time(s) for s in g.frame_stamps]
+        assert {from_time(s) for s in g.frame_stamps} <= set(self.batch), "frames of an earlier check"
         return g
 
 
@@ -131,7 +135,7 @@ def assert_flagged(g, node: NodeProcess, harness: Harness, reason: str) -> None:
 
 def test_without_any_depth_points_are_flagged_with_the_reason(served):
     harness, node, camera = served
-    camera.publish(8, depth=False)
+    camera.publish(depth=False)
     assert_flagged(camera.ask(), node, harness, "no depth image received")
 
 
@@ -145,7 +149,7 @@ def test_points_tracks_and_markers_at_the_shapes_known_depths(served):
             harness.node.create_subscription(TrackedObjectArray, f"{NODE}/tracked_objects", tracked.append, qos)]
     try:
         time.sleep(1.0)  # discovery
-        camera.publish(8)
+        camera.publish()
         g = camera.ask()
         found = assert_within_one_percent(g, camera.scene)
         harness.wait_for(lambda: markers, 30, "markers")
@@ -175,7 +179,7 @@ def test_distorted_camera_32fc1_same_accuracy_after_undistortion(served):
     wide = 0.6 * SIZE[0]
     distorted = CameraModel(**{**camera.scene.camera.__dict__, "fx": wide, "fy": wide, "d": PLUMB_BOB})
     scene = DepthScene(camera.scene.clip, distorted)
-    camera.publish(8, camera=distorted, encoding="32FC1")
+    camera.publish(camera=distorted, encoding="32FC1")
     g = camera.ask()
     found = assert_within_one_percent(g, scene)
     # the check means something: ignoring the distortion would miss by more than 3 %
@@ -187,9 +191,9 @@ def test_distorted_camera_32fc1_same_accuracy_after_undistortion(served):
 
 def test_half_resolution_depth_gives_the_same_3d(served):
     harness, node, camera = served
-    camera.publish(8)
+    camera.publish()
     full = [position(p) for p in camera.ask().points]
-    camera.publish(8, depth_size=(SIZE[0] // 2, SIZE[1] // 2))
+    camera.publish(depth_size=(SIZE[0] // 2, SIZE[1] // 2))
     g = camera.ask()
     half = assert_within_one_percent(g, camera.scene)
     for a, b in zip(full, half):
@@ -207,9 +211,9 @@ def test_bad_depth_points_published_flagged_with_the_reason(served, case, reason
     if case == "stale":      # the depth camera froze: one image, then colour only
         camera.publish(16, depth="once")  # the window keeps its 2 frames >= 0.5 s later
     elif case == "invalid":  # zeros (16UC1's "no depth") everywhere
-        camera.publish(8, metres=np.zeros((SIZE[1], SIZE[0]), np.float32))
+        camera.publish(metres=np.zeros((SIZE[1], SIZE[0]), np.float32))
     elif case == "size":
-        camera.publish(8, depth_size=(160, 100))
+        camera.publish(depth_size=(160, 100))
     else:
-        camera.publish(8, depth_frame_id="other_depth_frame")
+        camera.publish(depth_frame_id="other_depth_frame")
     assert_flagged(camera.ask(), node, harness, reason)

@@ -11,6 +11,17 @@ CompressedImage) it reports, in ms (best of --repeats runs):
   `stream_speedup` against a subscriber converting every frame the baseline way.
 And the window's memory when full (16 frames) with and without shrinking on ingest.
 
+Depth (VGA and 720p; 16UC1, 32FC1 and compressedDepth PNG), in ms, best of --repeats:
+- `ingest_ms`: one depth message into the depth buffer (what the depth callback costs,
+  on its own thread: a zero-copy view, for compressedDepth the PNG decode, plus the
+  buffer's bookkeeping at steady state);
+- `locate_ms`: one point's 3D position (nearest image, 5x5 median, back-projection
+  through a plumb_bob camera);
+- `buffer_mb`/`buffer_images`: the buffer after 20 s of a 30 Hz depth stream next to a
+  window keeping 16 frames at 2 fps (24 remembered, as the node with its defaults);
+- `depth_want_ms` vs `colour_kept_ms`: telling the depth buffer about a kept colour frame
+  (the camera callback's only extra work with depth on) against a kept VGA bgr8 frame.
+
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_ingest.py [--repeats 20]
 """
 from __future__ import annotations
@@ -25,6 +36,7 @@ import cv2
 import numpy as np
 from builtin_interfaces.msg import Time
 
+from molmo2_ros.core.depth import DepthBuffer, DepthLookup, depth_from_compressed, depth_from_image, locate
 from molmo2_ros.core.frame_window import FrameWindow, fit_to_max_side
 from molmo2_ros.core.image_conversion import compressed_to_rgb, image_to_rgb
 from molmo2_ros.ros.image_messages import rgb_to_compressed
@@ -107,6 +119,86 @@ def skipped_cost(convert, repeats: int) -> float:
     return best_ms(add, repeats * 10)
 
 
+DEPTH_SIZES = {"VGA": (640, 480), "720p": (1280, 720)}
+
+
+def depth_message(width: int, height: int, encoding: str):
+    """A depth image of a slanted floor with a box on it, as a driver publishes it."""
+    import struct
+
+    from sensor_msgs.msg import CompressedImage, Image
+
+    ys, xs = np.mgrid[0:height, 0:width]
+    metres = (1.0 + 3.0 * (1 - ys / height) + 0.001 * xs).astype(np.float32)
+    metres[height // 3: height // 2, width // 3: width // 2] = 0.8
+    metres[::7, ::11] = 0.0  # holes
+    if encoding == "compressedDepth":
+        png = cv2.imencode(".png", np.round(metres * 1000).astype(np.uint16))[1].tobytes()
+        return CompressedImage(format="16UC1; compressedDepth png", data=struct.pack("<iff", 0, 0, 0) + png)
+    pixels = np.round(metres * 1000).astype(np.uint16) if encoding == "16UC1" else metres
+    return Image(height=height, width=width, encoding=encoding, step=width * pixels.itemsize,
+                 data=pixels.tobytes())
+
+
+def steady_buffer(to_image, repeats: int) -> tuple[DepthBuffer, float, int]:
+    """A buffer fed 20 s of a 30 Hz stream (a colour frame kept every 15th), the best
+    time of one more message into it, and the newest stamp."""
+    buffer = DepthBuffer(tolerance_s=0.05, max_bytes=10**12, recent_s=0.25, max_wanted=24)
+    stamp = [0]
+
+    def add():
+        stamp[0] += NS // 30
+        if (stamp[0] // (NS // 30)) % 15 == 0:
+            buffer.want(stamp[0] + 3_000_000)
+        buffer.add(to_image(stamp[0]))
+
+    for _ in range(600):
+        add()
+    return buffer, best_ms(add, repeats * 5), stamp[0]
+
+
+def depth_costs(repeats: int) -> dict:
+    from molmo2_ros.sim.depth_scene import default_camera
+
+    results = {}
+    for name, (width, height) in DEPTH_SIZES.items():
+        camera = default_camera((width, height), "cam")
+        camera = type(camera)(**{**camera.__dict__, "d": (-0.28, 0.09, 0.001, -0.0015, -0.012)})
+        for encoding in ("16UC1", "32FC1", "compressedDepth"):
+            msg = depth_message(width, height, encoding)
+            convert = depth_from_compressed if encoding == "compressedDepth" else depth_from_image
+            buffer, ingest, newest = steady_buffer(lambda stamp, m=msg: convert(m, stamp), repeats)
+            point = (width * 0.4, height * 0.6)
+            lookup = DepthLookup()
+
+            def find():
+                position, why = locate(*point, newest, "", (width, height), camera, buffer, lookup)
+                assert position is not None, why
+
+            frames, nbytes = buffer.stats()
+            entry = {"message_mb": round(len(msg.data) / 2**20, 3), "ingest_ms": round(ingest, 4),
+                     "locate_ms": round(best_ms(find, repeats), 4),
+                     "buffer_images": frames, "buffer_mb": round(nbytes / 2**20, 1)}
+            results[f"{name}/{encoding}"] = entry
+    # The camera callback's only extra work with depth on: telling the buffer about a kept
+    # frame. Timed alone (a difference of two frame timings drowns in noise), against a
+    # kept VGA bgr8 frame.
+    rgb_msg = raw_message(scene(640, 480), "bgr8")
+    kept = kept_cost(lambda: image_to_rgb(rgb_msg, MAX_SIDE), repeats)
+    buffer = DepthBuffer(tolerance_s=0.05, max_bytes=10**12, recent_s=0.25, max_wanted=24)
+    counter = [0]
+
+    def want():
+        counter[0] += 1
+        buffer.want(counter[0] * NS)
+
+    told = best_ms(want, repeats * 100)
+    results["VGA/colour_kept_ms"] = round(kept, 4)
+    results["VGA/depth_want_ms"] = round(told, 5)
+    results["VGA/colour_kept_with_depth_ratio"] = round((kept + told) / kept, 3)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=20)
@@ -150,6 +242,7 @@ def main() -> None:
         "results": results, "memory": memory,
         "memory_ratio_unshrunk_vs_shrunk": round(memory["4K_window_mb_max_side_off"]
                                                  / memory[f"4K_window_mb_max_side_{MAX_SIDE}"], 1),
+        "depth": depth_costs(args.repeats),
     }, indent=2))
 
 

@@ -1,7 +1,9 @@
 """The demo: a video publisher (a video file or the synthetic shapes scene) feeding the
-molmo2_grounding node. Takes every argument of molmo2.launch.py, plus `video`.
+molmo2_grounding node. Takes every argument of molmo2.launch.py, plus `video` and
+`depth` (true: the publisher adds a registered depth image and camera info of the
+synthetic scene, and the node answers with 3D positions).
 
-    ros2 launch molmo2_ros demo.launch.py query:="point: red circle"
+    ros2 launch molmo2_ros demo.launch.py query:="point: red circle" depth:=true
 """
 import os
 
@@ -20,18 +22,41 @@ def _video_publisher(context):
         arguments += ["--video", video]
     if LaunchConfiguration("compressed").perform(context).lower() == "true":
         arguments.append("--compressed")
+    if _depth(context):
+        arguments.append("--depth")
     return [Node(package="molmo2_ros", executable="video_publisher", name="video_publisher",
                  namespace=LaunchConfiguration("namespace").perform(context),
                  arguments=arguments, output="screen")]
 
 
-def generate_launch_description():
+def _depth(context) -> bool:
+    value = LaunchConfiguration("depth").perform(context).lower()
+    if value not in ("true", "false"):
+        raise ValueError(f"depth: expected true or false, got {value!r}")
+    return value == "true"
+
+
+def _grounding_node(context):
+    """molmo2.launch.py with this launch's arguments; with depth, the publisher's depth topic
+    (`depth/image_raw` beside the camera topic)."""
+    arguments = {}
+    if _depth(context):
+        camera = LaunchConfiguration("camera_topic").perform(context).rstrip("/")
+        base = camera.rpartition("/")[0]
+        arguments["depth_topic"] = f"{base}/depth/image_raw" if base else "depth/image_raw"
     share = get_package_share_directory("molmo2_ros")
+    return [IncludeLaunchDescription(PythonLaunchDescriptionSource(os.path.join(share, "launch", "molmo2.launch.py")),
+                                     launch_arguments=arguments.items())]
+
+
+def generate_launch_description():
     return LaunchDescription([
         DeclareLaunchArgument("video", default_value="", description="video file (empty: synthetic shapes)"),
         DeclareLaunchArgument("camera_topic", default_value="/camera/image_raw", description="camera topic"),
         DeclareLaunchArgument("compressed", default_value="false", description="publish/subscribe compressed"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of both nodes"),
+        DeclareLaunchArgument("depth", default_value="false",
+                              description="true: synthetic depth + camera info, 3D answers"),
         OpaqueFunction(function=_video_publisher),
-        IncludeLaunchDescription(PythonLaunchDescriptionSource(os.path.join(share, "launch", "molmo2.launch.py"))),
+        OpaqueFunction(function=_grounding_node),
     ])

@@ -32,6 +32,10 @@ ARGUMENTS = {
     "window": ("window_seconds", float, "seconds of frames a query sees"),
     "fps": ("fps", float, "frames per second kept in the window"),
     "tracking": ("tracking_enable", _bool, "true: camera-rate tracks between answers on ~/tracked_objects"),
+    "depth_topic": ("depth_topic", str, "registered depth image (16UC1 mm / 32FC1 m): 3D positions; "
+                                        "empty: the params file's (default: off)"),
+    "camera_info_topic": ("camera_info_topic", str, "CameraInfo of the camera (empty: camera_info "
+                                                    "beside camera_topic)"),
 }
 
 

@@ -42,6 +42,19 @@ class ConvertReport:
         return text
 
 
+def _decode(stores, raw: bytes, msgtype: str):
+    """`raw` decoded with the first store whose definition it fits exactly (decodes, and
+    re-encodes to as many bytes); None when none does."""
+    for store in stores:
+        try:
+            msg = store.deserialize_cdr(raw, msgtype)
+            if len(store.serialize_cdr(msg, msgtype)) == len(raw):
+                return msg
+        except Exception:  # a layout that does not fit runs off the buffer somewhere
+            continue
+    return None
+
+
 def grounding_rows(bag: Path, results_topic: str, image_topic: str, recording: str) -> list[dict]:
     """One manifest line per recorded Grounding answer."""
     from rosbags.highlevel import AnyReader
@@ -52,8 +65,16 @@ def grounding_rows(bag: Path, results_topic: str, image_topic: str, recording: s
         if not conns:
             raise ValueError(f"no topic {results_topic!r} in {bag} "
                              f"(topics: {sorted({c.topic for c in reader.connections})})")
-        for conn, _, raw in reader.messages(connections=conns):
-            msg = reader.deserialize(raw, conn.msgtype)
+        # A bag with message definitions decodes with its own (any version of ours); one
+        # without them with this version's, else with the one before 3D positions.
+        stores = [reader.typestore, typestore(before_3d=True)]
+        for n, (conn, _, raw) in enumerate(reader.messages(connections=conns)):
+            msg = _decode(stores, raw, conn.msgtype)
+            if msg is None:
+                raise ValueError(
+                    f"message {n} on {results_topic} in {bag} does not decode as {conn.msgtype}: the bag "
+                    "has no message definitions and it fits neither this molmo2_ros's messages nor "
+                    "those before 3D positions; convert it with the molmo2_ros version that recorded it")
             stamps = [stamp_ns(t) for t in msg.frame_stamps]
             task = TASK_CODES[msg.task]
             if task is Task.TRACK:

@@ -160,12 +160,16 @@ def grounding_from_dict(d: dict[str, Any]) -> Grounding:
 
 
 def _point_to_dict(p: GroundedPoint) -> dict[str, Any]:
-    return {"stamp_ns": p.stamp_ns, "x": p.x, "y": p.y, "object_id": p.object_id,
-            "label": p.label, "score": None if math.isnan(p.score) else p.score}
+    d = {"stamp_ns": p.stamp_ns, "x": p.x, "y": p.y, "object_id": p.object_id,
+         "label": p.label, "score": None if math.isnan(p.score) else p.score}
+    if p.position is not None:  # metres, optical frame (depth input)
+        d["position"] = list(p.position)
+    return d
 
 
 def _point_from_dict(d: dict[str, Any]) -> GroundedPoint:
     score = d.get("score")
     return GroundedPoint(stamp_ns=int(d["stamp_ns"]), x=float(d["x"]), y=float(d["y"]),
                          object_id=int(d["object_id"]), label=d.get("label", ""),
-                         score=math.nan if score is None else float(score))
+                         score=math.nan if score is None else float(score),
+                         position=tuple(float(v) for v in d["position"]) if d.get("position") else None)

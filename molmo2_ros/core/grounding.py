@@ -48,6 +48,9 @@ class GroundedPoint:
     object_id: int
     label: str
     score: float = math.nan
+    # (x, y, z) in metres in the camera's optical frame, from a registered depth image
+    # (molmo2_ros.core.depth); None when unknown.
+    position: tuple[float, float, float] | None = None
 
 
 @dataclass

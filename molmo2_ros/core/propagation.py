@@ -44,6 +44,7 @@ class TrackedObject:
     age_s: float            # time from the anchor to the current frame
     confidence: float       # in [0, 1]; 0 when lost
     lost: bool              # x/y are the last good position, not the current one
+    position: tuple[float, float, float] | None = None   # metres, optical frame (depth input)
 
 
 @dataclass(frozen=True)

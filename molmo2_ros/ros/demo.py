@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=0,
                         help="frames the node's window must hold before asking (default: a full window, "
                              "the node's max_frames)")
+    parser.add_argument("--depth", action="store_true",
+                        help="the publisher adds a registered depth image and camera info of the synthetic "
+                             "scene; the node answers with 3D positions")
     parser.add_argument("--out", default="molmo2_demo.png", help="annotated image (.png) or video (.mp4)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before giving up")
@@ -80,9 +83,13 @@ def run(args: argparse.Namespace) -> int:
     publisher_cmd = [sys.executable, "-m", "molmo2_ros.ros.video_publisher", "--topic", TOPIC, "--rate", "10"]
     if args.video:
         publisher_cmd += ["--video", args.video]
+    if args.depth:
+        publisher_cmd.append("--depth")
     node_cmd = [sys.executable, "-m", "molmo2_ros.cli", "node", "--ros-args",
                 "-r", f"__ns:={NAMESPACE}", "-p", f"model:={model}", "-p", f"backend:={args.backend}",
                 "-p", f"image_topic:={TOPIC}", "-p", f"max_new_tokens:={args.max_new_tokens}"]
+    if args.depth:
+        node_cmd += ["-p", f"depth_topic:={NAMESPACE}/camera/depth/image_raw"]
     for name, value in (("engine_dir", args.engine_dir), ("device", args.device)):
         if value:
             node_cmd += ["-p", f"{name}:={value}"]
@@ -149,7 +156,9 @@ def run(args: argparse.Namespace) -> int:
         if grounding.count is not None:
             print(f"count: {grounding.count}")
         for p in grounding.points:
-            print(f"  point {p.object_id} {p.label!r}: x={p.x:.1f} y={p.y:.1f} px at stamp {p.stamp_ns}")
+            where = (f", 3D ({p.position[0]:.3f}, {p.position[1]:.3f}, {p.position[2]:.3f}) m"
+                     if p.position is not None else "")
+            print(f"  point {p.object_id} {p.label!r}: x={p.x:.1f} y={p.y:.1f} px at stamp {p.stamp_ns}{where}")
         for w in grounding.warnings:
             print(f"warning: {w}")
         t = grounding.timings

@@ -44,15 +44,27 @@ def from_duration(duration: Duration) -> float:
     return duration.sec + duration.nanosec / NS
 
 
+_NAN = float("nan")
+
+
+def position_to_msg(position) -> tuple[bool, Point]:
+    """(has_position, geometry_msgs/Point): NaN when the position is unknown."""
+    if position is None:
+        return False, Point(x=_NAN, y=_NAN, z=_NAN)
+    return True, Point(x=float(position[0]), y=float(position[1]), z=float(position[2]))
+
+
 def point_to_msg(point: GroundedPoint) -> GroundedPointMsg:
+    has_position, position = position_to_msg(point.position)
     return GroundedPointMsg(stamp=to_time(point.stamp_ns), x=float(point.x), y=float(point.y),
                             object_id=int(point.object_id), label=point.label,
-                            score=float(point.score))
+                            score=float(point.score), has_position=has_position, position=position)
 
 
 def point_from_msg(msg: GroundedPointMsg) -> GroundedPoint:
+    position = (msg.position.x, msg.position.y, msg.position.z) if msg.has_position else None
     return GroundedPoint(stamp_ns=from_time(msg.stamp), x=msg.x, y=msg.y,
-                         object_id=msg.object_id, label=msg.label, score=msg.score)
+                         object_id=msg.object_id, label=msg.label, score=msg.score, position=position)
 
 
 def grounding_to_msg(grounding: Grounding, query_id: str) -> GroundingMsg:
@@ -98,10 +110,15 @@ def tracked_to_msg(snap: TrackedObjects, frame_id: str) -> TrackedObjectArray:
     msg = TrackedObjectArray(query_id=snap.answer_id)
     msg.header.frame_id = frame_id
     msg.header.stamp = to_time(snap.stamp_ns)
-    msg.objects = [TrackedObjectMsg(
-        object_id=int(o.object_id), label=o.label, x=float(o.x), y=float(o.y),
-        anchor_stamp=to_time(o.anchor_stamp_ns), age=to_duration(o.age_s),
-        confidence=float(o.confidence), lost=bool(o.lost)) for o in snap.objects]
+    objects = []
+    for o in snap.objects:
+        has_position, position = position_to_msg(o.position)
+        objects.append(TrackedObjectMsg(
+            object_id=int(o.object_id), label=o.label, x=float(o.x), y=float(o.y),
+            anchor_stamp=to_time(o.anchor_stamp_ns), age=to_duration(o.age_s),
+            confidence=float(o.confidence), lost=bool(o.lost), has_position=has_position,
+            position=position))
+    msg.objects = objects
     return msg
 
 
@@ -112,16 +129,19 @@ _PALETTE = [(0.9, 0.2, 0.2), (0.2, 0.8, 0.3), (0.2, 0.4, 0.95), (0.95, 0.85, 0.2
 def grounding_markers(grounding: Grounding, image_size: tuple[int, int], ns: str = "molmo2",
                       lifetime_s: float = 0.0) -> MarkerArray:
     """RViz markers: a labelled dot per point (per track: at its latest point) and a
-    line along each track's path.
+    line along each track's path, in the camera's optical frame (x right, y down, z
+    forward).
 
-    Without depth a pixel has no 3D position, so markers lie on an image plane 1 m in
-    front of the camera in its optical frame (x right, y down, z forward), scaled so the
-    image is 1 m wide: (u, v) -> ((u - w/2) / w, (v - h/2) / w, 1).
+    A point with a 3D position (depth input) is drawn there. One without lies on an
+    image plane 1 m in front of the camera, scaled so the image is 1 m wide:
+    (u, v) -> ((u - w/2) / w, (v - h/2) / w, 1).
     """
     width, height = image_size
     scale = 1.0 / max(width, 1)
 
     def place(p: GroundedPoint) -> Point:
+        if p.position is not None:
+            return Point(x=float(p.position[0]), y=float(p.position[1]), z=float(p.position[2]))
         return Point(x=(p.x - width / 2) * scale, y=(p.y - height / 2) * scale, z=1.0)
 
     def colour(object_id: int) -> ColorRGBA:

@@ -39,6 +39,7 @@ from molmo2_ros.core.propagation import TrackPropagator
 from molmo2_ros.msg import Grounding as GroundingMsg
 from molmo2_ros.msg import TrackedObjectArray
 from molmo2_ros.core.image_conversion import ImageTooLarge, compressed_to_rgb, image_to_rgb
+from molmo2_ros.ros.depth_input import DepthInput
 from molmo2_ros.ros.image_messages import rgb_to_image
 from molmo2_ros.ros.messages import (from_time, grounding_markers, grounding_to_msg, to_time,
                                      tracked_to_msg)
@@ -97,6 +98,7 @@ class GroundingNode(LifecycleNode):
         self._ground = None
         self._window: FrameWindow | None = None
         self._propagator: TrackPropagator | None = None
+        self._depth: DepthInput | None = None   # with depth_topic: 3D positions
         self._worker: QueryWorker | None = None
         self._active = False
         self._image_sub = None
@@ -145,6 +147,7 @@ class GroundingNode(LifecycleNode):
         s = self.settings   # the window resolved against the model's
         self._window = self._make_window(s)
         self._propagator = self._make_propagator(s)
+        self._depth = DepthInput(self, s) if s.depth_topic else None
         pub_events = PublisherEventCallbacks(incompatible_qos=self._on_incompatible_qos)
         self._grounding_pub = self.create_publisher(GroundingMsg, "~/grounding", RESULTS_QOS,
                                                     event_callbacks=pub_events)
@@ -254,6 +257,8 @@ class GroundingNode(LifecycleNode):
         self._image_sub = self.create_subscription(
             kind, topic, self._on_image, qos, callback_group=self._ingest_group,
             event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos))
+        if self._depth is not None:
+            self._depth.start(qos, SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos))
         self._topic_timer = self.create_timer(s.query_period, self._topic_tick)
         self._frames_since_activation = 0
         self._last_frame_error = ""
@@ -295,6 +300,8 @@ class GroundingNode(LifecycleNode):
             self._window.reset()
         if self._propagator is not None:
             self._propagator.reset()
+        if self._depth is not None:
+            self._depth.stop()
 
     def _free_backend(self) -> None:
         if self._backend is not None:
@@ -312,6 +319,7 @@ class GroundingNode(LifecycleNode):
         self._publishers = []
         self._window = None
         self._propagator = None
+        self._depth = None
         self._topic_query = None
 
     # --- live parameters (ros2 param set; see live_params) ----------------------------
@@ -381,6 +389,9 @@ class GroundingNode(LifecycleNode):
             self.get_logger().warning(f"dropped a camera frame: {decision.reason}", throttle_duration_sec=2.0)
         elif decision.outcome is Ingest.RESET:
             self.get_logger().warning(decision.reason)
+        depth = self._depth
+        if depth is not None and decision.keep:
+            depth.want(stamp_ns, msg.header.frame_id, rgb(max_side)[1])  # converted already
         if track:
             self._track(propagator, msg.header.frame_id, stamp_ns, image, source_size)
 
@@ -397,6 +408,8 @@ class GroundingNode(LifecycleNode):
             self.get_logger().warning(f"tracking: {warning}", throttle_duration_sec=2.0)
         snap = propagator.current()
         if snap.answer_id and snap.stamp_ns == stamp_ns:
+            if self._depth is not None:
+                snap = self._depth.place_tracked(snap, frame_id, source_size)
             self._tracked_pub.publish(tracked_to_msg(snap, frame_id))
 
     # --- queries --------------------------------------------------------------------
@@ -534,6 +547,8 @@ class GroundingNode(LifecycleNode):
     def _publish_results(self, grounding: Grounding, query: Query) -> GroundingMsg:
         """Publish a successful result (worker thread for continuous mode, the goal's
         executor thread for actions; never the camera callback) and anchor tracking on it."""
+        if self._depth is not None:
+            grounding = self._depth.place(grounding, query.frames)
         msg = grounding_to_msg(grounding, query.query_id)
         self._grounding_pub.publish(msg)
         self._answer_pub.publish(String(data=grounding.answer))
@@ -606,6 +621,8 @@ class GroundingNode(LifecycleNode):
             frames, nbytes = propagator.buffered()
             values["tracking_frames"], values["tracking_bytes"] = str(frames), str(nbytes)
             values["tracked_objects"] = str(len(propagator.current().objects))
+        if self._depth is not None:
+            values.update(self._depth.diagnostics())
         if self._last_timings is not None:
             for stage in ("queue_wait", "preprocess", "generation", "parse"):
                 values[f"last_{stage}_s"] = f"{getattr(self._last_timings, stage):.3f}"

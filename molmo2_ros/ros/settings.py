@@ -54,6 +54,15 @@ PARAMETERS = {
     "tracking_window": (12.0, "seconds of camera frames buffered for latency compensation"),
     "tracking_max_side": (640, "longer side of the image optical flow runs on (px; 0 = full size)"),
     "tracking_buffer_mb": (128.0, "memory bound of the tracking frame buffer (MiB)"),
+    "depth_topic": ("", "depth image registered to the camera (16UC1 mm or 32FC1 m); empty: no depth, "
+                        "no 3D positions"),
+    "depth_compressed": (False, "subscribe to <depth_topic>/compressedDepth (sensor_msgs/CompressedImage)"),
+    "camera_info_topic": ("", "sensor_msgs/CameraInfo of the camera; empty: camera_info beside image_topic"),
+    "depth_tolerance": (0.05, "seconds a depth image's stamp may be from a point's frame's stamp"),
+    "depth_patch": (5, "side of the window of depth pixels whose valid median is a point's depth (odd)"),
+    "depth_min": (0.1, "depths below this (m) are invalid"),
+    "depth_max": (20.0, "depths above this (m) are invalid"),
+    "depth_buffer_mb": (128.0, "memory bound of the depth image buffer (MiB)"),
 }
 MAX_PERIOD_S = 3600.0
 # A goal's float32 window_seconds may exceed the node's float64 one by rounding.
@@ -94,6 +103,14 @@ class Settings:
     tracking_window: float
     tracking_max_side: int
     tracking_buffer_mb: float
+    depth_topic: str
+    depth_compressed: bool
+    camera_info_topic: str
+    depth_tolerance: float
+    depth_patch: int
+    depth_min: float
+    depth_max: float
+    depth_buffer_mb: float
 
 
 def parse_task(value) -> Task:
@@ -178,6 +195,12 @@ def validate(values: dict) -> Settings:
     check(out["tracking_max_side"] == 0 or out["tracking_max_side"] >= 2 * FLOW_WINDOW,
           f"tracking_max_side must be 0 (full size) or >= {2 * FLOW_WINDOW}, got {out['tracking_max_side']}")
     check(out["tracking_buffer_mb"] > 0, f"tracking_buffer_mb must be > 0, got {out['tracking_buffer_mb']}")
+    check(out["depth_tolerance"] > 0, f"depth_tolerance must be > 0, got {out['depth_tolerance']}")
+    check(out["depth_patch"] >= 1 and out["depth_patch"] % 2 == 1,
+          f"depth_patch must be odd and >= 1, got {out['depth_patch']}")
+    check(0 <= out["depth_min"] < out["depth_max"],
+          f"need 0 <= depth_min < depth_max, got {out['depth_min']} and {out['depth_max']}")
+    check(out["depth_buffer_mb"] > 0, f"depth_buffer_mb must be > 0, got {out['depth_buffer_mb']}")
     try:
         parse_task(out["query_task"])
     except ValueError as exc:

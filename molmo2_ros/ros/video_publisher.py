@@ -1,7 +1,8 @@
 """Publish a video file or a synthetic moving-shapes scene as a camera topic.
 
     video_publisher [--video FILE] [--topic /camera/image_raw] [--compressed] [--rate 10]
-                    [--size 320x240] [--frame-id camera_optical_frame] [--once] [--ros-args ...]
+                    [--size 320x240] [--frame-id camera_optical_frame] [--once]
+                    [--depth [--depth-size 160x120] [--depth-encoding 16UC1|32FC1]] [--ros-args ...]
 
 Each frame is stamped with the node clock when it is published (ROS time, so
 `use_sim_time` works), like a live camera; a looping video keeps time increasing.
@@ -9,6 +10,13 @@ Without --video it publishes the shapes world (molmo2_ros/sim/shapes_world.py): 
 circles, squares and triangles moving in straight lines, the scene the shipped model
 was trained on. With --compressed it publishes sensor_msgs/CompressedImage on
 `<topic>/compressed` (the image_transport convention).
+
+With --depth (synthetic scene only) it also publishes, with each frame's stamp, a depth
+image registered to it on `<topic's namespace>/depth/image_raw` (each shape a plate
+facing the camera at its own distance, 1.0 m for the top one, +0.4 m per shape below,
+in front of a background plane at 3.0 m: molmo2_ros/sim/depth_scene.py) and the colour
+camera's CameraInfo on `<topic's namespace>/camera_info` (fx = fy = image width, no
+distortion), as a depth camera's driver does.
 """
 from __future__ import annotations
 
@@ -20,9 +28,9 @@ from rclpy.utilities import remove_ros_args
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from molmo2_ros.ros.image_messages import rgb_to_compressed, rgb_to_image
+from molmo2_ros.ros.image_messages import camera_info, depth_to_image, rgb_to_compressed, rgb_to_image
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -67,29 +75,53 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reliability", choices=("best_effort", "reliable"), default="reliable",
                         help="publisher QoS reliability (default %(default)s: matches any subscriber)")
     parser.add_argument("--once", action="store_true", help="publish the clip once, then exit")
+    parser.add_argument("--depth", action="store_true",
+                        help="also publish a registered depth image and camera info (synthetic scene)")
+    parser.add_argument("--depth-size", type=parse_size, default=None,
+                        help="depth image size WxH (default: the colour size); same aspect ratio")
+    parser.add_argument("--depth-encoding", choices=("16UC1", "32FC1"), default="16UC1",
+                        help="16UC1 (mm) or 32FC1 (m) (default %(default)s)")
     return parser
 
 
-def load_frames(args) -> list:
-    """RGB frames to publish, in order."""
+def sibling(topic: str, name: str) -> str:
+    """'/camera/image_raw', 'camera_info' -> '/camera/camera_info'."""
+    base = topic.rstrip("/").rpartition("/")[0]
+    return f"{base}/{name}" if base else name
+
+
+def load_frames(args) -> tuple[list, list | None, object]:
+    """RGB frames to publish, in order; with --depth also their depth images (metres)
+    and the camera model (else None, None)."""
     if args.rate <= 0:
         raise ValueError(f"--rate must be > 0, got {args.rate}")
     if args.video:
+        if args.depth:
+            raise ValueError("--depth needs the synthetic scene (a video file has no depth)")
         from molmo2_ros.video_io import read_video
 
-        return [f.image for f in read_video(args.video, fps=args.rate)]
+        return [f.image for f in read_video(args.video, fps=args.rate)], None, None
     from molmo2_ros.sim.shapes_world import make_clip
 
     clip = make_clip(args.seed, n_frames=max(1, round(args.seconds * args.rate)), fps=args.rate,
                      size=args.size, objects=args.objects, speed_range=(0.05, 0.15))
-    return clip.frames
+    if not args.depth:
+        return clip.frames, None, None
+    from molmo2_ros.core.depth import same_aspect
+    from molmo2_ros.sim.depth_scene import DepthScene, default_camera
+
+    depth_size = args.depth_size or args.size
+    if not same_aspect(depth_size, args.size):
+        raise ValueError(f"--depth-size {depth_size} must have the colour image's aspect ratio {args.size}")
+    scene = DepthScene(clip, default_camera(args.size, args.frame_id))
+    return clip.frames, [scene.depth_m(i, depth_size) for i in range(len(clip.frames))], scene.camera
 
 
 class VideoPublisher(Node):
     def __init__(self, args):
         super().__init__("video_publisher")
         self.args = args
-        self.frames = load_frames(args)
+        self.frames, self.depths, self.camera = load_frames(args)
         self.index = 0
         qos = QoSProfile(depth=5, history=HistoryPolicy.KEEP_LAST,
                          reliability=ReliabilityPolicy.RELIABLE if args.reliability == "reliable"
@@ -100,6 +132,12 @@ class VideoPublisher(Node):
         else:
             topic = args.topic
             self.publisher = self.create_publisher(Image, topic, qos)
+        if self.depths is not None:
+            depth_topic, info_topic = sibling(args.topic, "depth/image_raw"), sibling(args.topic, "camera_info")
+            self.depth_publisher = self.create_publisher(Image, depth_topic, qos)
+            self.info_publisher = self.create_publisher(CameraInfo, info_topic, qos)
+            self.get_logger().info(f"publishing depth on {self.resolve_topic_name(depth_topic)}, camera info "
+                                   f"on {self.resolve_topic_name(info_topic)}")
         self.done = False
         self.timer = self.create_timer(1.0 / args.rate, self.tick)
         source = args.video or f"synthetic shapes {args.size[0]}x{args.size[1]}"
@@ -113,8 +151,12 @@ class VideoPublisher(Node):
                 return
             self.index = 0
         rgb = self.frames[self.index]
-        self.index += 1
         stamp = self.get_clock().now().to_msg()
+        if self.depths is not None:  # depth first: it is there when the colour frame is
+            self.depth_publisher.publish(depth_to_image(self.depths[self.index], stamp, self.args.frame_id,
+                                                        self.args.depth_encoding))
+            self.info_publisher.publish(camera_info(self.camera, stamp))
+        self.index += 1
         if self.args.compressed:
             msg = rgb_to_compressed(rgb, stamp, self.args.frame_id, fmt=self.args.format)
         else:

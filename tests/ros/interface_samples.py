@@ -10,16 +10,23 @@ import sys
 import time
 
 from builtin_interfaces.msg import Duration, Time
+from geometry_msgs.msg import Point
 from std_msgs.msg import Header
 
 from molmo2_ros.action import Ground
 from molmo2_ros.msg import GroundedPoint, Grounding, Track, TrackedObject, TrackedObjectArray
 
 
+NAN = float("nan")
+
+
 def _point(i: int) -> GroundedPoint:
+    """Even i: with a 3D position; odd i: flagged without one (NaN)."""
+    has = i % 2 == 0
     return GroundedPoint(stamp=Time(sec=1700000000 + i, nanosec=250_000_000 * i),
                          x=12.5 + i, y=480.25 - i, object_id=i + 1, label=f"red block {i}",
-                         score=0.5 + 0.125 * i)
+                         score=0.5 + 0.125 * i, has_position=has,
+                         position=Point(x=0.125 * i - 0.3, y=-0.0625, z=1.5 + i) if has else Point(x=NAN, y=NAN, z=NAN))
 
 
 def _grounding() -> Grounding:
@@ -43,8 +50,9 @@ def _tracked_objects() -> TrackedObjectArray:
     objects = [TrackedObject(object_id=7, label="person in blue", x=320.5, y=240.0,
                              anchor_stamp=Time(sec=1700000001, nanosec=7),
                              age=Duration(sec=0, nanosec=800_000_000), confidence=0.75,
-                             lost=False),
-               TrackedObject(object_id=8, label="cup", x=1.0, y=2.0, lost=True)]
+                             lost=False, has_position=True, position=Point(x=0.25, y=-0.5, z=2.75)),
+               TrackedObject(object_id=8, label="cup", x=1.0, y=2.0, lost=True, has_position=False,
+                             position=Point(x=NAN, y=NAN, z=NAN))]
     return TrackedObjectArray(header=Header(frame_id="cam", stamp=Time(sec=5, nanosec=6)),
                               query_id="topic-3", objects=objects)
 
@@ -76,6 +84,8 @@ def assert_same(expected, actual, path: str = "msg") -> None:
         assert len(expected) == len(actual), f"{path}: length {len(actual)} != {len(expected)}"
         for i, (e, a) in enumerate(zip(expected, actual)):
             assert_same(e, a, f"{path}[{i}]")
+    elif isinstance(expected, float) and math.isnan(expected):
+        assert math.isnan(float(actual)), f"{path}: {actual} != NaN"
     elif isinstance(expected, float):
         assert math.isclose(expected, float(actual), rel_tol=1e-6), f"{path}: {actual} != {expected}"
     else:

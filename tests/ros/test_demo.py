@@ -26,14 +26,19 @@ def env(domain: int) -> dict:
 
 
 def test_demo_runs_publisher_node_and_one_query(pointing_model_dir, tmp_path):
+    """With --depth: the publisher adds the scene's depth and camera info, and the answer's
+    points come with 3D positions at one of the scene's known distances."""
     out = tmp_path / "demo.png"
     done = subprocess.run([str(BIN / "molmo2-ros"), "demo", "--model", str(pointing_model_dir), "--out", str(out),
-                           "--max-new-tokens", "64", "--timeout", "240"],
+                           "--max-new-tokens", "64", "--timeout", "240", "--depth"],
                           env=env(50 + (os.getpid() + 11) % 100), capture_output=True, text=True,
                           timeout=300, start_new_session=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "over" in done.stdout and "'camera_optical_frame'" in done.stdout and "answer:" in done.stdout
     assert "point 1 'red square'" in done.stdout  # the pointing model's answer, mapped to pixels
+    depths = [float(line.rsplit(", ", 1)[1].split(")")[0]) for line in done.stdout.splitlines()
+              if line.strip().startswith("point ") and "3D (" in line]
+    assert depths and all(z in (1.0, 1.4, 1.8, 3.0) for z in depths), done.stdout  # plates, background
     assert out.is_file() and out.stat().st_size > 1000
 
 

@@ -42,8 +42,7 @@ def test_each_message_type_arrives_equal_from_another_process(ros_domain):
         assert set(received) == set(expected), f"missing: {set(expected) - set(received)}"
         for key, msg in expected.items():
             assert received[key] is not msg
-            assert_same(msg, received[key], key)
-            assert received[key] == msg
+            assert_same(msg, received[key], key)  # (not ==: positions without depth are NaN)
         node.destroy_node()
     finally:
         rclpy.shutdown()

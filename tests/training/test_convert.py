@@ -5,6 +5,7 @@ and counted by reason."""
 import json
 
 import numpy as np
+import pytest
 from rclpy.serialization import serialize_message
 from rosbags.rosbag2 import StoragePlugin, Writer
 from sensor_msgs.msg import Image
@@ -88,3 +89,51 @@ def test_bag_to_manifest_to_training(tmp_path):
                       save_every=2, threads=1)
     final = train(cfg, log=lambda m: None)
     assert (final / "model.safetensors").is_file()
+
+
+def write_bag_before_3d(path, storage, clip, *, definitions: bool = True, garbage: bool = False):
+    """The node's answer as recorded before points carried 3D positions: serialised with
+    the old GroundedPoint layout (by rosbags, from the old .msg text)."""
+    import sqlite3
+
+    old = typestore(before_3d=True)
+    T = old.types
+    sampled = clip.stamps_ns[0:20:5]
+    obj = clip.objects[5][0]
+
+    def time(ns):
+        return T["builtin_interfaces/msg/Time"](sec=ns // 10**9, nanosec=ns % 10**9)
+
+    zero = T["builtin_interfaces/msg/Duration"](sec=0, nanosec=0)
+    point = T["molmo2_ros/msg/GroundedPoint"](stamp=time(sampled[1]), x=obj.cx, y=obj.cy, object_id=1,
+                                              label=obj.label, score=float("nan"))
+    msg = T["molmo2_ros/msg/Grounding"](
+        header=T["std_msgs/msg/Header"](stamp=time(sampled[-1]), frame_id="camera"), query_id="q1",
+        query=obj.label, task=0, points=[point], tracks=[], count=-1, frame_stamps=[time(s) for s in sampled],
+        answer="", warnings=[], model="m", backend="torch", queue_wait=zero, preprocess=zero, generation=zero)
+    raw = old.serialize_cdr(msg, "molmo2_ros/msg/Grounding")
+    with Writer(path, version=9, storage_plugin=storage) as writer:
+        results = writer.add_connection("/molmo2/grounding", "molmo2_ros/msg/Grounding", typestore=old)
+        writer.write(results, sampled[-1] + 1, raw[:-9] if garbage else raw)
+    if not definitions:  # as rosbag2 before Jazzy recorded: no message definitions
+        db = next(path.glob("*.db3"))
+        with sqlite3.connect(db) as con:
+            con.execute("DELETE FROM message_definitions")
+        con.close()
+    return sampled, obj
+
+
+def test_bags_recorded_before_3d_positions_convert_or_are_refused_clearly(tmp_path):
+    clip = make_clip(4, n_frames=20, fps=CAMERA_HZ, size=(160, 120), n_objects=2, start_ns=T0)
+    for name, storage, definitions in (("mcap", StoragePlugin.MCAP, True),
+                                       ("sqlite_without_definitions", StoragePlugin.SQLITE3, False)):
+        sampled, obj = write_bag_before_3d(tmp_path / name, storage, clip, definitions=definitions)
+        manifest = tmp_path / f"{name}.jsonl"
+        assert convert(tmp_path / name, "/camera/image_raw", manifest, results_topic="/molmo2/grounding") == 1
+        row = json.loads(manifest.read_text())
+        assert row["points"] == [{"stamp_ns": sampled[1], "id": 1, "x": pytest.approx(obj.cx),
+                                  "y": pytest.approx(obj.cy)}]
+    write_bag_before_3d(tmp_path / "cut", StoragePlugin.SQLITE3, clip, definitions=False, garbage=True)
+    with pytest.raises(ValueError, match="does not decode as molmo2_ros/msg/Grounding: the bag has no message "
+                                         "definitions"):
+        convert(tmp_path / "cut", "/camera/image_raw", tmp_path / "cut.jsonl", results_topic="/molmo2/grounding")

@@ -1,0 +1,164 @@
+"""The node's optional depth input: a registered depth image topic and the colour
+camera's CameraInfo in, 3D positions on answers' points and camera-rate tracks out.
+
+Subscriptions run in their own callback group and only convert and buffer (a zero-copy
+view of an Image; a CompressedImage is decoded there), so the camera callback never
+waits on them, nor they on inference. The math, the buffer's sync
+and memory policy and every reason a point gets no position: molmo2_ros.core.depth.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import replace
+
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+from molmo2_ros.core.depth import (CameraModel, DepthBuffer, DepthLookup, depth_from_compressed,
+                                   depth_from_image, locate, same_aspect, with_positions)
+from molmo2_ros.core.grounding import Frame, Grounding
+from molmo2_ros.core.propagation import TrackedObjects
+from molmo2_ros.ros.messages import from_time
+
+THROTTLE_S = 5.0
+WANTED_SLACK = 8   # window frames kept during one answer: 4 s at 2 fps
+
+
+def depth_topics(settings) -> tuple[str, str]:
+    """(depth topic as subscribed, camera info topic). Compressed depth follows
+    image_transport: `<depth_topic>/compressedDepth`. Camera info defaults to the colour
+    camera's: `camera_info` beside `image_topic`."""
+    depth = settings.depth_topic
+    if settings.depth_compressed and not depth.endswith(("/compressedDepth", "/compressed")):
+        depth = depth.rstrip("/") + "/compressedDepth"
+    info = settings.camera_info_topic
+    if not info:
+        base = settings.image_topic.rstrip("/").rpartition("/")[0]
+        info = f"{base}/camera_info" if base else "camera_info"
+    return depth, info
+
+
+class DepthInput:
+    def __init__(self, node, settings):
+        s = settings
+        self._node = node
+        self._compressed = s.depth_compressed
+        self.depth_topic, self.info_topic = depth_topics(s)
+        # Camera-rate lookups need the depth images near the newest colour frame; the
+        # frames the window kept need theirs for as long as answers may refer to them:
+        # the window's max_frames, and WANTED_SLACK more kept while an answer is computed.
+        self.buffer = DepthBuffer(tolerance_s=s.depth_tolerance, max_bytes=round(s.depth_buffer_mb * 2**20),
+                                  recent_s=max(0.25, 4 * s.depth_tolerance), max_wanted=s.max_frames + WANTED_SLACK)
+        self.lookup = DepthLookup(patch=s.depth_patch, min_m=s.depth_min, max_m=s.depth_max)
+        self.camera: CameraModel | None = None
+        self._colour: tuple[str, tuple[int, int]] | None = None   # newest kept frame's frame_id, size
+        self._group = MutuallyExclusiveCallbackGroup()
+        self._subs = []
+        self.malformed = 0
+        self.last_error = ""
+        self._warned: dict[str, float] = {}   # kind of warning -> when it was last logged
+
+    # --- subscriptions ----------------------------------------------------------------
+    def start(self, qos, event_callbacks) -> None:
+        kind = CompressedImage if self._compressed else Image
+        self._subs = [
+            self._node.create_subscription(kind, self.depth_topic, self._on_depth, qos,
+                                           callback_group=self._group, event_callbacks=event_callbacks),
+            self._node.create_subscription(CameraInfo, self.info_topic, self._on_info, qos,
+                                           callback_group=self._group, event_callbacks=event_callbacks)]
+        resolve = self._node.resolve_topic_name
+        self._node.get_logger().info(f"depth: {kind.__name__} on {resolve(self.depth_topic)}, camera info on "
+                                     f"{resolve(self.info_topic)}")
+
+    def stop(self) -> None:
+        for sub in self._subs:
+            self._node.destroy_subscription(sub)
+        self._subs = []
+        self.buffer.reset()
+        self._colour = None
+
+    def _warn(self, text: str) -> None:
+        """Log, at most once per THROTTLE_S for each kind of warning (the text without
+        its numbers and parenthesised details), so one kind never hides another."""
+        kind = re.sub(r"\([^)]*\)|[\d.]+", "", text)
+        now = time.monotonic()
+        if now - self._warned.get(kind, float("-inf")) >= THROTTLE_S:
+            self._warned[kind] = now
+            self._node.get_logger().warning(f"depth: {text}")
+
+    def _on_depth(self, msg) -> None:
+        stamp_ns = from_time(msg.header.stamp)
+        try:
+            image = (depth_from_compressed if self._compressed else depth_from_image)(msg, stamp_ns)
+        except ValueError as exc:
+            self.malformed += 1
+            self.last_error = str(exc)
+            self._warn(f"depth image dropped: {exc}")
+            return
+        warning = self.buffer.add(image)
+        if warning:
+            self._warn(warning)
+        colour = self._colour
+        if colour is not None:  # refused at lookup; said here already, once in a while
+            frame_id, size = colour
+            if image.frame_id != frame_id:
+                self._refuse(f"depth frame_id {image.frame_id!r} is not the colour camera's {frame_id!r} "
+                             "(depth must be registered to the colour camera)")
+            elif not same_aspect(image.pixels.shape[::-1], size):
+                height, width = image.pixels.shape
+                self._refuse(f"depth size {width}x{height} has another aspect ratio than the "
+                             f"colour image {size[0]}x{size[1]} (not registered to it?)")
+
+    def _refuse(self, why: str) -> None:
+        self.last_error = why
+        self._warn(f"{why}: points get no 3D position")
+
+    def _on_info(self, msg: CameraInfo) -> None:
+        try:
+            self.camera = CameraModel.from_camera_info(msg)
+        except (ValueError, IndexError) as exc:
+            self.last_error = f"camera info unusable: {exc}"
+            self._warn(self.last_error)
+
+    # --- lookups ----------------------------------------------------------------------
+    def want(self, stamp_ns: int, frame_id: str, source_size: tuple[int, int]) -> None:
+        """The window kept this colour frame: answers may refer to it."""
+        self._colour = (frame_id, source_size)
+        self.buffer.want(stamp_ns)
+
+    def place(self, grounding: Grounding, frames: list[Frame]) -> Grounding:
+        """The answer with 3D positions; why a point has none goes to its warnings and,
+        throttled, to the log."""
+        by_stamp = {f.stamp_ns: f for f in frames}
+        newest = frames[-1]
+
+        def find(x, y, stamp_ns):
+            frame = by_stamp.get(stamp_ns, newest)
+            return locate(x, y, stamp_ns, frame.frame_id, frame.source_size, self.camera, self.buffer, self.lookup)
+
+        placed = with_positions(grounding, find)
+        for warning in placed.warnings[len(grounding.warnings):]:
+            self._warn(warning)
+        return placed
+
+    def place_tracked(self, snap: TrackedObjects, frame_id: str, source_size: tuple[int, int]) -> TrackedObjects:
+        """Camera-rate objects with 3D from the depth image nearest to their frame (none
+        for lost objects: their x/y are not where they are now)."""
+        objects = []
+        for o in snap.objects:
+            position = None
+            if not o.lost:
+                position, why = locate(o.x, o.y, snap.stamp_ns, frame_id, source_size, self.camera,
+                                       self.buffer, self.lookup)
+                if position is None:
+                    self._warn(f"tracked object {o.object_id} ({o.label!r}) without a position: {why}")
+            objects.append(replace(o, position=position))
+        return replace(snap, objects=tuple(objects))
+
+    def diagnostics(self) -> dict[str, str]:
+        frames, nbytes = self.buffer.stats()
+        return {"depth_frames": str(frames), "depth_bytes": str(nbytes),
+                "depth_received": str(self.buffer.received), "depth_malformed": str(self.malformed),
+                "camera_info": "yes" if self.camera is not None else "no",
+                "depth_last_error": self.last_error}

@@ -26,7 +26,7 @@ LIVE_VALUES = {"fps": 1.0, "window_seconds": 6.0, "max_frames": 6, "max_side": 3
                "max_new_tokens": 128, "query_task": "count", "query": "red circle", "query_period": 0.5,
                "diagnostics_period": 0.5, "tracking_enable": False, "tracking_max_points": 20,
                "tracking_max_age": 8.0, "tracking_window": 4.0, "tracking_max_side": 320,
-               "tracking_buffer_mb": 64.0}
+               "tracking_buffer_mb": 64.0, "jump_ahead_s": 5.0, "max_image_pixels": 1920 * 1080}
 
 
 @pytest.fixture(scope="module")

@@ -173,11 +173,11 @@ def test_record_a_compressed_camera(tmp_path):
 
     domain = 50 + (os.getpid() + 41) % 100
     publisher = subprocess.Popen([sys.executable, "-m", "molmo2_ros.ros.video_publisher", "--topic", TOPIC,
-                                  "--compressed", "--rate", "10", "--size", "96x64"], env=env(domain),
+                                  "--compressed", "--rate", "10", "--size", "96x64", "--seconds", "3"], env=env(domain),
                                  start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         record = subprocess.run([str(BIN / "molmo2-ros"), "record", "--out", str(tmp_path / "rec"), "--image-topic",
-                                 TOPIC, "--compressed", "--results-topic", "", "--duration", "3"], env=env(domain),
+                                 TOPIC, "--compressed", "--results-topic", "", "--duration", "8"], env=env(domain),
                                 capture_output=True, text=True, timeout=120)
     finally:
         os.killpg(publisher.pid, signal.SIGINT)

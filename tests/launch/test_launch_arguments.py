@@ -74,3 +74,21 @@ def test_arguments_take_effect(shell, launched, session_test_video):
     stats = diagnostics(shell, NODE, lambda d: d["state"] == "active")
     assert "tracking_frames" not in stats  # tracking:=false
     assert stats["backend"] == "onnxruntime"
+
+
+def test_demo_depth_argument_gives_3d_answers(shell):
+    """depth:=true: the publisher adds the synthetic scene's registered depth and camera
+    info, the node subscribes to it (depth_topic), and answers carry 3D positions."""
+    launch = shell.start("ros2 launch molmo2_ros demo.launch.py depth:=true namespace:=robot2 "
+                         "query:='red circle'", "launch_depth")
+    node = "/robot2/molmo2_grounding"
+    try:
+        launch.wait_for(lambda log: "active: Image on /camera/image_raw" in log, 600, "the node to activate")
+        shell.wait_for_node(node)
+        dumped = yaml.safe_load(shell.run(f"ros2 param dump {node}"))[node]["ros__parameters"]
+        assert dumped["depth_topic"] == "/camera/depth/image_raw"
+        diagnostics(shell, node, lambda d: int(d.get("depth_received", "0")) > 0)
+        answer = shell.echo(f"{node}/grounding", lambda batch: [m for m in batch if m["points"]])[0]
+        assert any(p["has_position"] and 0.5 < p["position"]["z"] < 3.5 for p in answer["points"]), answer
+    finally:
+        launch.stop()

@@ -14,7 +14,7 @@ import pytest
 from molmo2_ros.core.depth import (CameraModel, DepthBuffer, DepthImage, DepthLookup, depth_from_compressed,
                                    depth_from_image, locate, robust_depth, with_positions)
 from molmo2_ros.core.grounding import GroundedPoint, Grounding, Task, Track
-from molmo2_ros.sim.depth_scene import DepthScene, default_camera, ray_through
+from molmo2_ros.sim.depth_scene import DepthScene, default_camera
 from molmo2_ros.sim.shapes_world import make_clip
 
 NS = 1_000_000_000

@@ -111,36 +111,18 @@ def same_aspect(a: tuple[int, int], b: tuple[int, int]) -> bool:
     return abs(a[0] / a[1] - b[0] / b[1]) <= ASPECT_TOLERANCE * (b[0] / b[1])
 
 
+@dataclass(frozen=True)
 class DepthImage:
-    """One depth image: pixels (uint16 or float32, HxW) times `scale` are metres.
-    Compressed ones are decoded on first use (most are never looked at)."""
+    """One depth image: `pixels` (HxW uint16 or float32) times `scale` are metres."""
 
-    def __init__(self, stamp_ns: int, frame_id: str, decode: Callable[[], tuple[np.ndarray, float]],
-                 nbytes: int):
-        self.stamp_ns = int(stamp_ns)
-        self.frame_id = frame_id
-        self._decode = decode
-        self._pixels: np.ndarray | None = None
-        self.scale = 1.0
-        self._nbytes = nbytes
-        self._lock = threading.Lock()
-
-    @classmethod
-    def of(cls, pixels: np.ndarray, scale: float, stamp_ns: int, frame_id: str = "") -> "DepthImage":
-        return cls(stamp_ns, frame_id, lambda: (pixels, scale), pixels.nbytes)
-
-    def pixels(self) -> np.ndarray:
-        """HxW depth values (ValueError when a compressed image does not decode)."""
-        with self._lock:
-            if self._pixels is None:
-                pixels, self.scale = self._decode()
-                self._pixels, self._decode = pixels, None
-                self._nbytes = max(self._nbytes, pixels.nbytes)
-            return self._pixels
+    stamp_ns: int
+    frame_id: str
+    pixels: np.ndarray
+    scale: float
 
     @property
     def nbytes(self) -> int:
-        return self._nbytes
+        return self.pixels.nbytes
 
 
 _DEPTH_ENCODINGS = {"16uc1": (np.uint16, 1e-3), "mono16": (np.uint16, 1e-3), "32fc1": (np.float32, 1.0)}
@@ -164,16 +146,16 @@ def depth_from_image(msg, stamp_ns: int) -> DepthImage:
                       strides=(step, size))
     if bool(msg.is_bigendian) != (sys.byteorder == "big"):
         view = view.byteswap()
-    return DepthImage.of(view, scale, stamp_ns, msg.header.frame_id)
+    return DepthImage(int(stamp_ns), msg.header.frame_id, view, scale)
 
 
 _COMPRESSED_DEPTH_HEADER = 12  # compressed_depth_image_transport's ConfigHeader: int32 format, float32[2]
 
 
 def depth_from_compressed(msg, stamp_ns: int) -> DepthImage:
-    """A DepthImage of a sensor_msgs/CompressedImage, decoded on first use: image_transport's
-    `compressedDepth` (PNG of 16UC1 mm, or of 32FC1 as quantised inverse depth) or a
-    plain 16-bit PNG/TIFF in mm. RVL is not decodable by cv2 and is refused."""
+    """A DepthImage of a sensor_msgs/CompressedImage: image_transport's `compressedDepth`
+    (PNG of 16UC1 mm, or of 32FC1 as quantised inverse depth) or a plain 16-bit PNG/TIFF
+    in mm. RVL is not decodable by cv2 and is refused."""
     data = np.frombuffer(msg.data, np.uint8)
     fmt = msg.format.lower()
     if len(data) == 0:
@@ -189,19 +171,16 @@ def depth_from_compressed(msg, stamp_ns: int) -> DepthImage:
     else:
         payload, inverse, quant_a, quant_b = data, False, 0.0, 0.0
 
-    def decode() -> tuple[np.ndarray, float]:
-        pixels = cv2.imdecode(payload, cv2.IMREAD_UNCHANGED)
-        if pixels is None or pixels.ndim != 2 or pixels.dtype != np.uint16:
-            raise ValueError(f"compressed depth ({msg.format!r}, {len(data)} bytes) did not decode "
-                             "to a single-channel 16-bit image")
-        if not inverse:
-            return pixels, 1e-3
-        with np.errstate(divide="ignore"):
-            depth = quant_a / (pixels.astype(np.float32) - quant_b)
-        depth[pixels == 0] = np.nan
-        return depth, 1.0
-
-    return DepthImage(stamp_ns, msg.header.frame_id, decode, len(data))
+    pixels = cv2.imdecode(payload, cv2.IMREAD_UNCHANGED)
+    if pixels is None or pixels.ndim != 2 or pixels.dtype != np.uint16:
+        raise ValueError(f"compressed depth ({msg.format!r}, {len(data)} bytes) did not decode "
+                         "to a single-channel 16-bit image")
+    if not inverse:
+        return DepthImage(int(stamp_ns), msg.header.frame_id, pixels, 1e-3)
+    with np.errstate(divide="ignore"):
+        depth = quant_a / (pixels.astype(np.float32) - quant_b)
+    depth[pixels == 0] = np.nan
+    return DepthImage(int(stamp_ns), msg.header.frame_id, depth, 1.0)
 
 
 def robust_depth(pixels: np.ndarray, scale: float, col: int, row: int, patch: int,
@@ -221,7 +200,7 @@ class DepthBuffer:
     only the image nearest to each colour stamp announced with `want()` (the frames the
     query window kept: the only older frames answers can refer to; the newest
     `max_wanted` are remembered). Over `max_bytes` the oldest go first.
-    Thread-safe; every call is short (no decoding under the lock)."""
+    Thread-safe; every call is short."""
 
     def __init__(self, tolerance_s: float, max_bytes: int, recent_s: float, max_wanted: int):
         self.tolerance_ns = round(tolerance_s * NS)
@@ -319,10 +298,7 @@ def locate(x: float, y: float, stamp_ns: int, frame_id: str, source_size: tuple[
     if depth.frame_id != frame_id:
         return None, (f"depth frame_id {depth.frame_id!r} is not the colour camera's {frame_id!r} "
                       "(depth must be registered to the colour camera)")
-    try:
-        pixels = depth.pixels()
-    except ValueError as exc:
-        return None, str(exc)
+    pixels = depth.pixels
     height, width = pixels.shape
     if not same_aspect((width, height), source_size):
         return None, (f"depth size {width}x{height} has another aspect ratio than the colour image "

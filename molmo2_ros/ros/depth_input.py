@@ -105,9 +105,8 @@ class DepthInput:
             if image.frame_id != frame_id:
                 self._refuse(f"depth frame_id {image.frame_id!r} is not the colour camera's {frame_id!r} "
                              "(depth must be registered to the colour camera)")
-            elif not self._compressed and not same_aspect(image.pixels().shape[::-1], size):
-                # (a compressed image is decoded only when a point needs it; the lookup refuses it then)
-                height, width = image.pixels().shape
+            elif not same_aspect(image.pixels.shape[::-1], size):
+                height, width = image.pixels.shape
                 self._refuse(f"depth size {width}x{height} has another aspect ratio than the "
                              f"colour image {size[0]}x{size[1]} (not registered to it?)")
 

@@ -251,10 +251,13 @@ def read_recording_images(path: Path, topic: str, where: str = ""):
 def _recording_messages(path: Path, topic: str, where: str):
     from rosbags.highlevel import AnyReader
 
+    from molmo2_ros.bag_types import typestore
+
     path = Path(path)
     if not path.exists():
         raise ManifestError(f"{where}: recording {path} does not exist")
-    with AnyReader([path]) as reader:
+    # rosbag2 before Jazzy stored no message definitions: read those with Jazzy's
+    with AnyReader([path], default_typestore=typestore()) as reader:
         connections = [c for c in reader.connections if c.topic == topic]
         if not connections:
             topics = sorted({c.topic for c in reader.connections})

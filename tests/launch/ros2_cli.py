@@ -93,8 +93,10 @@ class Shell:
         command would, and waits until it has seen the node."""
         wanted = {f"{name}/get_parameters", f"{name}/set_parameters"} | ({f"{name}/get_state"} if lifecycle else set())
         deadline = time.monotonic() + timeout
-        while not wanted <= set(self.run("ros2 service list").split()):
-            assert time.monotonic() < deadline, f"no services of {name} in `ros2 service list` within {timeout} s"
+        # the lifecycle and param verbs look the node up in `ros2 node list`, which can lag the services
+        while not (wanted <= set(self.run("ros2 service list").split())
+                   and name in self.run("ros2 node list").split()):
+            assert time.monotonic() < deadline, f"no node {name} with its services in the ros2 graph within {timeout} s"
             time.sleep(1.0)
 
     def close(self) -> None:

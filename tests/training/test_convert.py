@@ -113,6 +113,13 @@ def write_bag_before_3d(path, storage, clip, *, definitions: bool = True, garbag
         answer="", warnings=[], model="m", backend="torch", queue_wait=zero, preprocess=zero, generation=zero)
     raw = old.serialize_cdr(msg, "molmo2_ros/msg/Grounding")
     with Writer(path, version=9, storage_plugin=storage) as writer:
+        images = writer.add_connection("/camera/image_raw", "sensor_msgs/msg/Image", typestore=old)
+        for frame, stamp in zip(clip.frames, clip.stamps_ns):   # convert keeps lines whose frames are recorded
+            image = T["sensor_msgs/msg/Image"](
+                header=T["std_msgs/msg/Header"](stamp=time(stamp), frame_id="camera"), height=frame.shape[0],
+                width=frame.shape[1], encoding="rgb8", is_bigendian=0, step=frame.shape[1] * 3,
+                data=frame.reshape(-1))
+            writer.write(images, stamp, old.serialize_cdr(image, "sensor_msgs/msg/Image"))
         results = writer.add_connection("/molmo2/grounding", "molmo2_ros/msg/Grounding", typestore=old)
         writer.write(results, sampled[-1] + 1, raw[:-9] if garbage else raw)
     if not definitions:  # as rosbag2 before Jazzy recorded: no message definitions
@@ -129,7 +136,7 @@ def test_bags_recorded_before_3d_positions_convert_or_are_refused_clearly(tmp_pa
                                        ("sqlite_without_definitions", StoragePlugin.SQLITE3, False)):
         sampled, obj = write_bag_before_3d(tmp_path / name, storage, clip, definitions=definitions)
         manifest = tmp_path / f"{name}.jsonl"
-        assert convert(tmp_path / name, "/camera/image_raw", manifest, results_topic="/molmo2/grounding") == 1
+        assert convert(tmp_path / name, "/camera/image_raw", manifest, results_topic="/molmo2/grounding").kept == 1
         row = json.loads(manifest.read_text())
         assert row["points"] == [{"stamp_ns": sampled[1], "id": 1, "x": pytest.approx(obj.cx),
                                   "y": pytest.approx(obj.cy)}]

@@ -135,7 +135,7 @@ def bench_runner(runner, tensors: dict, *, decode_steps: int = 32, repeats: int 
     }
 
 
-def decode_step_ms(runner, image_feature, image_patch_id: int, pasts: list[int], steps: int = 16) -> dict[int, float]:
+def decode_step_ms(runner, image_feature, image_patch_id: int, pasts: list[int], steps: int = 32) -> dict[int, float]:
     """Median ms of one decode step at each cache fill in `pasts`, measured interleaved: a prompt
     of one image token and `max(pasts) - 1` text tokens is prefilled once, then each round sets
     the cache to each fill in turn (mask and length: the state a prompt of that many tokens
@@ -164,7 +164,7 @@ def decode_step_ms(runner, image_feature, image_patch_id: int, pasts: list[int],
     return {p: statistics.median(t[1:]) for p, t in times.items()}
 
 
-def decode_scaling(backend, pasts: list[int], steps: int = 16) -> dict:
+def decode_scaling(backend, pasts: list[int], steps: int = 32) -> dict:
     """Decode step ms at each cache fill in `pasts`, in this process, and the ratio of the
     largest fill's step to the smallest's (a flat-cost decode keeps it near 1)."""
     from molmo2_ros.backends.kv_greedy import vision_arrays

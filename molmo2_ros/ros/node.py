@@ -104,7 +104,7 @@ class GroundingNode(LifecycleNode):
         self._image_sub = None
         self._topic_timer = None
         self._diag_timer = None
-        self._publishers = []
+        self._result_publishers = []   # not `_publishers`: rclpy's Node keeps its own list there
         self._topic_query: tuple[Task, str] | None = None
         self._topic_runs = 0
         self._frames_in = 0            # camera messages received since the last diagnostics
@@ -157,8 +157,8 @@ class GroundingNode(LifecycleNode):
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", RESULTS_QOS)
         self._tracked_pub = self.create_publisher(TrackedObjectArray, "~/tracked_objects", RESULTS_QOS,
                                                   event_callbacks=pub_events)
-        self._publishers = [self._grounding_pub, self._answer_pub, self._debug_pub,
-                            self._markers_pub, self._diag_pub, self._tracked_pub]
+        self._result_publishers = [self._grounding_pub, self._answer_pub, self._debug_pub,
+                                   self._markers_pub, self._diag_pub, self._tracked_pub]
         self._diag_timer = self.create_timer(s.diagnostics_period, self._publish_diagnostics)
         if s.query:
             self._set_topic_query(s.query)
@@ -314,9 +314,9 @@ class GroundingNode(LifecycleNode):
         if self._diag_timer is not None:
             self.destroy_timer(self._diag_timer)
             self._diag_timer = None
-        for publisher in self._publishers:
+        for publisher in self._result_publishers:
             self.destroy_publisher(publisher)
-        self._publishers = []
+        self._result_publishers = []
         self._window = None
         self._propagator = None
         self._depth = None

@@ -23,6 +23,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.exceptions import InvalidHandle
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
@@ -647,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
         node = GroundingNode()
         executor = MultiThreadedExecutor(num_threads=node.executor_threads)
         executor.add_node(node)
-        executor.spin()
+        _spin(executor, node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
@@ -656,6 +657,21 @@ def main(argv: list[str] | None = None) -> int:
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def _spin(executor, node) -> None:
+    """Spin until shutdown. rclpy's executor raises InvalidHandle when an entity with event
+    handlers (every publisher, the camera subscriptions) is destroyed by a lifecycle
+    transition, on another executor thread, while it builds its wait set (ros2/rclpy#1142).
+    The entity is already gone from the node, so the next wait set is right: spin on."""
+    while True:
+        try:
+            executor.spin()
+            return
+        except InvalidHandle as exc:
+            if not executor.context.ok():
+                raise
+            node.get_logger().warning(f"executor: {exc} (an entity destroyed during a transition); spinning on")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,229 @@
+"""Query serving: the ~/ground action (one query, feedback per stage, cancel) and topic
+mode (~/query: one query re-run every `query_period` s). Both are answered on the
+QueryWorker's inference thread (see its queue policy), over the window as it is when
+the query's turn comes; results go out through the node's Outputs.
+"""
+from __future__ import annotations
+
+import queue
+import time
+
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import String
+
+from molmo2_ros.action import Ground
+from molmo2_ros.core.grounding import Grounding, Task
+from molmo2_ros.core.prompts import InvalidQuery, sanitize_query
+from molmo2_ros.ros.outputs import RESULTS_QOS
+from molmo2_ros.ros.query_worker import (ERROR_CANCELED, ERROR_EMPTY_WINDOW, ERROR_INVALID_QUERY,
+                                         ERROR_NONE, ERROR_NOT_ACTIVE, Outcome, Query,
+                                         QueryError, QueryWorker)
+from molmo2_ros.ros.settings import Settings, check_goal_window, parse_task
+
+STAGES = {"preprocessing": Ground.Feedback.STAGE_PREPROCESSING,
+          "generating": Ground.Feedback.STAGE_GENERATING,
+          "parsing": Ground.Feedback.STAGE_PARSING}
+# The action's goal, result and cancel services keep every request until the executor
+# takes it. The default (keep last 10) lets DDS overwrite the oldest waiting requests when
+# a burst of goals arrives faster than the executor takes them: those clients never hear back.
+ACTION_SERVICE_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE,
+                                durability=DurabilityPolicy.VOLATILE)
+# Seconds a finished goal's result is kept for a late result request (rclpy: 900). Every
+# kept goal is listed in each status message, published at every goal's acceptance and
+# end: under bursts of goals 15 minutes' worth grew to thousands of entries per message.
+RESULT_TIMEOUT_S = 30
+
+
+def split_topic_query(text: str, default_task: Task) -> tuple[Task, str]:
+    """'count: red circles' -> (COUNT, 'red circles'); text without a known task
+    prefix keeps `default_task`."""
+    head, sep, rest = text.partition(":")
+    if sep:
+        try:
+            return parse_task(head), rest.strip()
+        except ValueError:
+            pass
+    return default_task, text.strip()
+
+
+class QueryServing:
+    """The action server and the ~/query subscription of `node` (a GroundingNode), both
+    made once and kept through every state, so a query while inactive still gets an
+    answer (ERROR_NOT_ACTIVE) instead of silence; the inference worker and the topic-mode
+    timer, made at activate (`start`) and stopped at deactivate (`stop`)."""
+
+    def __init__(self, node):
+        self._node = node
+        self.worker: QueryWorker | None = None
+        self.last_timings = None
+        self._topic_query: tuple[Task, str] | None = None
+        self._topic_runs = 0
+        self._topic_timer = None
+        self._group = ReentrantCallbackGroup()
+        self._action_server = ActionServer(
+            node, Ground, "~/ground", self._execute, callback_group=self._group,
+            goal_callback=lambda goal: GoalResponse.ACCEPT,
+            cancel_callback=lambda goal_handle: CancelResponse.ACCEPT,
+            goal_service_qos_profile=ACTION_SERVICE_QOS, result_service_qos_profile=ACTION_SERVICE_QOS,
+            cancel_service_qos_profile=ACTION_SERVICE_QOS, result_timeout=RESULT_TIMEOUT_S)
+        self._query_sub = node.create_subscription(String, "~/query", self._on_query, RESULTS_QOS)
+
+    def start(self, s: Settings) -> None:
+        self.worker = QueryWorker(self._run_query, capacity=s.queue_size)
+        self._topic_timer = self._node.create_timer(s.query_period, self._topic_tick)
+
+    def stop(self) -> None:
+        """Stop topic mode's timer and the worker (which answers the waiting queries)."""
+        if self._topic_timer is not None:
+            self._node.destroy_timer(self._topic_timer)
+            self._topic_timer = None
+        if self.worker is not None:
+            self.worker.stop(timeout=30.0)
+            self.worker = None
+
+    def set_query_period(self, period: float) -> None:
+        if self._topic_timer is not None:
+            self._node.destroy_timer(self._topic_timer)
+            self._topic_timer = self._node.create_timer(period, self._topic_tick)
+
+    def forget_topic_query(self) -> None:
+        """Cleanup: the next configure starts from the `query` parameter."""
+        self._topic_query = None
+
+    # --- one query --------------------------------------------------------------------
+    def _check_query(self, text: str, task) -> Task:
+        """The query's Task, or QueryError(ERROR_INVALID_QUERY) saying what is wrong."""
+        try:
+            sanitize_query(text)
+            return parse_task(task)
+        except ValueError as exc:  # InvalidQuery is a ValueError
+            raise QueryError(ERROR_INVALID_QUERY, str(exc)) from None
+
+    def _run_query(self, query: Query) -> Grounding:
+        """On the worker thread: select the window now (the newest frames) and ground."""
+        node = self._node
+        backend, window = node.backend, node.window
+        if backend is None or window is None:
+            raise QueryError(ERROR_NOT_ACTIVE, "the node is not active")
+        s = node.settings
+        frames = window.select(max_frames=query.max_frames or s.max_frames,
+                               seconds=query.window_seconds or s.window_seconds)
+        if not frames:
+            reason = "no camera frames buffered yet"
+            if node.ingest.last_frame_error:
+                reason += f" (last frame dropped: {node.ingest.last_frame_error})"
+            elif node.ingest.frames_since_activation == 0:
+                reason += f" (no frame has arrived on {node.resolve_topic_name(s.image_topic)} since activation)"
+            raise QueryError(ERROR_EMPTY_WINDOW, reason)
+        query.frames = frames
+        queue_wait = time.monotonic() - query.submitted
+        try:
+            grounding = node.ground(backend, frames, query.text, query.task,
+                                    max_new_tokens=s.max_new_tokens, progress=query.on_stage,
+                                    should_stop=query.canceled.is_set)
+        except InvalidQuery as exc:
+            raise QueryError(ERROR_INVALID_QUERY, str(exc)) from None
+        grounding.timings.queue_wait = queue_wait
+        grounding.frame_id = grounding.frame_id or frames[-1].frame_id
+        grounding.model = grounding.model or backend.model_id
+        grounding.backend = grounding.backend or backend.name
+        self.last_timings = grounding.timings
+        return grounding
+
+    # --- the action -------------------------------------------------------------------
+    def _execute(self, goal_handle) -> Ground.Result:
+        """Action goal: queue it, relay stages as feedback and cancel requests to the
+        worker, and finish with a result (a grounding or an error code + message)."""
+        goal, accepted = goal_handle.request, time.monotonic()
+        events: queue.Queue = queue.Queue()
+        query_id = bytes(goal_handle.goal_id.uuid).hex()
+        try:
+            if not self._node.active or self.worker is None:
+                raise QueryError(ERROR_NOT_ACTIVE, "the node is not active (lifecycle state "
+                                                   "unconfigured/inactive); activate it first")
+            task = self._check_query(goal.query, goal.task)
+            try:
+                check_goal_window(goal.window_seconds, goal.max_frames, self._node.settings)
+            except ValueError as exc:
+                raise QueryError(ERROR_INVALID_QUERY, str(exc)) from None
+        except QueryError as exc:
+            goal_handle.abort()
+            return Ground.Result(error_code=exc.code, error_message=str(exc))
+        query = Query(query_id=query_id, text=goal.query, task=task,
+                      window_seconds=goal.window_seconds, max_frames=goal.max_frames,
+                      on_stage=lambda stage: events.put(("stage", stage)),
+                      done=lambda outcome: events.put(("done", outcome)))
+        self._feedback(goal_handle, Ground.Feedback.STAGE_QUEUED, accepted)
+        worker = self.worker
+        if worker is None:
+            goal_handle.abort()
+            return Ground.Result(error_code=ERROR_NOT_ACTIVE, error_message="the node was deactivated")
+        worker.submit(query)
+        while True:
+            try:
+                kind, value = events.get(timeout=0.05)
+            except queue.Empty:
+                if goal_handle.is_cancel_requested:
+                    query.canceled.set()
+                continue
+            if kind == "stage":
+                if value in STAGES:
+                    self._feedback(goal_handle, STAGES[value], accepted)
+                continue
+            outcome: Outcome = value
+            break
+        result = Ground.Result(error_code=outcome.error_code, error_message=outcome.error_message)
+        if outcome.error_code == ERROR_NONE:
+            result.grounding = self._node.outputs.results(outcome.grounding, query)
+            goal_handle.succeed()
+        elif outcome.error_code == ERROR_CANCELED and goal_handle.is_cancel_requested:
+            goal_handle.canceled()
+        else:
+            goal_handle.abort()
+        return result
+
+    def _feedback(self, goal_handle, stage: int, accepted: float) -> None:
+        goal_handle.publish_feedback(Ground.Feedback(stage=stage, elapsed=time.monotonic() - accepted))
+
+    # --- topic mode -------------------------------------------------------------------
+    def _on_query(self, msg: String) -> None:
+        if not self._node.active:
+            self._node.get_logger().warning("~/query received while the node is not active; ignored")
+            return
+        self.set_topic_query(msg.data)
+
+    def set_topic_query(self, text: str) -> None:
+        """Start (or with empty text: stop) continuous mode."""
+        log = self._node.get_logger()
+        if not text.strip():
+            self._topic_query = None
+            log.info("continuous query stopped")
+            return
+        s = self._node.settings
+        task, body = split_topic_query(text, parse_task(s.query_task))
+        try:
+            self._check_query(body, task.value)
+        except QueryError as exc:
+            self._topic_query = None
+            log.error(f"continuous query refused: {exc}")
+            return
+        self._topic_query = (task, body)
+        log.info(f"continuous query: {task.value} {body!r} every {s.query_period} s")
+
+    def _topic_tick(self) -> None:
+        worker, topic = self.worker, self._topic_query
+        if topic is None or worker is None or worker.topic_pending():
+            return
+        self._topic_runs += 1
+        query = Query(query_id=f"topic-{self._topic_runs}", text=topic[1], task=topic[0])
+        query.done = lambda outcome: self._on_topic_done(query, outcome)
+        worker.submit_latest(query)
+
+    def _on_topic_done(self, query: Query, outcome: Outcome) -> None:
+        if outcome.error_code == ERROR_NONE:
+            self._node.outputs.results(outcome.grounding, query)
+        elif outcome.error_code != ERROR_CANCELED:
+            self._node.get_logger().warning(f"continuous query {query.query_id}: {outcome.error_message}",
+                                            throttle_duration_sec=5.0)

@@ -7,118 +7,28 @@ recipe). Multi-GPU goes through `accelerate` (run under `accelerate launch` or
 `torchrun`). Every checkpoint is a plain Hugging Face folder (LoRA merged) that the CLI,
 the node and `molmo2-engines export` load as they are, plus `trainer_state.pt` to
 resume from; a run started again with the same config resumes from its newest
-checkpoint.
+checkpoint (training.checkpoints). What each step trains on: training.batch_source.
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from molmo2_ros.backends.trained_window import TrainedWindow, read_trained_window, write_trained_window
-from molmo2_ros.core.grounder import sampling_fps
+from molmo2_ros.backends.trained_window import read_trained_window
+from molmo2_ros.training.batch_source import BatchSource
 from molmo2_ros.training.batching import Encoded, collate, encode
+from molmo2_ros.training.checkpoints import resume, save_checkpoint, save_hf
 from molmo2_ros.training.config import TrainConfig
-from molmo2_ros.training.examples import Example
 from molmo2_ros.training.run_log import METRICS_FILE, MetricsLog, Progress
 
-STATE_FILE = "trainer_state.pt"
 FINAL_DIR = "final"
-
-
-# ----------------------------------------------------------------------------- data
-class BatchSource:
-    """Deterministic batches by (step, micro-step, rank): resuming needs no data state.
-
-    A batch holds only image or only video examples (the model takes one kind per call);
-    the clips of a shapes-world video batch share one length, drawn per batch from
-    `data.shapes.frames`, so no batch pads short clips to a long one.
-    """
-
-    def __init__(self, config: TrainConfig, rank: int = 0, world: int = 1,
-                 examples: list[Example] | None = None):
-        self.config, self.rank, self.world = config, rank, world
-        shapes = config.data.shapes
-        if shapes is not None:
-            from molmo2_ros.training.shapes_tasks import DEFAULT_FRAMES, KINDS
-
-            unknown = set(shapes) - {"mix", "seed", "frames", "aid"}
-            if unknown:
-                raise ValueError(f"data.shapes: unknown keys {sorted(unknown)}; known: aid, frames, mix, seed")
-            mix = shapes.get("mix") or {k: 1.0 for k in KINDS}
-            unknown = set(mix) - set(KINDS)
-            if unknown:
-                raise ValueError(f"data.shapes.mix: unknown kinds {sorted(unknown)}; known: {KINDS}")
-            self.kinds = list(mix)
-            weights = np.array([float(mix[k]) for k in self.kinds])
-            self.probs = weights / weights.sum()
-            self.shapes_seed = int(shapes.get("seed", config.seed))
-            self.frames = tuple(int(n) for n in shapes.get("frames", DEFAULT_FRAMES))
-            if len(self.frames) != 2 or not 2 <= self.frames[0] <= self.frames[1]:
-                raise ValueError(f"data.shapes.frames: expected [min, max] with 2 <= min <= max, "
-                                 f"got {shapes['frames']}")
-            self.examples = None
-        else:   # the manifest's training examples (molmo2_ros.training.validation.prepare)
-            self.examples = examples
-            self.batches = self._manifest_batches()
-
-    def _manifest_batches(self) -> list[list[int]]:
-        size = self.config.batch_size * self.world
-        rng = np.random.default_rng(self.config.seed)
-        batches = []
-        for video in (False, True):
-            idx = [i for i, e in enumerate(self.examples) if e.is_video == video]
-            rng.shuffle(idx)
-            batches += [idx[i:i + size] for i in range(0, len(idx), size)]
-        rng.shuffle(batches)
-        return batches
-
-    def trained_window(self) -> TrainedWindow | None:
-        """The longest video window the data holds (None without videos)."""
-        if self.examples is None:
-            from molmo2_ros.training.shapes_tasks import FPS
-
-            video = any(kind.startswith("video") for kind in self.kinds)
-            return TrainedWindow(FPS, self.frames[1]) if video else None
-        videos = [e.frames for e in self.examples if e.is_video]
-        if not videos:
-            return None
-        return TrainedWindow(round(float(np.median([sampling_fps(f) for f in videos])), 3),
-                             max(len(f) for f in videos))
-
-    def training_aid(self, model, processor):
-        """The data's training aid (an nn.Module with `losses()`), or None: the shapes world
-        brings its own (`data.shapes.aid`, training.toy_aux); real data has none."""
-        settings = (self.config.data.shapes or {}).get("aid")
-        if not settings:
-            return None
-        from molmo2_ros.training.shapes_tasks import LABELS
-        from molmo2_ros.training.toy_aux import ShapesAid
-
-        return ShapesAid(settings, model, processor, list(LABELS))
-
-    def get(self, step: int, micro: int) -> list[Example]:
-        b = self.config.batch_size
-        if self.examples is None:
-            from molmo2_ros.training.shapes_tasks import make_example
-
-            rng = np.random.default_rng([self.shapes_seed, step, micro])
-            kind = self.kinds[rng.choice(len(self.kinds), p=self.probs)]
-            base = int(rng.integers(2**40))
-            n = int(rng.integers(self.frames[0], self.frames[1] + 1))
-            return [make_example(kind, base + self.rank * b + i, frames=(n, n)) for i in range(b)]
-        n = step * self.config.grad_accum + micro
-        batch = self.batches[n % len(self.batches)]
-        mine = batch[self.rank::self.world] or batch[:1]
-        return [self.examples[i] for i in mine]
 
 
 # ---------------------------------------------------------------------------- model
@@ -234,42 +144,6 @@ class TrainStep(nn.Module):
         return loss, parts
 
 
-# ---------------------------------------------------------------------- checkpoints
-def checkpoints(out: Path) -> list[Path]:
-    found = [p for p in out.glob("checkpoint-*") if (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def save_hf(model, processor, folder: Path, lora: bool, window: TrainedWindow | None) -> None:
-    """A plain HF checkpoint: LoRA merged into a copy, so training can go on; with the
-    frame window the model was trained for, when known."""
-    folder.mkdir(parents=True, exist_ok=True)
-    plain = copy.deepcopy(model).merge_and_unload() if lora else model
-    plain.save_pretrained(folder, safe_serialization=True)
-    processor.save_pretrained(folder)
-    if window is not None:
-        write_trained_window(folder, window)
-
-
-def save_checkpoint(step_module: TrainStep, processor, optimizer, scheduler, step: int,
-                    config: TrainConfig, protect: str | None = None, window: TrainedWindow | None = None) -> Path:
-    """checkpoint-N/ (written aside, then renamed); older ones beyond keep_checkpoints are
-    removed, except `protect` (the best one so far)."""
-    folder = config.out / f"checkpoint-{step}"
-    tmp = config.out / f"checkpoint-{step}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_hf(step_module.model, processor, tmp, config.lora is not None, window)
-    state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "trainable": {n: p.detach().cpu() for n, p in step_module.named_parameters() if p.requires_grad}}
-    torch.save(state, tmp / STATE_FILE)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    for old in checkpoints(config.out)[:-config.keep_checkpoints]:
-        if old.name != protect:
-            shutil.rmtree(old, ignore_errors=True)
-    return folder
-
-
 # ----------------------------------------------------------------------------- loop
 def lr_factor(step: int, config: TrainConfig) -> float:
     if step < config.warmup:
@@ -346,18 +220,7 @@ def train(config: TrainConfig, log=_print) -> Path:
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
 
-    start_step = 0
-    found = checkpoints(config.out)
-    if found:
-        state = torch.load(found[-1] / STATE_FILE, map_location="cpu", weights_only=False)
-        params = dict(step_module.named_parameters())
-        with torch.no_grad():
-            for name, value in state["trainable"].items():
-                params[name].copy_(value)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_step = state["step"]
-        log(f"resumed from {found[-1]} at step {start_step}")
+    start_step = resume(config.out, step_module, optimizer, scheduler, log)
     validator = (Validator(config, val_examples, metrics, accelerator.device.type, log)
                  if main and val_examples else None)
     if validator is not None and start_step == 0 and config.validation.at_start:

@@ -9,9 +9,10 @@ from safetensors import safe_open
 from molmo2_ros.backends.factory import make_backend
 from molmo2_ros.core.grounder import ground
 from molmo2_ros.training.batching import collate, encode
+from molmo2_ros.training.checkpoints import checkpoints
 from molmo2_ros.training.config import Data, Freeze, Lora, TinyInit, TrainConfig, load_config
 from molmo2_ros.training.shapes_tasks import make_example
-from molmo2_ros.training.trainer import checkpoints, train
+from molmo2_ros.training.trainer import train
 
 
 def fixed_loss(model_dir, examples):

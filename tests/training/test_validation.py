@@ -12,11 +12,12 @@ from pathlib import Path
 import cv2
 import pytest
 
+from molmo2_ros.training.checkpoints import checkpoints
 from molmo2_ros.training.config import Data, TinyInit, TrainConfig, Validation
 from molmo2_ros.training.dataset import read_manifest
 from molmo2_ros.training.plot import plot
 from molmo2_ros.training.run_log import read_log
-from molmo2_ros.training.trainer import checkpoints, train
+from molmo2_ros.training.trainer import train
 from molmo2_ros.training.validation import prepare
 
 sys.path.insert(0, str(Path(__file__).parent))

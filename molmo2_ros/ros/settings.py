@@ -12,6 +12,10 @@ from molmo2_ros.backends.trained_window import TrainedWindow
 from molmo2_ros.core.grounding import Task
 from molmo2_ros.core.optical_flow import WINDOW as FLOW_WINDOW
 from molmo2_ros.ros.messages import TASK_FROM_MSG
+from molmo2_ros.video_io import DEFAULT_FPS
+
+# The window when neither the parameters nor the model say (Molmo2 samples video at 2 fps).
+DEFAULT_WINDOW = {"fps": DEFAULT_FPS, "window_seconds": 8.0, "max_frames": 16}
 
 # name: (default, meaning). Types follow the defaults (an int is accepted for a double).
 PARAMETERS = {
@@ -28,11 +32,12 @@ PARAMETERS = {
                                    "from the folder's ONNX graphs (else they are refused)"),
     "device": ("", "torch device, e.g. cuda or cpu; empty: cuda when available"),
     "dtype": ("auto", "torch dtype: auto, float32, float16 or bfloat16"),
-    "fps": (0.0, "frames per second kept in the window (0: the model's trained window, else 2.0)"),
+    "fps": (0.0, "frames per second kept in the window (0: the model's trained window, else "
+                 f"{DEFAULT_WINDOW['fps']})"),
     "window_seconds": (0.0, "seconds of frames a query sees by default and the window keeps (0: the "
-                            "model's trained window, else 8.0)"),
+                            f"model's trained window, else {DEFAULT_WINDOW['window_seconds']})"),
     "max_frames": (0, "frames a query sees at most by default and the window keeps (0: the model's "
-                      "trained window, else 16)"),
+                      f"trained window, else {DEFAULT_WINDOW['max_frames']})"),
     "max_side": (640, "frames are shrunk on ingest so their longer side is at most this (px)"),
     "jump_back_s": (1.0, "a stamp this much older than the newest resets the window (bag replay)"),
     "jump_ahead_s": (10.0, "a stamp this much newer than the newest is rejected, unless the next "
@@ -208,10 +213,6 @@ def validate(values: dict) -> Settings:
     if errors:
         raise ValueError("; ".join(errors))
     return Settings(**out)
-
-
-# The window when neither the parameters nor the model say (Molmo2 samples video at 2 fps).
-DEFAULT_WINDOW = {"fps": 2.0, "window_seconds": 8.0, "max_frames": 16}
 
 
 def resolve_window(s: Settings, trained: TrainedWindow | None) -> tuple[Settings, str]:

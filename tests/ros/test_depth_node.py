@@ -81,7 +81,7 @@ class DepthCamera:
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         self.depth_pub = harness.node.create_publisher(Image, DEPTH_TOPIC, reliable)
         self.info_pub = harness.node.create_publisher(CameraInfo, INFO_TOPIC, reliable)
-        self.sent = self.sent_depth = 0   # colour frames, depth images published in all
+        self.received = 0   # colour frames the node had received when the last batch settled
 
     def publish(self, n: int = BATCH, camera: CameraModel | None = None, depth: bool | str = True,
                 depth_size=SIZE, encoding: str = "16UC1", depth_frame_id: str = FRAME, metres=None) -> None:
@@ -94,18 +94,26 @@ class DepthCamera:
             stamp = to_time(self.batch[-1])
             if depth is True or (depth == "once" and i == 0):
                 self.depth_pub.publish(depth_to_image(depth_m, stamp, depth_frame_id, encoding))
-                self.sent_depth += 1
             self.info_pub.publish(camera_info(camera, stamp))
             self.harness.image_pub.publish(rgb_to_image(self.rgb, stamp, FRAME))
             time.sleep(0.1)
-        self.sent += n
-        # The node may lag the camera (camera-rate tracking on a loaded machine): ask only
-        # once it has taken every image in, and one diagnostics period later, so the
-        # window's frames are this batch's.
-        self.harness.wait_diag(lambda d: int(d["frames_received"]) >= self.sent
-                               and int(d["depth_received"]) + int(d["depth_malformed"]) >= self.sent_depth, 60,
-                               f"the node to receive {self.sent} frames, {self.sent_depth} depth images")
-        self.harness.wait_diag(lambda d: True, 30, "the next diagnostics")
+        self.settle()
+
+    def settle(self, timeout: float = 60.0) -> None:
+        """Wait until the node's counts of received colour frames and depth images stop
+        changing over a diagnostics period (0.5 s). The node may lag the camera (camera-rate
+        tracking on a loaded machine) and its best-effort subscriptions may drop a frame, so
+        a count of what was sent cannot tell when it is done; asked earlier, its window
+        could still hold an earlier check's frames."""
+        deadline, previous = time.monotonic() + timeout, None
+        while True:
+            d = self.harness.wait_diag(lambda d: True, 30, "diagnostics")
+            counts = (int(d["frames_received"]), int(d["depth_received"]) + int(d["depth_malformed"]))
+            if counts == previous and counts[0] > self.received:
+                self.received = counts[0]
+                return
+            previous = counts
+            assert time.monotonic() < deadline, f"the node's received counts did not settle: {counts}"
 
     def ask(self):
         status, result, _ = self.harness.ask("red square", max_frames=2)

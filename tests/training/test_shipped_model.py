@@ -1,11 +1,11 @@
 """The shipped shapes-world model grounds held-out clips end to end (processor,
 generate, parser, mapping) through the torch backend, as the node would run it.
 
-Thresholds: this sample measured image_point F1 0.94, image_count exact 0.75 (majority
-0.38), and over 16-frame windows (the node's default) video_point F1 0.92, video_track F1
-0.68, video_count exact 0.57 (majority 0.33); the larger held-out evaluation in README.md
-agrees. Each threshold leaves about two examples of slack for numeric
-differences between machines.
+Thresholds: this sample measured image_point F1 0.94, image_count exact 0.70 (majority
+0.30), and over 16-frame windows (the node's default) video_point F1 0.75, video_track F1
+0.75, video_count exact 0.53 (majority 0.33); the larger held-out evaluation in README.md
+(150-300 examples a group) measured 0.89, 0.67, 0.87, 0.69 and 0.63. Each threshold leaves
+about two examples of slack for numeric differences between machines.
 """
 from pathlib import Path
 
@@ -20,10 +20,10 @@ ASSET = Path(molmo2_ros.__file__).parent / "assets" / "shapes-tiny"
 # (group, examples, metric, threshold); KIND@16f: clips of 16 frames, the node's default window
 CHECKS = [
     ("image_point", 16, "f1", 0.8),
-    ("image_count", 16, "exact", 0.6),
-    ("video_point@16f", 12, "f1", 0.75),
-    ("video_track@16f", 10, "f1", 0.45),
-    ("video_count@16f", 30, "exact", 0.5),
+    ("image_count", 30, "exact", 0.6),
+    ("video_point@16f", 24, "f1", 0.65),
+    ("video_track@16f", 10, "f1", 0.55),
+    ("video_count@16f", 30, "exact", 0.45),
 ]
 
 

@@ -15,6 +15,8 @@ import json
 import math
 import os
 import shutil
+import signal
+import threading
 from pathlib import Path
 
 import torch
@@ -232,8 +234,9 @@ def train(config: TrainConfig, log=_print) -> Path:
     progress = Progress(config, start_step, log, metrics, enabled=main)
     step_module.train()
     try:
-        _loop(config, source, processor, step_module, inner, optimizer, scheduler, accelerator,
-              autocast, trainable, progress, validator, start_step, window)
+        with _StopAtStepBoundary() as stop:
+            _loop(config, source, processor, step_module, inner, optimizer, scheduler, accelerator,
+                  autocast, trainable, progress, validator, start_step, window, stop)
     except KeyboardInterrupt:   # Ctrl-C: keep what was learned, say how to go on
         progress.close()
         done = progress.step
@@ -256,8 +259,38 @@ def train(config: TrainConfig, log=_print) -> Path:
     return final
 
 
+class _StopAtStepBoundary:
+    """Ctrl-C (SIGINT) during training stops the loop after the step in flight, as a
+    KeyboardInterrupt raised there; a second Ctrl-C interrupts at once. Python's default
+    handler raises wherever the main thread is, and inside library code (a finalizer, a lock
+    taken and not yet guarded) that exception can be swallowed or leave the process hung."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _on_sigint(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():   # signal handlers live there only
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
 def _loop(config, source, processor, step_module, inner, optimizer, scheduler, accelerator, autocast,
-          trainable, progress, validator, start_step, window) -> None:
+          trainable, progress, validator, start_step, window, stop: _StopAtStepBoundary) -> None:
     """Optimizer steps from start_step to config.steps, saving (and validating) checkpoints."""
     pad_id = processor.tokenizer.pad_token_id
     main = accelerator.is_main_process
@@ -294,6 +327,7 @@ def _loop(config, source, processor, step_module, inner, optimizer, scheduler, a
             if validator is not None:
                 validator.evaluate(folder, done)
         accelerator.wait_for_everyone()
+        stop.check()
 
 
 def _as_dict(config: TrainConfig) -> dict:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-NS = 1_000_000_000
+from molmo2_ros.core.grounding import NS
 
 
 def msg_dir() -> Path:

@@ -13,9 +13,8 @@ from typing import Sequence
 import numpy as np
 
 from molmo2_ros.core.frame_window import fit_to_max_side
-from molmo2_ros.core.grounding import Frame
+from molmo2_ros.core.grounding import NS, Frame
 
-NS = 1_000_000_000
 DEFAULT_FPS = 2.0
 
 

@@ -110,3 +110,54 @@ def test_the_check_catches_injected_bad_imports(tmp_path):
         "molmo2_ros/core/bad.py:2: core imports molmo2_ros.ros.node (ros)",
         "molmo2_ros/core/bad.py:5: core imports the ROS package rclpy",
     ]
+
+
+# The node's parts: each gets what it uses through its constructor. The rclpy node it is
+# given is for rclpy's own API (entities, logger, clock, names), never to reach the
+# node's other parts or state.
+PARTS = ("ingest", "serving", "outputs", "depth_input")
+
+
+def reach_throughs(root: Path, node_api: set[str]) -> list[str]:
+    """Every `node.X` / `self._node.X` in a part whose X is not rclpy's node API, and every
+    import of the node module by a part."""
+    found = []
+    for part in PARTS:
+        path = root / "molmo2_ros" / "ros" / f"{part}.py"
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr not in node_api and (
+                    isinstance(node.value, ast.Name) and node.value.id == "node"
+                    or isinstance(node.value, ast.Attribute) and node.value.attr == "_node"):
+                found.append(f"{path.relative_to(root)}:{node.lineno}: {part} reaches node.{node.attr}")
+        for target, line, _ in imports(path):
+            if target.startswith("molmo2_ros.ros.node"):
+                found.append(f"{path.relative_to(root)}:{line}: {part} imports {target}")
+    return found
+
+
+def rclpy_node_api() -> set[str]:
+    from rclpy.lifecycle import LifecycleNode
+
+    return {name for name in dir(LifecycleNode) if not name.startswith("_")}
+
+
+def test_the_node_parts_do_not_reach_through_the_node():
+    assert reach_throughs(ROOT, rclpy_node_api()) == []
+
+
+def test_the_check_catches_a_part_reaching_through_the_node(tmp_path):
+    ros = tmp_path / "molmo2_ros" / "ros"
+    ros.mkdir(parents=True)
+    for part in PARTS:
+        (ros / f"{part}.py").write_text("class Part:\n    def __init__(self, node):\n        self._node = node\n")
+    (ros / "serving.py").write_text(
+        "from molmo2_ros.ros.node import GroundingNode\n\n"
+        "class Part:\n    def __init__(self, node):\n        node.create_timer(1.0, print)\n"
+        "        self._node = node\n\n    def f(self):\n        return self._node.ingest.frames_total\n"
+        "\n    def g(self):\n        self._node.get_logger().info(self._node.settings.fps)\n")
+    assert reach_throughs(tmp_path, rclpy_node_api()) == [
+        "molmo2_ros/ros/serving.py:9: serving reaches node.ingest",
+        "molmo2_ros/ros/serving.py:12: serving reaches node.settings",
+        "molmo2_ros/ros/serving.py:1: serving imports molmo2_ros.ros.node.GroundingNode",
+    ]

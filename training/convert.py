@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from molmo2_ros.bag_types import stamp_ns, typestore
-from molmo2_ros.core.grounding import TASK_CODES, Task
+from molmo2_ros.core.grounding import NS, TASK_CODES, Task
 
-NS = 1_000_000_000
 RESULTS_TOPIC = "/molmo2_grounding/grounding"   # the default node's results
 
 

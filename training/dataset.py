@@ -31,10 +31,9 @@ from typing import Iterator
 import numpy as np
 
 from molmo2_ros.core.frame_window import FrameWindow
-from molmo2_ros.core.grounding import Frame, Task
+from molmo2_ros.core.grounding import NS, Frame, Task
 from molmo2_ros.training.examples import Example, TruthPoint
 
-NS = 1_000_000_000
 SOURCE_KEYS = ("video", "recording", "image", "shapes")
 
 

@@ -31,9 +31,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from molmo2_ros.core.grounding import Grounding, Track
+from molmo2_ros.core.grounding import NS, Grounding, Track
 
-NS = 1_000_000_000
 Position = tuple[float, float, float]
 DISTORTION_MODELS = ("plumb_bob", "rational_polynomial")
 _CV_COEFFS = (4, 5, 8, 12, 14)  # coefficient counts cv2's model accepts

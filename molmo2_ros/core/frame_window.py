@@ -26,9 +26,8 @@ from enum import Enum
 import cv2
 import numpy as np
 
-from molmo2_ros.core.grounding import Frame
+from molmo2_ros.core.grounding import Frame, NS
 
-NS = 1_000_000_000
 
 
 def fit_to_max_side(image: np.ndarray, max_side: int) -> np.ndarray:

@@ -13,6 +13,8 @@ from enum import Enum
 
 import numpy as np
 
+NS = 1_000_000_000  # nanoseconds per second: ROS stamps, and every stamp here, are integer ns
+
 
 class Task(str, Enum):
     POINT = "point"

@@ -25,11 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from molmo2_ros.core.grounding import GroundedPoint, Grounding
+from molmo2_ros.core.grounding import NS, GroundedPoint, Grounding
 from molmo2_ros.core.optical_flow import (MIN_TEXTURE, WINDOW, flow_pyramid, flow_step, inside, ncc_score,
                                           patch_at, texture)
 
-_NS = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -133,8 +132,8 @@ class TrackPropagator:
             raise ValueError(f"association_radius must be > 0, got {association_radius}")
         self.enable = bool(enable)
         self.max_points = int(max_points)
-        self.max_age_ns = int(max_age * _NS)
-        self.window_ns = int(window * _NS)
+        self.max_age_ns = int(max_age * NS)
+        self.window_ns = int(window * NS)
         self.flow_max_side = int(flow_max_side)
         self.buffer_bytes = int(buffer_mb * 2**20)
         self.fb_max_px = float(fb_max_px)
@@ -245,7 +244,7 @@ class TrackPropagator:
                     object_id=o.object_id, label=o.label,
                     x=float((o.pos[0] + 0.5) / sx - 0.5),
                     y=float((o.pos[1] + 0.5) / sy - 0.5),
-                    anchor_stamp_ns=o.anchor_stamp_ns, age_s=age_ns / _NS,
+                    anchor_stamp_ns=o.anchor_stamp_ns, age_s=age_ns / NS,
                     confidence=float(confidence), lost=o.lost))
             return TrackedObjects(stamp, self._query, self._answer_id, tuple(out))
 

@@ -6,15 +6,18 @@ frame. Runs on the camera callback; it never waits for inference.
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
 from molmo2_ros.core.frame_window import FrameWindow, Ingest
 from molmo2_ros.core.image_conversion import ImageTooLarge, compressed_to_rgb, image_to_rgb
-from molmo2_ros.core.propagation import TrackPropagator
+from molmo2_ros.core.propagation import TrackedObjects, TrackPropagator
 from molmo2_ros.ros.messages import from_time
+from molmo2_ros.ros.pipeline import Pipeline
 from molmo2_ros.ros.settings import Settings
 
 
@@ -38,14 +41,18 @@ def image_qos(s: Settings) -> QoSProfile:
 
 
 class CameraIngest:
-    """The camera subscription of `node` (a GroundingNode): feeds its window, propagator and
-    depth input, and counts what arrived and what was dropped (for diagnostics and for the
-    reason of an empty window)."""
+    """The camera subscription: feeds the pipeline's window, propagator and depth input,
+    hands each frame's propagated objects to `on_tracked`, and counts what arrived and what
+    was dropped (its diagnostics, and the reason of an empty window). `node` is the rclpy
+    node the subscription belongs to (and logs)."""
 
-    def __init__(self, node):
+    def __init__(self, node: Node, pipeline: Pipeline, on_tracked: Callable[[TrackedObjects, str], None]):
         self._node = node
+        self._pipeline = pipeline
+        self._on_tracked = on_tracked
         self._group = MutuallyExclusiveCallbackGroup()
         self._sub = None
+        self._topic = ""
         self.frames_in = 0            # camera messages received since the last diagnostics
         self.frames_total = 0         # camera messages received in all
         self.frames_since_activation = 0
@@ -62,6 +69,7 @@ class CameraIngest:
             topic = topic if topic.endswith("/compressed") else topic.rstrip("/") + "/compressed"
         self._sub = self._node.create_subscription(kind, topic, self.on_image, qos, callback_group=self._group,
                                                    event_callbacks=event_callbacks)
+        self._topic = self._node.resolve_topic_name(topic)
         self.frames_since_activation = 0
         self.last_frame_error = ""
         return kind, topic
@@ -77,15 +85,29 @@ class CameraIngest:
         self.frames_in, self.frames_in_since = 0, now
         return rate
 
+    def empty_window_reason(self) -> str:
+        """Why a query found no frames, as far as the camera can tell."""
+        reason = "no camera frames buffered yet"
+        if self.last_frame_error:
+            return reason + f" (last frame dropped: {self.last_frame_error})"
+        if self.frames_since_activation == 0:
+            return reason + f" (no frame has arrived on {self._topic} since activation)"
+        return reason
+
+    def diagnostics(self) -> dict[str, str]:
+        return {"ingest_rate_hz": f"{self.rate(time.monotonic()):.2f}", "frames_received": str(self.frames_total),
+                "frames_malformed": str(self.bad_frames), "frames_too_large": str(self.too_large_frames),
+                "last_frame_error": self.last_frame_error}
+
     def on_image(self, msg) -> None:
         self.frames_in += 1
         self.frames_total += 1
         self.frames_since_activation += 1
-        node = self._node
-        window, propagator, max_side = node.window, node.propagator, node.settings.max_side
-        max_pixels = node.settings.max_image_pixels
-        if window is None or propagator is None:
+        pipeline, log = self._pipeline, self._node.get_logger()
+        window, propagator, settings = pipeline.window, pipeline.propagator, pipeline.settings
+        if window is None or propagator is None or settings is None:
             return
+        max_side, max_pixels = settings.max_side, settings.max_image_pixels
         convert = compressed_to_rgb if isinstance(msg, CompressedImage) else image_to_rgb
         converted = {}
 
@@ -108,14 +130,14 @@ class CameraIngest:
             else:
                 self.bad_frames += 1
             self.last_frame_error = str(exc)
-            node.get_logger().warning(f"dropped a camera frame: {exc}", throttle_duration_sec=2.0)
+            log.warning(f"dropped a camera frame: {exc}", throttle_duration_sec=2.0)
             return
         if decision.outcome is Ingest.REJECTED:
             self.last_frame_error = decision.reason
-            node.get_logger().warning(f"dropped a camera frame: {decision.reason}", throttle_duration_sec=2.0)
+            log.warning(f"dropped a camera frame: {decision.reason}", throttle_duration_sec=2.0)
         elif decision.outcome is Ingest.RESET:
-            node.get_logger().warning(decision.reason)
-        depth = node.depth
+            log.warning(decision.reason)
+        depth = pipeline.depth
         if depth is not None and decision.keep:
             depth.want(stamp_ns, msg.header.frame_id, rgb(max_side)[1])  # converted already
         if track:
@@ -125,16 +147,17 @@ class CameraIngest:
         """Carry the propagated objects onto this camera frame and publish them for it
         (once an answer has been anchored). Runs on the camera callback: flow for one
         frame only; latency compensation runs on the result path (Outputs.results)."""
-        node = self._node
+        log = self._node.get_logger()
         try:
             warnings = propagator.add_frame(image, stamp_ns, source_size)
         except ValueError as exc:  # e.g. an image too small to track in; the window has it
-            node.get_logger().warning(f"tracking: frame not used: {exc}", throttle_duration_sec=2.0)
+            log.warning(f"tracking: frame not used: {exc}", throttle_duration_sec=2.0)
             return
         for warning in warnings:
-            node.get_logger().warning(f"tracking: {warning}", throttle_duration_sec=2.0)
+            log.warning(f"tracking: {warning}", throttle_duration_sec=2.0)
         snap = propagator.current()
         if snap.answer_id and snap.stamp_ns == stamp_ns:
-            if node.depth is not None:
-                snap = node.depth.place_tracked(snap, frame_id, source_size)
-            node.outputs.tracked(snap, frame_id)
+            depth = self._pipeline.depth
+            if depth is not None:
+                snap = depth.place_tracked(snap, frame_id, source_size)
+            self._on_tracked(snap, frame_id)

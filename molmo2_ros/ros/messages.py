@@ -11,7 +11,7 @@ from geometry_msgs.msg import Point
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
-from molmo2_ros.core.grounding import TASK_CODES, GroundedPoint, Grounding, Task, Timings, Track
+from molmo2_ros.core.grounding import NS, TASK_CODES, GroundedPoint, Grounding, Task, Timings, Track
 from molmo2_ros.core.propagation import TrackedObjects
 from molmo2_ros.msg import GroundedPoint as GroundedPointMsg
 from molmo2_ros.msg import Grounding as GroundingMsg
@@ -19,7 +19,6 @@ from molmo2_ros.msg import Track as TrackMsg
 from molmo2_ros.msg import TrackedObject as TrackedObjectMsg
 from molmo2_ros.msg import TrackedObjectArray
 
-NS = 1_000_000_000
 TASK_FROM_MSG = dict(enumerate(TASK_CODES))
 TASK_TO_MSG = {task: code for code, task in TASK_FROM_MSG.items()}
 

@@ -26,41 +26,48 @@ from rclpy.exceptions import InvalidHandle
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 
-from molmo2_ros.backends.trained_window import read_trained_window
-from molmo2_ros.core.frame_window import FrameWindow
+from molmo2_ros.backends.trained_window import TrainedWindow, read_trained_window
+from molmo2_ros.core.backend import Backend
+from molmo2_ros.core.grounder import ground
 from molmo2_ros.core.grounding import Frame, Task
-from molmo2_ros.core.propagation import TrackPropagator
 from molmo2_ros.ros import live_params
 from molmo2_ros.ros.depth_input import DepthInput
 from molmo2_ros.ros.ingest import CameraIngest, image_qos, make_propagator, make_window
-from molmo2_ros.ros.outputs import Outputs
+from molmo2_ros.ros.outputs import Diagnostics, Outputs, subscription_events
+from molmo2_ros.ros.pipeline import Pipeline
 from molmo2_ros.ros.serving import QueryServing
-from molmo2_ros.ros.settings import PARAMETERS, Settings, resolve_window, validate
+from molmo2_ros.ros.settings import PARAMETERS, Applies, Param, Rebuilds, Settings, resolve_window, validate
 
 NODE_NAME = "molmo2_grounding"
+
+
+class ConfigureFailed(Exception):
+    """A configure (or the reload at activate) that cannot go on; the message says why."""
+
+
+def descriptor(name: str, param: Param) -> ParameterDescriptor:
+    """What `ros2 param describe` shows: the description, the allowed values and when a
+    change applies. Dynamic typing: see settings.validate."""
+    constraints = param.constraint()
+    applies = "applies live" if param.applies is Applies.LIVE else f"applies at {param.applies.value}"
+    return ParameterDescriptor(name=name, description=param.description, dynamic_typing=True,
+                               additional_constraints=f"{constraints}; {applies}" if constraints else applies)
 
 
 class GroundingNode(LifecycleNode):
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
-        for name, (default, meaning) in PARAMETERS.items():
-            self.declare_parameter(name, default, ParameterDescriptor(
-                description=meaning, dynamic_typing=True))
+        for name, param in PARAMETERS.items():
+            self.declare_parameter(name, param.default, descriptor(name, param))
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        # What the parts share, read when they need it (live parameters replace the
-        # window and propagator; cleanup drops them).
-        self.settings: Settings | None = None
-        self.backend = None
-        self.ground = None
-        self._trained_window = None    # what the model folder states, read at configure
-        self.window_source = ""
-        self.window: FrameWindow | None = None
-        self.propagator: TrackPropagator | None = None
-        self.depth: DepthInput | None = None   # with depth_topic: 3D positions
-        self.active = False
-        self.ingest = CameraIngest(self)
-        self.serving = QueryServing(self)   # the action server and ~/query, kept through every state
-        self.outputs = Outputs(self)
+        self.pipeline = Pipeline()
+        self._model = ""                                 # resolved at configure, reloaded at activate
+        self._trained_window: TrainedWindow | None = None   # what the model folder states
+        self.outputs = Outputs(self, self.pipeline)
+        self.ingest = CameraIngest(self, self.pipeline, self.outputs.tracked)
+        # The action server and ~/query, kept through every state.
+        self.serving = QueryServing(self, self.pipeline, self.outputs.results, self.ingest.empty_window_reason)
+        self.diagnostics = Diagnostics(self, self.pipeline, [self.ingest.diagnostics, self.serving.diagnostics])
         if self.get_parameter("autostart").value is True:
             if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
                 self.trigger_activate()
@@ -70,100 +77,127 @@ class GroundingNode(LifecycleNode):
         """Each waiting goal holds one executor thread; keep some for ingest and timers."""
         return int(self.get_parameter("queue_size").value) + 4
 
+    def _parameter_values(self) -> dict:
+        return {name: self.get_parameter(name).value for name in PARAMETERS}
+
     # --- lifecycle ------------------------------------------------------------------
     def on_configure(self, state: State) -> TransitionCallbackReturn:
+        """Validate the parameters, resolve the model, open the backend, resolve the window
+        against the model's, warm up; then make the buffers and publishers."""
         try:
-            self.settings = validate({n: self.get_parameter(n).value for n in PARAMETERS})
+            declared = validate(self._parameter_values())
+            model = self._resolve_model(declared)
+            backend = self._open_backend(declared, model)
+        except (ValueError, ConfigureFailed) as exc:
+            self.get_logger().error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        try:
+            trained = read_trained_window(declared.engine_dir or model)
         except ValueError as exc:
-            self.get_logger().error(f"invalid parameters: {exc}")
+            backend.close()
+            self.get_logger().error(f"configure failed: cannot read the model's trained window: {exc}")
             return TransitionCallbackReturn.FAILURE
-        if not self._load_backend():
+        settings, source = resolve_window(declared, trained)
+        self.get_logger().info(f"window: {settings.max_frames} frames, {settings.window_seconds:g} s at "
+                               f"{settings.fps:g} fps, from {source}")
+        self._log_memory_plan(backend, settings)
+        self._warm_up(backend, settings)
+        self._model, self._trained_window = model, trained
+        try:
+            self._install(settings, source, backend)
+        except Exception as exc:  # a configure that fails always says why
+            self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
+            self._release()
             return TransitionCallbackReturn.FAILURE
-        s = self.settings   # the window resolved against the model's
-        self.window = make_window(s)
-        self.propagator = make_propagator(s)
-        self.depth = DepthInput(self, s) if s.depth_topic else None
-        self.outputs.open(s)
-        if s.query:
-            self.serving.set_topic_query(s.query)
         return TransitionCallbackReturn.SUCCESS
 
-    def _load_backend(self) -> bool:
-        s = self.settings
+    def _resolve_model(self, settings: Settings) -> str:
+        """The model parameter, or for torch without one the packaged model (engine
+        backends run their engines as exported)."""
+        if settings.model or settings.backend != "torch":
+            return settings.model
+        from molmo2_ros.backends.default_model import default_model
+
+        model, is_random = default_model()
+        if is_random:
+            self.get_logger().warning(
+                f"no model given and none packaged: using the tiny RANDOM model {model} "
+                "(runs the pipeline, answers are meaningless); set the 'model' parameter")
+        return model
+
+    def _open_backend(self, settings: Settings, model: str) -> Backend:
         from molmo2_ros.backends.factory import make_backend
-        from molmo2_ros.core.grounder import ground
 
-        model = s.model
-        if not model and s.backend == "torch":   # engine backends run their engines as exported
-            from molmo2_ros.backends.default_model import default_model
-            model, is_random = default_model()
-            if is_random:
-                self.get_logger().warning(
-                    f"no model given and none packaged: using the tiny RANDOM model {model} "
-                    "(runs the pipeline, answers are meaningless); set the 'model' parameter")
-        options = {"device": s.device or None, "engine_dir": s.engine_dir or None}
-        if s.backend == "torch":
-            options["dtype"] = None if s.dtype == "auto" else s.dtype
-        if s.backend == "tensorrt":
-            options["build_if_needed"] = s.force_engine_update
+        options = {"device": settings.device or None, "engine_dir": settings.engine_dir or None}
+        if settings.backend == "torch":
+            options["dtype"] = None if settings.dtype == "auto" else settings.dtype
+        if settings.backend == "tensorrt":
+            options["build_if_needed"] = settings.force_engine_update
+        started = time.monotonic()
         try:
-            started = time.monotonic()
-            self.backend = make_backend(s.backend, model, **options)
+            backend = make_backend(settings.backend, model, **options)
         except Exception as exc:
-            self.get_logger().error(f"cannot load the {s.backend} backend for model {model!r}: "
-                                    f"{type(exc).__name__}: {exc}")
-            return False
-        self.ground = ground
-        self.get_logger().info(f"loaded {self.backend.name} backend, model {self.backend.model_id} "
+            raise ConfigureFailed(f"cannot load the {settings.backend} backend for model {model!r}: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+        self.get_logger().info(f"loaded {backend.name} backend, model {backend.model_id} "
                                f"in {time.monotonic() - started:.1f} s")
-        try:
-            self._trained_window = read_trained_window(s.engine_dir or model)
-        except ValueError as exc:
-            self.get_logger().error(f"cannot read the model's trained window: {exc}")
-            self._free_backend()
-            return False
-        # parameters left at 0 take the model's window (read from the parameters as they are now)
-        declared = validate({n: self.get_parameter(n).value for n in PARAMETERS})
-        self.settings, self.window_source = resolve_window(declared, self._trained_window)
-        w = self.settings
-        self.get_logger().info(f"window: {w.max_frames} frames, {w.window_seconds:g} s at {w.fps:g} fps, "
-                               f"from {self.window_source}")
-        from molmo2_ros.backends.memory_plan import plan_for_backend
-        level, line = plan_for_backend(self.backend, frames=w.max_frames, max_new_tokens=w.max_new_tokens)
-        getattr(self.get_logger(), level)(line)
-        if w.warmup == "always" or (w.warmup == "auto" and self.backend.compiles_on_first_use):
-            self._warm_up()
-        return True
+        return backend
 
-    def _warm_up(self) -> None:
-        """Answer one query over a full window of blank frames, so that compilation for
-        the steady-state input length happens now rather than in the first real query.
-        A failure is logged; queries still run (and report their own errors)."""
-        s = self.settings
-        n = max(1, min(s.max_frames, int(s.window_seconds * s.fps)))
-        width = s.max_side or 640
+    def _log_memory_plan(self, backend: Backend, settings: Settings) -> None:
+        from molmo2_ros.backends.memory_plan import plan_for_backend
+
+        level, line = plan_for_backend(backend, frames=settings.max_frames, max_new_tokens=settings.max_new_tokens)
+        getattr(self.get_logger(), level)(line)
+
+    def _warm_up(self, backend: Backend, settings: Settings) -> None:
+        """With `warmup` always (or auto, for a backend that compiles on first use), answer
+        one query over a full window of blank frames, so that compilation for the
+        steady-state input length happens now rather than in the first real query. A
+        failure is logged; queries still run (and report their own errors)."""
+        if settings.warmup == "never" or (settings.warmup == "auto" and not backend.compiles_on_first_use):
+            return
+        n = max(1, min(settings.max_frames, int(settings.window_seconds * settings.fps)))
+        width = settings.max_side or 640
         height = width * 3 // 4
         blank = np.zeros((height, width, 3), np.uint8)
-        frames = [Frame(image=blank, stamp_ns=int(i * 1e9 / s.fps), source_size=(width, height))
+        frames = [Frame(image=blank, stamp_ns=int(i * 1e9 / settings.fps), source_size=(width, height))
                   for i in range(n)]
         started = time.monotonic()
         try:
-            self.ground(self.backend, frames, "object", Task.POINT, max_new_tokens=s.max_new_tokens)
+            ground(backend, frames, "object", Task.POINT, max_new_tokens=settings.max_new_tokens)
         except Exception as exc:
             self.get_logger().warning(f"warm-up failed: {type(exc).__name__}: {exc}")
             return
         self.get_logger().info(f"warm-up: {n} blank frames answered in {time.monotonic() - started:.1f} s")
 
+    def _install(self, settings: Settings, window_source: str, backend: Backend) -> None:
+        """The configured pipeline: buffers, depth input, publishers, the initial query."""
+        p = self.pipeline
+        p.settings, p.window_source, p.backend = settings, window_source, backend
+        p.window, p.propagator = make_window(settings), make_propagator(settings)
+        p.depth = DepthInput(self, settings) if settings.depth_topic else None
+        self.outputs.open()
+        self.diagnostics.open(settings.diagnostics_period)
+        if settings.query:
+            self.serving.set_topic_query(settings.query)
+
     def on_activate(self, state: State) -> TransitionCallbackReturn:
-        s = self.settings
-        if self.backend is None and not self._load_backend():  # freed by deactivate
-            return TransitionCallbackReturn.FAILURE
+        p = self.pipeline
+        s = p.settings
+        if p.backend is None:  # freed by deactivate
+            try:
+                p.backend = self._open_backend(s, self._model)
+            except ConfigureFailed as exc:
+                self.get_logger().error(f"activate failed: {exc}")
+                return TransitionCallbackReturn.FAILURE
+            self._warm_up(p.backend, s)
         qos = image_qos(s)
+        events = subscription_events(self.get_logger())
         self.serving.start(s)
-        kind, topic = self.ingest.start(s, qos, self.outputs.subscription_events())
-        if self.depth is not None:
-            self.depth.start(qos, self.outputs.subscription_events())
-        self.active = True
+        kind, topic = self.ingest.start(s, qos, events)
+        if p.depth is not None:
+            p.depth.start(qos, events)
+        p.active = True
         self.get_logger().info(f"active: {kind.__name__} on {self.resolve_topic_name(topic)} "
                                f"({s.image_reliability}, depth {s.image_depth}); window {s.fps} fps, "
                                f"{s.window_seconds} s, {s.max_frames} frames")
@@ -187,54 +221,58 @@ class GroundingNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _stop_serving(self) -> None:
-        self.active = False
+        p = self.pipeline
+        p.active = False
         self.ingest.stop()
         self.serving.stop()
-        if self.window is not None:
-            self.window.reset()
-        if self.propagator is not None:
-            self.propagator.reset()
-        if self.depth is not None:
-            self.depth.stop()
+        if p.window is not None:
+            p.window.reset()
+        if p.propagator is not None:
+            p.propagator.reset()
+        if p.depth is not None:
+            p.depth.stop()
 
     def _free_backend(self) -> None:
-        if self.backend is not None:
-            self.backend.close()
-            self.backend = None
+        if self.pipeline.backend is not None:
+            self.pipeline.backend.close()
+            self.pipeline.backend = None
 
     def _release(self) -> None:
         self._stop_serving()
         self._free_backend()
         self.outputs.close()
-        self.window = None
-        self.propagator = None
-        self.depth = None
+        self.diagnostics.close()
+        p = self.pipeline
+        p.settings, p.window, p.propagator, p.depth = None, None, None, None
         self.serving.forget_topic_query()
 
     # --- live parameters (ros2 param set; see live_params) ----------------------------
     def _on_set_parameters(self, parameters) -> SetParametersResult:
-        current = {name: self.get_parameter(name).value for name in PARAMETERS}
+        current = self._parameter_values()
         changes = {p.name: p.value for p in parameters if p.name in PARAMETERS
                    and (p.value != current[p.name] or type(p.value) is not type(current[p.name]))}
-        state = "active" if self.active else "inactive" if self.window is not None else "unconfigured"
-        reason = live_params.refusal(changes, self.get_fully_qualified_name(), state)
+        state = self.pipeline.state
+        reason = live_params.refusal(changes, current, self.get_fully_qualified_name(), state)
         if reason is None and changes and state != "unconfigured":
-            new, self.window_source = resolve_window(validate({**current, **changes}), self._trained_window)
+            new, self.pipeline.window_source = resolve_window(validate({**current, **changes}),
+                                                              self._trained_window)
             self._apply(new, set(changes))
         return SetParametersResult(successful=reason is None, reason=reason or "")
 
     def _apply(self, new: Settings, names: set[str]) -> None:
         """Apply validated parameter changes to the configured node now."""
-        self.settings = new
-        if names & live_params.WINDOW:
-            self.window = make_window(new)  # restarts empty
-        if names & live_params.TRACKING:
-            self.propagator = make_propagator(new)  # tracks restart at the next answer
-        if "diagnostics_period" in names:
-            self.outputs.set_diagnostics_period(new.diagnostics_period)
-        if "query_period" in names:
+        p = self.pipeline
+        p.settings = new
+        rebuilt = live_params.rebuilt(names)
+        if Rebuilds.WINDOW in rebuilt:
+            p.window = make_window(new)  # restarts empty
+        if Rebuilds.TRACKING in rebuilt:
+            p.propagator = make_propagator(new)  # tracks restart at the next answer
+        if Rebuilds.DIAGNOSTICS in rebuilt:
+            self.diagnostics.set_period(new.diagnostics_period)
+        if Rebuilds.QUERY_PERIOD in rebuilt:
             self.serving.set_query_period(new.query_period)
-        if "query" in names:
+        if Rebuilds.QUERY in rebuilt:
             self.serving.set_topic_query(new.query)
         self.get_logger().info(f"parameters applied: {', '.join(sorted(names))}")
 

@@ -1,25 +1,27 @@
 """What the node publishes: each result (~/grounding, ~/answer; ~/markers and
 ~/debug_image only while someone subscribes) with the tracks re-anchored on it, the
-camera-rate ~/tracked_objects, /diagnostics, and the warning on a QoS mismatch.
+camera-rate ~/tracked_objects (lifecycle publishers: silent unless active), /diagnostics
+(also while inactive: it says so), and the warning on a QoS mismatch.
 """
 from __future__ import annotations
 
-import time
+from typing import Callable
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.lifecycle import LifecycleNode
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
-from molmo2_ros.core.grounding import Grounding, Task
+from molmo2_ros.core.grounding import NS, Grounding, Task
 from molmo2_ros.core.propagation import TrackedObjects
 from molmo2_ros.msg import Grounding as GroundingMsg
 from molmo2_ros.msg import TrackedObjectArray
 from molmo2_ros.ros.image_messages import rgb_to_image
 from molmo2_ros.ros.messages import grounding_markers, grounding_to_msg, to_time, tracked_to_msg
+from molmo2_ros.ros.pipeline import Pipeline
 from molmo2_ros.ros.query_worker import Query
-from molmo2_ros.ros.settings import Settings
 
 try:  # Jazzy and later
     from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
@@ -30,47 +32,56 @@ RESULTS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.VOLATILE, history=HistoryPolicy.KEEP_LAST)
 
 
+def qos_warning(logger) -> Callable:
+    """An incompatible-QoS event handler that says what to change."""
+    def on_incompatible_qos(event) -> None:
+        policy = getattr(event, "last_policy_kind", "?")
+        logger.warning(
+            f"QoS incompatible with a peer (policy {policy}, {event.total_count} so far): no "
+            "messages flow between them. For a reliable-only camera set image_reliability; "
+            "result topics are reliable, so subscribe to them reliably.")
+    return on_incompatible_qos
+
+
+def subscription_events(logger) -> SubscriptionEventCallbacks:
+    """For a subscription of the node: a QoS mismatch with a publisher is warned."""
+    return SubscriptionEventCallbacks(incompatible_qos=qos_warning(logger))
+
+
 class Outputs:
-    """The publishers of `node` (a GroundingNode), made at configure (`open`) and destroyed
-    at cleanup (`close`), and the diagnostics timer."""
+    """The result publishers of `node`, made at configure (`open`) and destroyed at cleanup
+    (`close`); depth and tracking come from the pipeline."""
 
-    def __init__(self, node):
+    def __init__(self, node: LifecycleNode, pipeline: Pipeline):
         self._node = node
+        self._pipeline = pipeline
         self._publishers = []
-        self._diag_timer = None
 
-    def open(self, s: Settings) -> None:
+    def open(self) -> None:
         node = self._node
-        pub_events = PublisherEventCallbacks(incompatible_qos=self.on_incompatible_qos)
-        self._grounding_pub = node.create_publisher(GroundingMsg, "~/grounding", RESULTS_QOS,
-                                                    event_callbacks=pub_events)
-        self._answer_pub = node.create_publisher(String, "~/answer", RESULTS_QOS, event_callbacks=pub_events)
-        self._debug_pub = node.create_publisher(Image, "~/debug_image", qos_profile_sensor_data)
-        self._markers_pub = node.create_publisher(MarkerArray, "~/markers", RESULTS_QOS)
-        self._diag_pub = node.create_publisher(DiagnosticArray, "/diagnostics", RESULTS_QOS)
-        self._tracked_pub = node.create_publisher(TrackedObjectArray, "~/tracked_objects", RESULTS_QOS,
-                                                  event_callbacks=pub_events)
-        self._publishers = [self._grounding_pub, self._answer_pub, self._debug_pub,
-                            self._markers_pub, self._diag_pub, self._tracked_pub]
-        self._diag_timer = node.create_timer(s.diagnostics_period, self.publish_diagnostics)
+        events = PublisherEventCallbacks(incompatible_qos=qos_warning(node.get_logger()))
+
+        def publisher(kind, topic: str, qos: QoSProfile):
+            made = node.create_lifecycle_publisher(kind, topic, qos, event_callbacks=events)
+            self._publishers.append(made)
+            return made
+
+        self._grounding_pub = publisher(GroundingMsg, "~/grounding", RESULTS_QOS)
+        self._answer_pub = publisher(String, "~/answer", RESULTS_QOS)
+        self._debug_pub = publisher(Image, "~/debug_image", qos_profile_sensor_data)
+        self._markers_pub = publisher(MarkerArray, "~/markers", RESULTS_QOS)
+        self._tracked_pub = publisher(TrackedObjectArray, "~/tracked_objects", RESULTS_QOS)
 
     def close(self) -> None:
-        if self._diag_timer is not None:
-            self._node.destroy_timer(self._diag_timer)
-            self._diag_timer = None
-        for publisher in self._publishers:
-            self._node.destroy_publisher(publisher)
+        for made in self._publishers:
+            self._node.destroy_lifecycle_publisher(made)
         self._publishers = []
-
-    def set_diagnostics_period(self, period: float) -> None:
-        self._node.destroy_timer(self._diag_timer)
-        self._diag_timer = self._node.create_timer(period, self.publish_diagnostics)
 
     # --- results ----------------------------------------------------------------------
     def results(self, grounding: Grounding, query: Query) -> GroundingMsg:
         """Publish a successful result (worker thread for continuous mode, the goal's
         executor thread for actions; never the camera callback) and anchor tracking on it."""
-        depth = self._node.depth
+        depth = self._pipeline.depth
         if depth is not None:
             grounding = depth.place(grounding, query.frames)
         msg = grounding_to_msg(grounding, query.query_id)
@@ -90,17 +101,16 @@ class Outputs:
         track tasks; an `ask` answer has none and leaves them alone). Latency
         compensation runs here, outside the propagator's lock, so camera frames keep
         flowing meanwhile."""
-        node = self._node
-        propagator = node.propagator
-        if propagator is None or not propagator.enable or not node.active or grounding.task == Task.ASK:
+        propagator, log = self._pipeline.propagator, self._node.get_logger()
+        if propagator is None or not propagator.enable or not self._pipeline.active or grounding.task == Task.ASK:
             return
         try:
             warnings = propagator.anchor(grounding, query_id)
         except Exception as exc:  # tracking must never cost the answer, already published
-            node.get_logger().error(f"tracking: answer {query_id} not anchored: {type(exc).__name__}: {exc}")
+            log.error(f"tracking: answer {query_id} not anchored: {type(exc).__name__}: {exc}")
             return
         for warning in warnings:
-            node.get_logger().warning(f"tracking: {warning}", throttle_duration_sec=2.0)
+            log.warning(f"tracking: {warning}", throttle_duration_sec=2.0)
 
     @staticmethod
     def _annotate(grounding: Grounding, frame):
@@ -112,66 +122,67 @@ class Outputs:
         """The propagated objects on one camera frame (the camera callback)."""
         self._tracked_pub.publish(tracked_to_msg(snap, frame_id))
 
-    # --- health -----------------------------------------------------------------------
-    def subscription_events(self) -> SubscriptionEventCallbacks:
-        """For a subscription of the node: a QoS mismatch with a publisher is warned."""
-        return SubscriptionEventCallbacks(incompatible_qos=self.on_incompatible_qos)
 
-    def on_incompatible_qos(self, event) -> None:
-        policy = getattr(event, "last_policy_kind", "?")
-        self._node.get_logger().warning(
-            f"QoS incompatible with a peer (policy {policy}, {event.total_count} so far): no "
-            "messages flow between them. For a reliable-only camera set image_reliability; "
-            "result topics are reliable, so subscribe to them reliably.")
+class Diagnostics:
+    """/diagnostics every `period` s, in every state: the pipeline's state, window,
+    tracking buffer, depth input and backend, and what each of `reports` (a part's own
+    `diagnostics()`: name -> value) says."""
 
-    def publish_diagnostics(self) -> None:
-        node, ingest = self._node, self._node.ingest
-        now = time.monotonic()
-        rate = ingest.rate(now)
-        window = node.window
-        stats = window.stats() if window is not None else None
-        worker = node.serving.worker
-        backend = node.backend
+    def __init__(self, node: LifecycleNode, pipeline: Pipeline, reports: list[Callable[[], dict[str, str]]]):
+        self._node = node
+        self._pipeline = pipeline
+        self._reports = reports
+        self._pub = None
+        self._timer = None
+
+    def open(self, period: float) -> None:
+        self._pub = self._node.create_publisher(DiagnosticArray, "/diagnostics", RESULTS_QOS)
+        self._timer = self._node.create_timer(period, self.publish)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._node.destroy_timer(self._timer)
+            self._node.destroy_publisher(self._pub)
+            self._timer = self._pub = None
+
+    def set_period(self, period: float) -> None:
+        if self._timer is not None:
+            self._timer.timer_period_ns = round(period * NS)
+
+    def publish(self) -> None:
+        pipeline = self._pipeline
+        stats = pipeline.window.stats() if pipeline.window is not None else None
+        backend = pipeline.backend
         values = {
-            "state": "active" if node.active else "inactive",
+            "state": "active" if pipeline.active else "inactive",
             "backend": backend.name if backend else "",
             "model": backend.model_id if backend else "",
-            "ingest_rate_hz": f"{rate:.2f}",
-            "frames_received": str(ingest.frames_total),
             "window_frames": str(stats.frames if stats else 0),
             "window_max_frames": str(stats.max_frames if stats else 0),
-            "window_source": node.window_source,
+            "window_source": pipeline.window_source,
             "window_span_s": f"{stats.span_s:.2f}" if stats else "0",
             "window_bytes": str(stats.bytes if stats else 0),
             "frames_rejected": str(stats.rejected if stats else 0),
             "window_resets": str(stats.resets if stats else 0),
-            "frames_malformed": str(ingest.bad_frames),
-            "frames_too_large": str(ingest.too_large_frames),
-            "last_frame_error": ingest.last_frame_error,
-            "queue_length": str(worker.queue_length if worker else 0),
-            "inferring": str(bool(worker and worker.busy)),
         }
-        propagator = node.propagator
+        for report in self._reports:
+            values.update(report())
+        propagator = pipeline.propagator
         if propagator is not None and propagator.enable:
             frames, nbytes = propagator.buffered()
             values["tracking_frames"], values["tracking_bytes"] = str(frames), str(nbytes)
             values["tracked_objects"] = str(len(propagator.current().objects))
-        depth = node.depth
-        if depth is not None:
-            values.update(depth.diagnostics())
-        timings = node.serving.last_timings
-        if timings is not None:
-            for stage in ("queue_wait", "preprocess", "generation", "parse"):
-                values[f"last_{stage}_s"] = f"{getattr(timings, stage):.3f}"
-        if not node.active:
+        if pipeline.depth is not None:
+            values.update(pipeline.depth.diagnostics())
+        if not pipeline.active:
             level, message = DiagnosticStatus.WARN, "not active"
         elif stats is None or stats.frames == 0:
             level, message = DiagnosticStatus.WARN, "no camera frames in the window"
         else:
             level, message = DiagnosticStatus.OK, f"{stats.frames} frames buffered"
-        status = DiagnosticStatus(level=level, name=f"{node.get_fully_qualified_name().lstrip('/')}: grounding",
-                                  hardware_id=values["backend"], message=message,
+        name = f"{self._node.get_fully_qualified_name().lstrip('/')}: grounding"
+        status = DiagnosticStatus(level=level, name=name, hardware_id=values["backend"], message=message,
                                   values=[KeyValue(key=k, value=v) for k, v in values.items()])
         array = DiagnosticArray(status=[status])
-        array.header.stamp = node.get_clock().now().to_msg()
-        self._diag_pub.publish(array)
+        array.header.stamp = self._node.get_clock().now().to_msg()
+        self._pub.publish(array)

@@ -15,7 +15,8 @@ import argparse
 import time
 from pathlib import Path
 
-NS = 1_000_000_000
+from molmo2_ros.core.grounding import NS
+
 RESULTS_TOPIC = "/molmo2_grounding/grounding"
 
 

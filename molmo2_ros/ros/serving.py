@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import queue
 import time
+from typing import Callable
 
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
 from molmo2_ros.action import Ground
-from molmo2_ros.core.grounding import Grounding, Task
+from molmo2_ros.core.grounder import ground
+from molmo2_ros.core.grounding import NS, Grounding, Task
 from molmo2_ros.core.prompts import InvalidQuery, sanitize_query
+from molmo2_ros.msg import Grounding as GroundingMsg
 from molmo2_ros.ros.outputs import RESULTS_QOS
+from molmo2_ros.ros.pipeline import Pipeline
 from molmo2_ros.ros.query_worker import (ERROR_CANCELED, ERROR_EMPTY_WINDOW, ERROR_INVALID_QUERY,
                                          ERROR_NONE, ERROR_NOT_ACTIVE, Outcome, Query,
                                          QueryError, QueryWorker)
@@ -49,13 +54,19 @@ def split_topic_query(text: str, default_task: Task) -> tuple[Task, str]:
 
 
 class QueryServing:
-    """The action server and the ~/query subscription of `node` (a GroundingNode), both
-    made once and kept through every state, so a query while inactive still gets an
-    answer (ERROR_NOT_ACTIVE) instead of silence; the inference worker and the topic-mode
-    timer, made at activate (`start`) and stopped at deactivate (`stop`)."""
+    """The action server and the ~/query subscription, both made once and kept through
+    every state, so a query while inactive still gets an answer (ERROR_NOT_ACTIVE) instead
+    of silence; the inference worker and the topic-mode timer, made at activate (`start`)
+    and stopped at deactivate (`stop`). Queries run over the pipeline's window and backend;
+    each success goes to `publish` (which returns the message sent); `empty_window_reason`
+    says why a query found no frames. `node` is the rclpy node the entities belong to."""
 
-    def __init__(self, node):
+    def __init__(self, node: Node, pipeline: Pipeline, publish: Callable[[Grounding, Query], GroundingMsg],
+                 empty_window_reason: Callable[[], str]):
         self._node = node
+        self._pipeline = pipeline
+        self._publish = publish
+        self._empty_window_reason = empty_window_reason
         self.worker: QueryWorker | None = None
         self.last_timings = None
         self._topic_query: tuple[Task, str] | None = None
@@ -85,8 +96,16 @@ class QueryServing:
 
     def set_query_period(self, period: float) -> None:
         if self._topic_timer is not None:
-            self._node.destroy_timer(self._topic_timer)
-            self._topic_timer = self._node.create_timer(period, self._topic_tick)
+            self._topic_timer.timer_period_ns = round(period * NS)
+
+    def diagnostics(self) -> dict[str, str]:
+        worker, timings = self.worker, self.last_timings
+        values = {"queue_length": str(worker.queue_length if worker else 0),
+                  "inferring": str(bool(worker and worker.busy))}
+        if timings is not None:
+            for stage in ("queue_wait", "preprocess", "generation", "parse"):
+                values[f"last_{stage}_s"] = f"{getattr(timings, stage):.3f}"
+        return values
 
     def forget_topic_query(self) -> None:
         """Cleanup: the next configure starts from the `query` parameter."""
@@ -103,24 +122,18 @@ class QueryServing:
 
     def _run_query(self, query: Query) -> Grounding:
         """On the worker thread: select the window now (the newest frames) and ground."""
-        node = self._node
-        backend, window = node.backend, node.window
-        if backend is None or window is None:
+        pipeline = self._pipeline
+        backend, window, s = pipeline.backend, pipeline.window, pipeline.settings
+        if backend is None or window is None or s is None:
             raise QueryError(ERROR_NOT_ACTIVE, "the node is not active")
-        s = node.settings
         frames = window.select(max_frames=query.max_frames or s.max_frames,
                                seconds=query.window_seconds or s.window_seconds)
         if not frames:
-            reason = "no camera frames buffered yet"
-            if node.ingest.last_frame_error:
-                reason += f" (last frame dropped: {node.ingest.last_frame_error})"
-            elif node.ingest.frames_since_activation == 0:
-                reason += f" (no frame has arrived on {node.resolve_topic_name(s.image_topic)} since activation)"
-            raise QueryError(ERROR_EMPTY_WINDOW, reason)
+            raise QueryError(ERROR_EMPTY_WINDOW, self._empty_window_reason())
         query.frames = frames
         queue_wait = time.monotonic() - query.submitted
         try:
-            grounding = node.ground(backend, frames, query.text, query.task,
+            grounding = ground(backend, frames, query.text, query.task,
                                     max_new_tokens=s.max_new_tokens, progress=query.on_stage,
                                     should_stop=query.canceled.is_set)
         except InvalidQuery as exc:
@@ -140,12 +153,12 @@ class QueryServing:
         events: queue.Queue = queue.Queue()
         query_id = bytes(goal_handle.goal_id.uuid).hex()
         try:
-            if not self._node.active or self.worker is None:
+            if not self._pipeline.active or self.worker is None:
                 raise QueryError(ERROR_NOT_ACTIVE, "the node is not active (lifecycle state "
                                                    "unconfigured/inactive); activate it first")
             task = self._check_query(goal.query, goal.task)
             try:
-                check_goal_window(goal.window_seconds, goal.max_frames, self._node.settings)
+                check_goal_window(goal.window_seconds, goal.max_frames, self._pipeline.settings)
             except ValueError as exc:
                 raise QueryError(ERROR_INVALID_QUERY, str(exc)) from None
         except QueryError as exc:
@@ -176,7 +189,7 @@ class QueryServing:
             break
         result = Ground.Result(error_code=outcome.error_code, error_message=outcome.error_message)
         if outcome.error_code == ERROR_NONE:
-            result.grounding = self._node.outputs.results(outcome.grounding, query)
+            result.grounding = self._publish(outcome.grounding, query)
             goal_handle.succeed()
         elif outcome.error_code == ERROR_CANCELED and goal_handle.is_cancel_requested:
             goal_handle.canceled()
@@ -189,7 +202,7 @@ class QueryServing:
 
     # --- topic mode -------------------------------------------------------------------
     def _on_query(self, msg: String) -> None:
-        if not self._node.active:
+        if not self._pipeline.active:
             self._node.get_logger().warning("~/query received while the node is not active; ignored")
             return
         self.set_topic_query(msg.data)
@@ -201,7 +214,7 @@ class QueryServing:
             self._topic_query = None
             log.info("continuous query stopped")
             return
-        s = self._node.settings
+        s = self._pipeline.settings
         task, body = split_topic_query(text, parse_task(s.query_task))
         try:
             self._check_query(body, task.value)
@@ -223,7 +236,7 @@ class QueryServing:
 
     def _on_topic_done(self, query: Query, outcome: Outcome) -> None:
         if outcome.error_code == ERROR_NONE:
-            self._node.outputs.results(outcome.grounding, query)
+            self._publish(outcome.grounding, query)
         elif outcome.error_code != ERROR_CANCELED:
             self._node.get_logger().warning(f"continuous query {query.query_id}: {outcome.error_message}",
                                             throttle_duration_sec=5.0)

@@ -1,11 +1,15 @@
-"""Parameters of the molmo2_grounding node: the declaration table (name, default,
-meaning; the README's table and config/molmo2_grounding.yaml mirror it, a test checks),
-and their validation at configure into `Settings`, naming every bad value at once."""
+"""Parameters of the molmo2_grounding node, one declaration each (`Param`): default, type
+(the default's), range or choices, description, when a change applies and what it
+rebuilds. The `Settings` fields, the validation at configure and on `ros2 param set`, the
+live-change phases (live_params), the descriptors `ros2 param describe` shows, and the
+checks of the README table and config/molmo2_grounding.yaml all follow from it."""
 from __future__ import annotations
 
 import dataclasses
 import math
 from dataclasses import dataclass
+from enum import Enum
+from typing import Callable
 
 from molmo2_ros.backends.factory import BACKEND_KINDS
 from molmo2_ros.backends.trained_window import TrainedWindow
@@ -16,106 +20,183 @@ from molmo2_ros.video_io import DEFAULT_FPS
 
 # The window when neither the parameters nor the model say (Molmo2 samples video at 2 fps).
 DEFAULT_WINDOW = {"fps": DEFAULT_FPS, "window_seconds": 8.0, "max_frames": 16}
-
-# name: (default, meaning). Types follow the defaults (an int is accepted for a double).
-PARAMETERS = {
-    "autostart": (True, "configure and activate on start"),
-    "image_topic": ("/camera/image_raw", "camera topic (with compressed: the base topic, "
-                                         "'/compressed' is appended unless present)"),
-    "compressed": (False, "subscribe to sensor_msgs/CompressedImage instead of Image"),
-    "image_reliability": ("best_effort", "camera QoS reliability: best_effort or reliable"),
-    "image_depth": (5, "camera QoS history depth"),
-    "model": ("", "checkpoint folder or hub id; empty: the packaged model, else the tiny random one"),
-    "backend": ("torch", "torch, onnxruntime or tensorrt"),
-    "engine_dir": ("", "folder of exported engines (onnxruntime/tensorrt)"),
-    "force_engine_update": (False, "tensorrt: rebuild engines that do not match this machine "
-                                   "from the folder's ONNX graphs (else they are refused)"),
-    "device": ("", "torch device, e.g. cuda or cpu; empty: cuda when available"),
-    "dtype": ("auto", "torch dtype: auto, float32, float16 or bfloat16"),
-    "fps": (0.0, "frames per second kept in the window (0: the model's trained window, else "
-                 f"{DEFAULT_WINDOW['fps']})"),
-    "window_seconds": (0.0, "seconds of frames a query sees by default and the window keeps (0: the "
-                            f"model's trained window, else {DEFAULT_WINDOW['window_seconds']})"),
-    "max_frames": (0, "frames a query sees at most by default and the window keeps (0: the model's "
-                      f"trained window, else {DEFAULT_WINDOW['max_frames']})"),
-    "max_side": (640, "frames are shrunk on ingest so their longer side is at most this (px)"),
-    "jump_back_s": (1.0, "a stamp this much older than the newest resets the window (bag replay)"),
-    "jump_ahead_s": (10.0, "a stamp this much newer than the newest is rejected, unless the next "
-                           "frame confirms the jump (one bad stamp must not wipe the window)"),
-    "max_image_pixels": (7680 * 4320, "camera images with more pixels (width x height, read from a "
-                                      "compressed image's header) are refused before decoding"),
-    "max_new_tokens": (512, "token budget of one answer (a 16-frame track of two objects needs ~400)"),
-    "warmup": ("auto", "at configure, answer one query on blank frames (a full window) so the first "
-                       "real one does not pay for compilation: auto (only backends that compile on "
-                       "first use: torch on CUDA), always or never"),
-    "queue_size": (2, "action goals that may wait while one runs (more: ERROR_BUSY); set at start"),
-    "query": ("", "initial continuous query (as if published on ~/query)"),
-    "query_task": ("point", "task of ~/query text without a 'task:' prefix: point, count, track, ask"),
-    "query_period": (1.0, "seconds between re-runs of the continuous query"),
-    "diagnostics_period": (1.0, "seconds between /diagnostics messages"),
-    "tracking_enable": (True, "propagate answers' points to every camera frame on ~/tracked_objects"),
-    "tracking_max_points": (50, "most objects propagated at once (highest model score first)"),
-    "tracking_max_age": (15.0, "seconds after its anchor frame a propagated object is dropped"),
-    "tracking_window": (12.0, "seconds of camera frames buffered for latency compensation"),
-    "tracking_max_side": (640, "longer side of the image optical flow runs on (px; 0 = full size)"),
-    "tracking_buffer_mb": (128.0, "memory bound of the tracking frame buffer (MiB)"),
-    "depth_topic": ("", "depth image registered to the camera (16UC1 mm or 32FC1 m); empty: no depth, "
-                        "no 3D positions"),
-    "depth_compressed": (False, "subscribe to <depth_topic>/compressedDepth (sensor_msgs/CompressedImage)"),
-    "camera_info_topic": ("", "sensor_msgs/CameraInfo of the camera; empty: camera_info beside image_topic"),
-    "depth_tolerance": (0.05, "seconds a depth image's stamp may be from a point's frame's stamp"),
-    "depth_patch": (5, "side of the window of depth pixels whose valid median is a point's depth (odd)"),
-    "depth_min": (0.1, "depths below this (m) are invalid"),
-    "depth_max": (20.0, "depths above this (m) are invalid"),
-    "depth_buffer_mb": (128.0, "memory bound of the depth image buffer (MiB)"),
-}
-MAX_PERIOD_S = 3600.0
+MODELS_WINDOW = "the model's window"
 # A goal's float32 window_seconds may exceed the node's float64 one by rounding.
 GOAL_WINDOW_SLACK_S = 1e-3
 
 
-@dataclass
-class Settings:
-    """Validated parameters (see PARAMETERS)."""
+class Applies(Enum):
+    """When a changed value takes effect (a change after that moment is refused, saying how)."""
 
-    image_topic: str
-    compressed: bool
-    image_reliability: str
-    image_depth: int
-    model: str
-    backend: str
-    engine_dir: str
-    force_engine_update: bool
-    device: str
-    dtype: str
-    fps: float
-    window_seconds: float
-    max_frames: int
-    max_side: int
-    jump_back_s: float
-    jump_ahead_s: float
-    max_image_pixels: int
-    max_new_tokens: int
-    warmup: str
-    queue_size: int
-    query: str
-    query_task: str
-    query_period: float
-    diagnostics_period: float
-    tracking_enable: bool
-    tracking_max_points: int
-    tracking_max_age: float
-    tracking_window: float
-    tracking_max_side: int
-    tracking_buffer_mb: float
-    depth_topic: str
-    depth_compressed: bool
-    camera_info_topic: str
-    depth_tolerance: float
-    depth_patch: int
-    depth_min: float
-    depth_max: float
-    depth_buffer_mb: float
+    START = "start"            # read once when the node starts
+    CONFIGURE = "configure"    # the backend, the depth input
+    ACTIVATE = "activate"      # the camera subscription
+    LIVE = "live"              # at once, on the running node
+
+
+class Rebuilds(Enum):
+    """What a live change rebuilds in the configured node."""
+
+    WINDOW = "window"                  # the frame window restarts empty
+    TRACKING = "tracking"              # tracks restart at the next answer
+    DIAGNOSTICS = "diagnostics"        # the diagnostics timer's period
+    QUERY_PERIOD = "query_period"      # the continuous query's timer period
+    QUERY = "query"                    # the continuous query itself
+    NOTHING = "nothing"                # read where it is used
+
+
+def number(x: float) -> str:
+    """A bound as people write it: 3600, 0.001, 2147483647."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+TYPE_NAMES = {bool: "a boolean (true or false)", int: "an integer", float: "a number", str: "a string"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter. Numbers must be finite and within lo..hi (closed), or exactly 0 where
+    `zero` says what 0 means; strings within `choices` when given. Every bound keeps what
+    the value feeds representable: integer nanoseconds, timer periods, buffer sizes."""
+
+    default: bool | int | float | str
+    description: str
+    applies: Applies
+    rebuilds: Rebuilds = Rebuilds.NOTHING
+    lo: float | None = None
+    hi: float | None = None
+    unit: str = ""
+    zero: str = ""                                      # 0 is allowed and means this
+    choices: tuple[str, ...] = ()
+    rule: tuple[Callable[[object], bool], str] | None = None   # another condition, and its wording
+
+    @property
+    def kind(self) -> type:
+        return type(self.default)
+
+    def constraint(self) -> str:
+        """The allowed values in words: the README's range column and the refusal's text."""
+        parts = [", ".join(self.choices[:-1]) + " or " + self.choices[-1]] if self.choices else []
+        if self.lo is not None:
+            parts.append(f"{number(self.lo)}..{number(self.hi)}" + (f" {self.unit}" if self.unit else ""))
+        if self.rule is not None:
+            parts.append(self.rule[1])
+        return ", ".join(parts) + (f", or 0 for {self.zero}" if self.zero else "")
+
+    def problem(self, name: str, value) -> str | None:
+        """Why `value` is not allowed for this parameter, naming it; None if it is."""
+        kind = self.kind
+        ok = (isinstance(value, (int, float)) if kind is float else isinstance(value, kind)) \
+            and (kind is bool or not isinstance(value, bool))
+        if not ok:
+            return f"{name} must be {TYPE_NAMES[kind]}, got {value!r}"
+        if kind is float and not math.isfinite(value):
+            return f"{name} must be a finite number, got {value}"
+        if self.zero and value == 0:
+            return None
+        allowed = (not self.choices or value in self.choices) \
+            and (self.lo is None or self.lo <= value <= self.hi) \
+            and (self.rule is None or self.rule[0](value))
+        return None if allowed else f"{name} must be {self.constraint()}, got {value!r}"
+
+
+START, CONFIGURE, ACTIVATE, LIVE = Applies.START, Applies.CONFIGURE, Applies.ACTIVATE, Applies.LIVE
+WINDOW, TRACKING = Rebuilds.WINDOW, Rebuilds.TRACKING
+NON_EMPTY = (lambda value: value.strip() != "", "not empty")
+ODD = (lambda value: value % 2 == 1, "odd")
+MAX_PERIOD_S = 3600.0
+MAX_BUFFER_MB = 65536.0
+
+PARAMETERS: dict[str, Param] = {
+    "autostart": Param(True, "configure and activate on start", START),
+    # Camera input
+    "image_topic": Param("/camera/image_raw", "camera topic (with compressed: the base topic, '/compressed' is "
+                         "appended unless present)", ACTIVATE, rule=NON_EMPTY),
+    "compressed": Param(False, "subscribe to sensor_msgs/CompressedImage instead of Image", ACTIVATE),
+    "image_reliability": Param("best_effort", "camera QoS reliability", ACTIVATE,
+                               choices=("best_effort", "reliable")),
+    "image_depth": Param(5, "camera QoS history depth", ACTIVATE, lo=1, hi=1000),
+    # Model
+    "model": Param("", "checkpoint folder or hub id; empty: the packaged model, else the tiny random one",
+                   CONFIGURE),
+    "backend": Param("torch", "inference backend", CONFIGURE, choices=BACKEND_KINDS),
+    "engine_dir": Param("", "folder of exported engines (onnxruntime/tensorrt)", CONFIGURE),
+    "force_engine_update": Param(False, "tensorrt: rebuild engines that do not match this machine from the "
+                                 "folder's ONNX graphs (else they are refused)", CONFIGURE),
+    "device": Param("", "torch device, e.g. cuda or cpu; empty: cuda when available", CONFIGURE),
+    "dtype": Param("auto", "torch dtype", CONFIGURE, choices=("auto", "float32", "float16", "bfloat16")),
+    "warmup": Param("auto", "at configure, answer one query on blank frames (a full window) so the first real "
+                    "one does not pay for compilation: auto (only backends that compile on first use: torch "
+                    "on CUDA), always or never", CONFIGURE, choices=("auto", "always", "never")),
+    # Frame window
+    "fps": Param(0.0, f"frames per second kept in the window (0: the model's trained window, else "
+                 f"{DEFAULT_WINDOW['fps']})", LIVE, WINDOW, lo=0.01, hi=120.0, zero=MODELS_WINDOW),
+    "window_seconds": Param(0.0, "seconds of frames a query sees by default and the window keeps (0: the "
+                            f"model's trained window, else {DEFAULT_WINDOW['window_seconds']})", LIVE, WINDOW,
+                            lo=0.01, hi=MAX_PERIOD_S, unit="s", zero=MODELS_WINDOW),
+    "max_frames": Param(0, "frames a query sees at most by default and the window keeps (0: the model's "
+                        f"trained window, else {DEFAULT_WINDOW['max_frames']})", LIVE, WINDOW,
+                        lo=1, hi=1024, zero=MODELS_WINDOW),
+    "max_side": Param(640, "frames are shrunk on ingest so their longer side is at most this (px)", LIVE, WINDOW,
+                      lo=32, hi=16384, zero="the source size"),
+    "jump_back_s": Param(1.0, "a stamp this much older than the newest resets the window (bag replay)",
+                         LIVE, WINDOW, lo=0.0, hi=86400.0, unit="s"),
+    "jump_ahead_s": Param(10.0, "a stamp this much newer than the newest is rejected, unless the next frame "
+                          "confirms the jump (one bad stamp must not wipe the window)", LIVE, WINDOW,
+                          lo=0.001, hi=86400.0, unit="s"),
+    "max_image_pixels": Param(7680 * 4320, "camera images with more pixels (width x height, read from a "
+                              "compressed image's header) are refused before decoding", LIVE, lo=1, hi=2**31 - 1),
+    # Queries
+    "max_new_tokens": Param(512, "token budget of one answer (a 16-frame track of two objects needs ~400)",
+                            LIVE, lo=1, hi=32768),
+    "queue_size": Param(2, "action goals that may wait while one runs (more: ERROR_BUSY); set at start", START,
+                        lo=1, hi=16),
+    "query": Param("", "initial continuous query (as if published on ~/query)", LIVE, Rebuilds.QUERY),
+    "query_task": Param("point", "task of ~/query text without a 'task:' prefix", LIVE,
+                        choices=("point", "count", "track", "ask")),
+    "query_period": Param(1.0, "seconds between re-runs of the continuous query", LIVE, Rebuilds.QUERY_PERIOD,
+                          lo=0.01, hi=MAX_PERIOD_S, unit="s"),
+    "diagnostics_period": Param(1.0, "seconds between /diagnostics messages", LIVE, Rebuilds.DIAGNOSTICS,
+                                lo=0.01, hi=MAX_PERIOD_S, unit="s"),
+    # Camera-rate tracks between answers
+    "tracking_enable": Param(True, "propagate answers' points to every camera frame on ~/tracked_objects",
+                             LIVE, TRACKING),
+    "tracking_max_points": Param(50, "most objects propagated at once (highest model score first)", LIVE,
+                                 TRACKING, lo=1, hi=1000),
+    "tracking_max_age": Param(15.0, "seconds after its anchor frame a propagated object is dropped", LIVE,
+                              TRACKING, lo=0.01, hi=MAX_PERIOD_S, unit="s"),
+    "tracking_window": Param(12.0, "seconds of camera frames buffered for latency compensation", LIVE,
+                             TRACKING, lo=0.01, hi=MAX_PERIOD_S, unit="s"),
+    "tracking_max_side": Param(640, "longer side of the image optical flow runs on (px)", LIVE, TRACKING,
+                               lo=2 * FLOW_WINDOW, hi=16384, zero="full size"),
+    "tracking_buffer_mb": Param(128.0, "memory bound of the tracking frame buffer (MiB)", LIVE, TRACKING,
+                                lo=0.01, hi=MAX_BUFFER_MB),
+    # Depth input
+    "depth_topic": Param("", "depth image registered to the camera (16UC1 mm or 32FC1 m); empty: no depth, "
+                         "no 3D positions", CONFIGURE),
+    "depth_compressed": Param(False, "subscribe to <depth_topic>/compressedDepth (sensor_msgs/CompressedImage)",
+                              CONFIGURE),
+    "camera_info_topic": Param("", "sensor_msgs/CameraInfo of the camera; empty: camera_info beside image_topic",
+                               CONFIGURE),
+    "depth_tolerance": Param(0.05, "seconds a depth image's stamp may be from a point's frame's stamp",
+                             CONFIGURE, lo=0.0001, hi=1.0, unit="s"),
+    "depth_patch": Param(5, "side of the window of depth pixels whose valid median is a point's depth",
+                         CONFIGURE, lo=1, hi=101, rule=ODD),
+    "depth_min": Param(0.1, "depths below this (m) are invalid", CONFIGURE, lo=0.0, hi=1000.0, unit="m"),
+    "depth_max": Param(20.0, "depths above this (m) are invalid", CONFIGURE, lo=0.001, hi=1000.0, unit="m"),
+    "depth_buffer_mb": Param(128.0, "memory bound of the depth image buffer (MiB)", CONFIGURE,
+                             lo=0.01, hi=MAX_BUFFER_MB),
+}
+DEFAULTS = {name: p.default for name, p in PARAMETERS.items()}
+# Conditions between parameters: (names, holds(values), wording).
+CROSS_CHECKS = [
+    (("depth_min", "depth_max"), lambda v: v["depth_min"] < v["depth_max"], "need depth_min < depth_max"),
+]
+
+Settings = dataclasses.make_dataclass(
+    "Settings", [(name, p.kind) for name, p in PARAMETERS.items() if name != "autostart"],
+    frozen=True)
+Settings.__doc__ = "The node's validated parameters: one field per PARAMETERS entry (autostart aside)."
 
 
 def parse_task(value) -> Task:
@@ -143,76 +224,32 @@ def check_goal_window(window_seconds: float, max_frames: int, settings: Settings
                          f"{settings.max_frames}, got {max_frames}")
 
 
+def problems(values: dict, changed: set[str] | None = None) -> list[str]:
+    """Every reason the raw parameter `values` (name -> value, all of PARAMETERS) are not
+    valid, each naming its parameter: each value against its declaration, then the
+    conditions between parameters whose values are each valid. With `changed`, only
+    what concerns those parameters (a live change is not refused for another's value)."""
+    concerned = set(PARAMETERS) if changed is None else changed
+    found = {name: why for name, p in PARAMETERS.items()
+             if name in concerned and (why := p.problem(name, values[name]))}
+    cross = [f"{wording}, got " + " and ".join(f"{n} {values[n]!r}" for n in names)
+             for names, holds, wording in CROSS_CHECKS
+             if concerned & set(names) and all(PARAMETERS[n].problem(n, values[n]) is None for n in names)
+             and not holds(values)]
+    return [*found.values(), *cross]
+
+
 def validate(values: dict) -> Settings:
-    """Settings from raw parameter values, or ValueError naming every bad parameter."""
-    errors = []
-    out = {}
-    for name, (default, _) in PARAMETERS.items():
-        if name == "autostart":
-            continue
-        value = values[name]
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            value = float(value) if ok else value
-            if ok and not math.isfinite(value):
-                errors.append(f"{name} must be a finite number, got {value}")
-        elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, str)
-        if not ok:
-            errors.append(f"{name} must be a {type(default).__name__}, got {value!r}")
-        out[name] = value
+    """Settings from raw parameter values, or ValueError naming every bad parameter.
+
+    The node declares its parameters with dynamic typing: rclpy's static typing would
+    refuse an integer for a double (`-p fps:=2`, `ros2 param set ... fps 2`, what users
+    type), so the types are checked here, with messages that name the parameter."""
+    errors = problems(values)
     if errors:
         raise ValueError("; ".join(errors))
-
-    def check(cond, message):
-        if not cond:
-            errors.append(message)
-
-    check(out["image_topic"].strip() != "", "image_topic must not be empty")
-    check(out["image_reliability"] in ("best_effort", "reliable"),
-          f"image_reliability must be best_effort or reliable, got {out['image_reliability']!r}")
-    check(1 <= out["image_depth"] <= 1000, f"image_depth must be 1..1000, got {out['image_depth']}")
-    check(out["backend"] in BACKEND_KINDS,
-          f"backend must be one of {', '.join(BACKEND_KINDS)}, got {out['backend']!r}")
-    check(out["dtype"] in ("auto", "float32", "float16", "bfloat16"),
-          f"dtype must be auto, float32, float16 or bfloat16, got {out['dtype']!r}")
-    check(out["fps"] >= 0, f"fps must be > 0, or 0 for the model's window, got {out['fps']}")
-    check(out["window_seconds"] >= 0,
-          f"window_seconds must be > 0, or 0 for the model's window, got {out['window_seconds']}")
-    check(out["max_frames"] >= 0, f"max_frames must be >= 1, or 0 for the model's window, got {out['max_frames']}")
-    check(out["max_side"] >= 0, f"max_side must be >= 0 (0 = keep the source size), got {out['max_side']}")
-    check(out["jump_back_s"] >= 0, f"jump_back_s must be >= 0, got {out['jump_back_s']}")
-    check(out["jump_ahead_s"] > 0, f"jump_ahead_s must be > 0, got {out['jump_ahead_s']}")
-    check(out["max_image_pixels"] >= 1, f"max_image_pixels must be >= 1, got {out['max_image_pixels']}")
-    check(out["max_new_tokens"] >= 1, f"max_new_tokens must be >= 1, got {out['max_new_tokens']}")
-    check(out["warmup"] in ("auto", "always", "never"),
-          f"warmup must be auto, always or never, got {out['warmup']!r}")
-    check(1 <= out["queue_size"] <= 16, f"queue_size must be 1..16, got {out['queue_size']}")
-    for period in ("query_period", "diagnostics_period"):  # timers hold int64 nanoseconds
-        check(0 < out[period] <= MAX_PERIOD_S, f"{period} must be in (0, {MAX_PERIOD_S:g}] s, got {out[period]}")
-    check(out["tracking_max_points"] >= 1, f"tracking_max_points must be >= 1, got {out['tracking_max_points']}")
-    check(out["tracking_max_age"] > 0, f"tracking_max_age must be > 0, got {out['tracking_max_age']}")
-    check(out["tracking_window"] > 0, f"tracking_window must be > 0, got {out['tracking_window']}")
-    check(out["tracking_max_side"] == 0 or out["tracking_max_side"] >= 2 * FLOW_WINDOW,
-          f"tracking_max_side must be 0 (full size) or >= {2 * FLOW_WINDOW}, got {out['tracking_max_side']}")
-    check(out["tracking_buffer_mb"] > 0, f"tracking_buffer_mb must be > 0, got {out['tracking_buffer_mb']}")
-    check(out["depth_tolerance"] > 0, f"depth_tolerance must be > 0, got {out['depth_tolerance']}")
-    check(out["depth_patch"] >= 1 and out["depth_patch"] % 2 == 1,
-          f"depth_patch must be odd and >= 1, got {out['depth_patch']}")
-    check(0 <= out["depth_min"] < out["depth_max"],
-          f"need 0 <= depth_min < depth_max, got {out['depth_min']} and {out['depth_max']}")
-    check(out["depth_buffer_mb"] > 0, f"depth_buffer_mb must be > 0, got {out['depth_buffer_mb']}")
-    try:
-        parse_task(out["query_task"])
-    except ValueError as exc:
-        errors.append(f"query_task: {exc}")
-    if errors:
-        raise ValueError("; ".join(errors))
-    return Settings(**out)
+    return Settings(**{field.name: float(values[field.name]) if field.type is float else values[field.name]
+                       for field in dataclasses.fields(Settings)})
 
 
 def resolve_window(s: Settings, trained: TrainedWindow | None) -> tuple[Settings, str]:

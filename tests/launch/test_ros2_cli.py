@@ -17,7 +17,7 @@ from ros2_cli import ROOT, VENV, Shell, diagnostics, private_domain, require_ros
 require_ros2_tools()
 
 from molmo2_ros.ros import live_params  # noqa: E402
-from molmo2_ros.ros.settings import PARAMETERS  # noqa: E402
+from molmo2_ros.ros.settings import PARAMETERS, Applies  # noqa: E402
 
 NODE = "/molmo2_grounding"
 DEFAULTS = yaml.safe_load((ROOT / "config" / "molmo2_grounding.yaml").read_text())["/**"]["ros__parameters"]
@@ -111,10 +111,10 @@ def test_param_set_applies_at_once_or_names_the_problem(shell, node):
     shell.run("ros2 param set /molmo2_grounding tracking_enable true")
 
     out = shell.run("ros2 param set /molmo2_grounding fps -1.0")
-    assert "Setting parameter failed: fps must be > 0, or 0 for the model's window, got -1.0" in out
+    assert "Setting parameter failed: fps must be 0.01..120, or 0 for the model's window, got -1.0" in out
     assert "Double value is: 0.0" in shell.run("ros2 param get /molmo2_grounding fps")   # the model's window
     out = shell.run("ros2 param set /molmo2_grounding max_frames -2")
-    assert "Setting parameter failed: max_frames must be >= 1, or 0 for the model's window, got -2" in out
+    assert "Setting parameter failed: max_frames must be 1..1024, or 0 for the model's window, got -2" in out
     assert "Integer value is: 4" in shell.run("ros2 param get /molmo2_grounding max_frames")
 
     out = shell.run("ros2 param set /molmo2_grounding model /models/Molmo2-4B")
@@ -126,10 +126,10 @@ def test_param_set_applies_at_once_or_names_the_problem(shell, node):
 def test_param_load_every_parameter(shell, node, tmp_path):
     """Every live parameter applies; every other one is refused with how to apply it; a
     value of the wrong type is refused with the configure-time message."""
-    assert set(LIVE_VALUES) == live_params.LIVE
+    assert set(LIVE_VALUES) == live_params.named(Applies.LIVE)
     refused = {name: "changed" if isinstance(DEFAULTS[name], str) else
                (not DEFAULTS[name] if isinstance(DEFAULTS[name], bool) else DEFAULTS[name] + 1)
-               for name in set(PARAMETERS) - live_params.LIVE}
+               for name in set(PARAMETERS) - live_params.named(Applies.LIVE)}
     wrong_type = {name: 5 if isinstance(value, str) else "five" for name, value in LIVE_VALUES.items()}
     for values, expect in ((LIVE_VALUES, "successful"), (refused, "failed: "), (wrong_type, "failed: ")):
         path = tmp_path / "params.yaml"
@@ -138,11 +138,11 @@ def test_param_load_every_parameter(shell, node, tmp_path):
         for name in values:
             assert f"Set parameter {name} {expect}" in out, out
         if values is refused:
-            for name in live_params.AT_CONFIGURE:
+            for name in live_params.named(Applies.CONFIGURE):
                 assert f"Set parameter {name} failed: {name} applies at configure: ros2 lifecycle set" in out
-            for name in live_params.AT_ACTIVATE:
+            for name in live_params.named(Applies.ACTIVATE):
                 assert f"Set parameter {name} failed: {name} applies at activate: ros2 lifecycle set" in out
-            for name in live_params.AT_START:
+            for name in live_params.named(Applies.START):
                 assert f"Set parameter {name} failed: {name} is read when the node starts" in out
         if values is wrong_type:
             for name in values:
@@ -167,6 +167,37 @@ def test_param_load_every_parameter(shell, node, tmp_path):
     # Back to the package's params file (unchanged values are accepted whatever their kind).
     out = shell.run(f"ros2 param load /molmo2_grounding {VENV}/share/molmo2_ros/config/molmo2_grounding.yaml")
     assert "failed" not in out, out
+
+
+HOSTILE = {"1e300": 1e300, "-1e300": -1e300, "1e-300": 1e-300, "nan": float("nan"), "inf": float("inf"),
+           "-inf": float("-inf"), "0": 0, "-1": -1, "long string": "x" * 5000, "wrong type": None}
+
+
+def test_hostile_values_never_kill_the_node(shell, node, tmp_path):
+    """Every parameter set to each hostile value with `ros2 param load` (one file per value):
+    each is refused naming the parameter and the reason, or taken where the declaration
+    allows it (0 for the model's window); a value that does not fit an int64 is refused by
+    the CLI itself; after each, the node still answers a goal."""
+    goal = """ros2 action send_goal /molmo2_grounding/ground molmo2_ros/action/Ground "{query: 'red circle'}" """
+    package_params = f"{VENV}/share/molmo2_ros/config/molmo2_grounding.yaml"
+    for label, hostile in HOSTILE.items():
+        values = {name: (hostile if hostile is not None else ([1] if isinstance(DEFAULTS[name], str) else "five"))
+                  for name in PARAMETERS}
+        path = tmp_path / "hostile.yaml"
+        path.write_text(yaml.safe_dump({NODE: {"ros__parameters": values}}, sort_keys=False))
+        out = shell.run(f"ros2 param load /molmo2_grounding {path}")
+        for name in PARAMETERS:
+            taken = f"Set parameter {name} successful" in out
+            refused = re.search(rf"Set parameter {name} failed: {name} (must be|is read|applies at|need)", out)
+            assert taken or refused, (label, name, out)
+            assert not taken or PARAMETERS[name].problem(name, values[name]) is None, (label, name)
+        assert "Goal finished with status: SUCCEEDED" in shell.run(goal), label
+        assert "failed" not in shell.run(f"ros2 param load /molmo2_grounding {package_params}")
+    for name in ("max_frames", "fps"):
+        out = shell.run(f"ros2 param set /molmo2_grounding {name} {2**63}", check=False)
+        assert "Set parameter successful" not in out, out
+    assert "Goal finished with status: SUCCEEDED" in shell.run(goal)
+    assert "Traceback" not in node.log()
 
 
 def test_lifecycle_set_frees_and_reloads_the_model(shell, node):

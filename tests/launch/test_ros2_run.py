@@ -30,7 +30,7 @@ def test_ros2_run_node_recovers_from_a_missing_model(shell):
     out = shell.run("""ros2 action send_goal /molmo2_grounding/ground molmo2_ros/action/Ground "{query: 'red circle'}" """)
     assert "error_code: 1" in out and "Goal finished with status: ABORTED" in out  # ERROR_NOT_ACTIVE
 
-    assert "Setting parameter failed: fps must be > 0" in shell.run("ros2 param set /molmo2_grounding fps -1.0")
+    assert "Setting parameter failed: fps must be 0.01..120" in shell.run("ros2 param set /molmo2_grounding fps -1.0")
     packaged = ROOT / "molmo2_ros" / "assets" / "shapes-tiny"
     assert "Set parameter successful" in shell.run(f"ros2 param set /molmo2_grounding model {packaged}")
     assert "Transitioning successful" in shell.run("ros2 lifecycle set /molmo2_grounding configure")

@@ -1,13 +1,18 @@
-"""Parameter validation at configure and the check of a goal's window: non-finite and
-absurd numbers are refused with a message naming each bad value."""
+"""Parameter validation at configure and the check of a goal's window: every value a
+parameter's declaration allows can be used (the window, tracking and depth buffers it
+feeds are built from the extremes), and hostile values are refused with a message naming
+each one."""
 import math
 
 import pytest
 
-from molmo2_ros.ros.settings import PARAMETERS, check_goal_window, validate
+from molmo2_ros.core.depth import DepthBuffer
+from molmo2_ros.ros.ingest import make_propagator, make_window
+from molmo2_ros.ros.settings import DEFAULTS, PARAMETERS, check_goal_window, problems, resolve_window, validate
 
-DEFAULTS = {name: default for name, (default, _) in PARAMETERS.items()}
 FLOATS = [name for name, default in DEFAULTS.items() if isinstance(default, float)]
+NUMBERS = [name for name, p in PARAMETERS.items() if p.lo is not None]
+HOSTILE = [1e300, -1e300, 1e-300, math.nan, math.inf, -math.inf, 0, -1, 2**63, "x" * 10_000, [1, 2], None]
 
 
 def test_defaults_are_valid():
@@ -24,16 +29,56 @@ def test_every_float_parameter_must_be_finite(bad):
 
 
 @pytest.mark.parametrize("name,value,message", [
-    ("query_period", 1e30, "query_period must be in (0, 3600] s"),
-    ("diagnostics_period", 0.0, "diagnostics_period must be in (0, 3600] s"),
-    ("image_depth", 10**12, "image_depth must be 1..1000"),
-    ("jump_ahead_s", 0.0, "jump_ahead_s must be > 0"),
-    ("max_image_pixels", 0, "max_image_pixels must be >= 1"),
+    ("query_period", 1e30, "query_period must be 0.01..3600 s, got 1e+30"),
+    ("diagnostics_period", 0.0, "diagnostics_period must be 0.01..3600 s, got 0.0"),
+    ("image_depth", 10**12, "image_depth must be 1..1000, got 1000000000000"),
+    ("jump_ahead_s", 0.0, "jump_ahead_s must be 0.001..86400 s, got 0.0"),
+    ("max_image_pixels", 0, "max_image_pixels must be 1..2147483647, got 0"),
+    ("depth_patch", 4, "depth_patch must be 1..101, odd, got 4"),
+    ("tracking_max_side", 10, "tracking_max_side must be 42..16384, or 0 for full size, got 10"),
+    ("image_topic", " ", "image_topic must be not empty, got ' '"),
 ])
 def test_absurd_values_are_refused(name, value, message):
     with pytest.raises(ValueError) as refused:
         validate(DEFAULTS | {name: value})
-    assert message in str(refused.value)
+    assert str(refused.value) == message
+
+
+@pytest.mark.parametrize("name", list(PARAMETERS))
+def test_every_hostile_value_is_refused_naming_the_parameter_or_usable(name):
+    """Each hostile value is either refused with a message that names the parameter, or
+    allowed (0 where 0 means something, 1e-300 nowhere): then what it feeds is built."""
+    for value in HOSTILE:
+        found = problems(DEFAULTS | {name: value})
+        if found:
+            assert len(found) == 1 and found[0].startswith(f"{name} must be "), found
+        else:
+            build(validate(DEFAULTS | {name: value}))
+
+
+@pytest.mark.parametrize("name", NUMBERS)
+def test_the_extremes_a_declaration_allows_are_usable(name):
+    """The bounds are what the window, tracking and depth buffers can hold (integer
+    nanoseconds, buffer sizes): each extreme value builds them."""
+    param = PARAMETERS[name]
+    for value in (param.lo, param.hi):
+        value = param.kind(value)
+        if name == "depth_min":
+            value = min(value, 999.0)
+        if problems(DEFAULTS | {name: value}):   # an odd rule or the cross check
+            continue
+        build(validate(DEFAULTS | {name: value}))
+
+
+def build(settings) -> None:
+    """What configure and live changes make from settings (timers take periods in int64 ns)."""
+    settings, _ = resolve_window(settings, None)
+    make_window(settings)
+    make_propagator(settings)
+    DepthBuffer(tolerance_s=settings.depth_tolerance, max_bytes=round(settings.depth_buffer_mb * 2**20),
+                recent_s=max(0.25, 4 * settings.depth_tolerance), max_wanted=settings.max_frames + 8)
+    for period in (settings.query_period, settings.diagnostics_period):
+        assert 0 < round(period * 1e9) < 2**63
 
 
 def test_goal_window_must_fit_the_node_window():

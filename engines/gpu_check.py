@@ -372,7 +372,8 @@ def main(argv=None) -> int:
             if report.left() < 30:
                 raise _Skip(f"budget ran out before building {engine_name} (built: {seconds})")
             seconds[engine_name] = round(build_engine(
-                trt, state["graphs"] / onnx_name, state["graphs"] / engine_name, shapes[onnx_name], workspace_gb=16, timing_cache=state["graphs"] / timing_cache_name(probe_machine()),
+                trt, state["graphs"] / onnx_name, state["graphs"] / engine_name, shapes[onnx_name], workspace_gb=16,
+                timing_cache=state["graphs"] / timing_cache_name(probe_machine()),
                 progress=lambda m: print(m, file=sys.stderr)), 2)
         runner = TrtRunner(state["graphs"], settings["max_prompt"] + settings["max_new_tokens"])
         result = parity(runner, state["tensors"], state["reference"], args.decode_steps)

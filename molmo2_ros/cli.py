@@ -19,7 +19,8 @@ COMMANDS = {
     "tiny-model": ("molmo2_ros.tiny_model", "build a tiny random Molmo2 (for tests and demos) into a folder"),
     "node": ("molmo2_ros.ros.node", "run the molmo2_grounding ROS 2 node (pass --ros-args ...)"),
     "record": ("molmo2_ros.ros.recorder", "record the camera and the node's answers into a rosbag2 (MCAP) folder"),
-    "demo": ("molmo2_ros.ros.demo", "publish a synthetic camera, run the node, ask one query, write an annotated image"),
+    "demo": ("molmo2_ros.ros.demo",
+             "publish a synthetic camera, run the node, ask one query, write an annotated image"),
 }
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

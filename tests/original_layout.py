@@ -17,7 +17,8 @@ import shutil
 from pathlib import Path
 
 ORIGINAL_KEYS = ("model.transformer.wte.embedding", "model.transformer.wte.new_embedding",
-                 "model.transformer.blocks.0.self_attn.att_proj.weight", "model.transformer.blocks.0.mlp.ff_proj.weight",
+                 "model.transformer.blocks.0.self_attn.att_proj.weight",
+                 "model.transformer.blocks.0.mlp.ff_proj.weight",
                  "model.vision_backbone.image_vit.transformer.resblocks.0.attention.wq.weight",
                  "model.vision_backbone.image_pooling_2d.wq.weight", "model.vision_backbone.image_projector.w3.weight")
 

@@ -141,5 +141,6 @@ def _examples(args):
     return heldout_examples(plan, HELDOUT_SEED + args.seed, lengths)
 
 
-if __name__ == "__main__":   # `torchrun ... -m molmo2_ros.training.cli --config FILE` / `accelerate launch -m molmo2_ros.training.cli`
+# `torchrun ... -m molmo2_ros.training.cli --config FILE` / `accelerate launch -m molmo2_ros.training.cli`
+if __name__ == "__main__":
     sys.exit(train_main())

@@ -17,9 +17,9 @@ Point times: "t" = seconds relative to the clip start ("start"/"start_ns", else 
 frame), or "stamp_ns" = absolute nanoseconds (recordings: header stamps; videos: the
 presentation time). Pixels are in the source image. Frames are sampled exactly as the
 node does (`FrameWindow` at "fps", default 2, keeping the newest "max_frames", default 16,
-longer side at most "max_side", 0 = as recorded); each truth point goes to the nearest sampled frame within half a sampling
-period, and points flagged "occluded" or falling between sampled frames are left out
-(counted in `LoadStats`). "ask" examples carry "answer" instead of points.
+longer side at most "max_side", 0 = as recorded); each truth point goes to the nearest
+sampled frame within half a sampling period, and points flagged "occluded" or falling
+between sampled frames are left out (counted in `LoadStats`). "ask" examples carry "answer" instead of points.
 """
 from __future__ import annotations
 

@@ -136,7 +136,8 @@ def plan_line(plan: dict) -> str:
             f"{plan['prompt_tokens']} prompt tokens + {plan['max_new_tokens']} new): LM weights "
             f"{plan['weights_lm']:.2f} GB, vision {plan['weights_vision']:.2f} GB, KV cache {plan['kv_cache']:.2f} GB, "
             f"prefill activations {plan['activations_prefill']:.2f} GB, vision activations "
-            f"{plan['activations_vision']:.2f} GB; total ~{plan['total_gb']:.2f} GB; fits: {', '.join(ok) or 'none listed'}")
+            f"{plan['activations_vision']:.2f} GB; total ~{plan['total_gb']:.2f} GB; "
+            f"fits: {', '.join(ok) or 'none listed'}")
 
 
 def plan_for_backend(backend, *, frames: int, max_new_tokens: int) -> tuple[str, str]:

@@ -106,14 +106,16 @@ class TrtRunner:
         self.capacity = capacity
         decode = self.decode_engine
         past_names = decode.inputs[3:]
-        kv_heads, head_dim = decode.engine.get_tensor_shape(past_names[0])[1], decode.engine.get_tensor_shape(past_names[0])[3]
+        past_shape = decode.engine.get_tensor_shape(past_names[0])
+        kv_heads, head_dim = past_shape[1], past_shape[3]
         with torch.cuda.stream(self.stream):
             self.cache = StaticKVCache(torch, num_layers=len(past_names) // 2, kv_heads=kv_heads, head_dim=head_dim,
                                        capacity=capacity, dtype=decode.dtypes[past_names[0]], device="cuda")
             self.token = torch.zeros((1, 1), dtype=torch.int64, device="cuda")
             self.position = torch.zeros((1, 1), dtype=torch.int64, device="cuda")
-            self.decode_feeds = decode.bind_inputs({"input_ids": self.token, "attention_mask": self.cache.mask,
-                                                    "position_ids": self.position, **dict(zip(past_names, self.cache.past))})
+            self.decode_feeds = decode.bind_inputs({
+                "input_ids": self.token, "attention_mask": self.cache.mask, "position_ids": self.position,
+                **dict(zip(past_names, self.cache.past))})
             self.decode_outputs = decode.new_outputs()
         new_names = [n for n in decode.outputs if n != "logits"]
         for name, tensor in zip(new_names, self.cache.new):   # the step writes straight into the cache's `new`

@@ -2,9 +2,10 @@
 
 Starts the video publisher (the synthetic shapes scene, or --video) and the grounding
 node, with its default parameters, as their own processes, waits until the node's window
-is full (or holds --frames frames; from its /diagnostics), sends one action goal, prints the result and writes the frames the model saw with the answer
-drawn on them. Uses --model, by default the packaged trained model, else the tiny
-random model built into the cache (it runs everything; its answers are meaningless).
+is full (or holds --frames frames; from its /diagnostics), sends one action goal, prints
+the result and writes the frames the model saw with the answer drawn on them. Uses
+--model, by default the packaged trained model, else the tiny random model built into the
+cache (it runs everything; its answers are meaningless).
 """
 from __future__ import annotations
 

@@ -21,22 +21,23 @@ from molmo2_ros.ros.pipeline import Pipeline
 from molmo2_ros.ros.settings import Settings
 
 
-def make_window(s: Settings) -> FrameWindow:
-    return FrameWindow(fps=s.fps, max_seconds=s.window_seconds, max_frames=s.max_frames,
-                       max_side=s.max_side, jump_back_s=s.jump_back_s, jump_ahead_s=s.jump_ahead_s)
+def make_window(settings: Settings) -> FrameWindow:
+    return FrameWindow(fps=settings.fps, max_seconds=settings.window_seconds, max_frames=settings.max_frames,
+                       max_side=settings.max_side, jump_back_s=settings.jump_back_s, jump_ahead_s=settings.jump_ahead_s)
 
 
-def make_propagator(s: Settings) -> TrackPropagator:
+def make_propagator(settings: Settings) -> TrackPropagator:
     return TrackPropagator(
-        enable=s.tracking_enable, max_points=s.tracking_max_points, max_age=s.tracking_max_age,
-        window=s.tracking_window, flow_max_side=s.tracking_max_side, buffer_mb=s.tracking_buffer_mb)
+        enable=settings.tracking_enable, max_points=settings.tracking_max_points,
+        max_age=settings.tracking_max_age, window=settings.tracking_window,
+        flow_max_side=settings.tracking_max_side, buffer_mb=settings.tracking_buffer_mb)
 
 
-def image_qos(s: Settings) -> QoSProfile:
+def image_qos(settings: Settings) -> QoSProfile:
     """The camera's QoS (and the depth input's): keep last `image_depth`, reliability as set."""
-    return QoSProfile(depth=s.image_depth, history=HistoryPolicy.KEEP_LAST,
+    return QoSProfile(depth=settings.image_depth, history=HistoryPolicy.KEEP_LAST,
                       durability=DurabilityPolicy.VOLATILE,
-                      reliability=ReliabilityPolicy.RELIABLE if s.image_reliability == "reliable"
+                      reliability=ReliabilityPolicy.RELIABLE if settings.image_reliability == "reliable"
                       else ReliabilityPolicy.BEST_EFFORT)
 
 
@@ -61,10 +62,10 @@ class CameraIngest:
         self.too_large_frames = 0
         self.last_frame_error = ""        # since activation
 
-    def start(self, s: Settings, qos: QoSProfile, event_callbacks) -> tuple[type, str]:
+    def start(self, settings: Settings, qos: QoSProfile, event_callbacks) -> tuple[type, str]:
         """Subscribe to the camera (activate); returns the message type and topic."""
-        topic, kind = s.image_topic, Image
-        if s.compressed:
+        topic, kind = settings.image_topic, Image
+        if settings.compressed:
             kind = CompressedImage
             topic = topic if topic.endswith("/compressed") else topic.rstrip("/") + "/compressed"
         self._sub = self._node.create_subscription(kind, topic, self.on_image, qos, callback_group=self._group,

@@ -183,24 +183,24 @@ class GroundingNode(LifecycleNode):
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         p = self.pipeline
-        s = p.settings
+        settings = p.settings
         if p.backend is None:  # freed by deactivate
             try:
-                p.backend = self._open_backend(s, self._model)
+                p.backend = self._open_backend(settings, self._model)
             except ConfigureFailed as exc:
                 self.get_logger().error(f"activate failed: {exc}")
                 return TransitionCallbackReturn.FAILURE
-            self._warm_up(p.backend, s)
-        qos = image_qos(s)
+            self._warm_up(p.backend, settings)
+        qos = image_qos(settings)
         events = subscription_events(self.get_logger())
-        self.serving.start(s)
-        kind, topic = self.ingest.start(s, qos, events)
+        self.serving.start(settings)
+        kind, topic = self.ingest.start(settings, qos, events)
         if p.depth is not None:
             p.depth.start(qos, events)
         p.active = True
         self.get_logger().info(f"active: {kind.__name__} on {self.resolve_topic_name(topic)} "
-                               f"({s.image_reliability}, depth {s.image_depth}); window {s.fps} fps, "
-                               f"{s.window_seconds} s, {s.max_frames} frames")
+                               f"({settings.image_reliability}, depth {settings.image_depth}); window "
+                               f"{settings.fps} fps, {settings.window_seconds} s, {settings.max_frames} frames")
         return super().on_activate(state)
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:

@@ -15,8 +15,6 @@ import argparse
 import time
 from pathlib import Path
 
-from molmo2_ros.core.grounding import NS
-
 RESULTS_TOPIC = "/molmo2_grounding/grounding"
 
 

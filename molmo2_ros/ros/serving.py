@@ -81,9 +81,9 @@ class QueryServing:
             cancel_service_qos_profile=ACTION_SERVICE_QOS, result_timeout=RESULT_TIMEOUT_S)
         self._query_sub = node.create_subscription(String, "~/query", self._on_query, RESULTS_QOS)
 
-    def start(self, s: Settings) -> None:
-        self.worker = QueryWorker(self._run_query, capacity=s.queue_size)
-        self._topic_timer = self._node.create_timer(s.query_period, self._topic_tick)
+    def start(self, settings: Settings) -> None:
+        self.worker = QueryWorker(self._run_query, capacity=settings.queue_size)
+        self._topic_timer = self._node.create_timer(settings.query_period, self._topic_tick)
 
     def stop(self) -> None:
         """Stop topic mode's timer and the worker (which answers the waiting queries)."""
@@ -123,18 +123,18 @@ class QueryServing:
     def _run_query(self, query: Query) -> Grounding:
         """On the worker thread: select the window now (the newest frames) and ground."""
         pipeline = self._pipeline
-        backend, window, s = pipeline.backend, pipeline.window, pipeline.settings
-        if backend is None or window is None or s is None:
+        backend, window, settings = pipeline.backend, pipeline.window, pipeline.settings
+        if backend is None or window is None or settings is None:
             raise QueryError(ERROR_NOT_ACTIVE, "the node is not active")
-        frames = window.select(max_frames=query.max_frames or s.max_frames,
-                               seconds=query.window_seconds or s.window_seconds)
+        frames = window.select(max_frames=query.max_frames or settings.max_frames,
+                               seconds=query.window_seconds or settings.window_seconds)
         if not frames:
             raise QueryError(ERROR_EMPTY_WINDOW, self._empty_window_reason())
         query.frames = frames
         queue_wait = time.monotonic() - query.submitted
         try:
             grounding = ground(backend, frames, query.text, query.task,
-                                    max_new_tokens=s.max_new_tokens, progress=query.on_stage,
+                                    max_new_tokens=settings.max_new_tokens, progress=query.on_stage,
                                     should_stop=query.canceled.is_set)
         except InvalidQuery as exc:
             raise QueryError(ERROR_INVALID_QUERY, str(exc)) from None
@@ -214,8 +214,8 @@ class QueryServing:
             self._topic_query = None
             log.info("continuous query stopped")
             return
-        s = self._pipeline.settings
-        task, body = split_topic_query(text, parse_task(s.query_task))
+        settings = self._pipeline.settings
+        task, body = split_topic_query(text, parse_task(settings.query_task))
         try:
             self._check_query(body, task.value)
         except QueryError as exc:
@@ -223,7 +223,7 @@ class QueryServing:
             log.error(f"continuous query refused: {exc}")
             return
         self._topic_query = (task, body)
-        log.info(f"continuous query: {task.value} {body!r} every {s.query_period} s")
+        log.info(f"continuous query: {task.value} {body!r} every {settings.query_period} s")
 
     def _topic_tick(self) -> None:
         worker, topic = self.worker, self._topic_query

@@ -252,15 +252,15 @@ def validate(values: dict) -> Settings:
                        for field in dataclasses.fields(Settings)})
 
 
-def resolve_window(s: Settings, trained: TrainedWindow | None) -> tuple[Settings, str]:
-    """`s` with fps, window_seconds and max_frames left at 0 taken from the model's trained
+def resolve_window(settings: Settings, trained: TrainedWindow | None) -> tuple[Settings, str]:
+    """`settings` with fps, window_seconds and max_frames left at 0 taken from the model's trained
     window (when it states one), else DEFAULT_WINDOW; and where they came from."""
-    auto = [name for name in DEFAULT_WINDOW if not getattr(s, name)]
+    auto = [name for name in DEFAULT_WINDOW if not getattr(settings, name)]
     if not auto:
-        return s, "parameters"
+        return settings, "parameters"
     base = DEFAULT_WINDOW if trained is None else {
         "fps": trained.fps, "window_seconds": trained.window_seconds, "max_frames": trained.max_frames}
     source = "built-in defaults" if trained is None else f"the model's trained window ({trained.describe()})"
     if len(auto) < len(DEFAULT_WINDOW):
         source = f"{', '.join(auto)} from {source}, the rest from parameters"
-    return dataclasses.replace(s, **{name: base[name] for name in auto}), source
+    return dataclasses.replace(settings, **{name: base[name] for name in auto}), source

@@ -205,4 +205,5 @@ def test_dict_round_trip_is_strict_json():
     assert grounding_to_dict(back) == grounding_to_dict(g)
     assert [(t.id, t.label, [(p.stamp_ns, p.x, p.y, p.object_id) for p in t.points]) for t in back.tracks] == \
         [(t.id, t.label, [(p.stamp_ns, p.x, p.y, p.object_id) for p in t.points]) for t in g.tracks]
-    assert (back.task, back.count, back.timings, back.frame_stamps_ns) == (g.task, g.count, g.timings, g.frame_stamps_ns)
+    assert (back.task, back.count, back.timings, back.frame_stamps_ns) == \
+        (g.task, g.count, g.timings, g.frame_stamps_ns)

@@ -15,8 +15,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_gpu_check_tiny_runs_every_section(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "molmo2_ros.engines.gpu_check", "--tiny", "--work", str(tmp_path / "work"),
-                           "--decode-steps", "32", "--frames", "3"],
+    done = subprocess.run([sys.executable, "-m", "molmo2_ros.engines.gpu_check", "--tiny",
+                           "--work", str(tmp_path / "work"), "--decode-steps", "32", "--frames", "3"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)

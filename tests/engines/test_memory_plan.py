@@ -16,7 +16,8 @@ def _meta_counts(config_dict: dict) -> dict[str, int]:
         model = Molmo2ForConditionalGeneration(Molmo2Config(**config_dict))
     counts = {"lm": 0, "vision": 0}
     for name, p in model.named_parameters():
-        counts["vision" if name.startswith(("model.vision_tower", "model.multi_modal_projector")) else "lm"] += p.numel()
+        vision = name.startswith(("model.vision_tower", "model.multi_modal_projector"))
+        counts["vision" if vision else "lm"] += p.numel()
     return counts
 
 

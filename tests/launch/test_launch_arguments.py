@@ -1,7 +1,8 @@
 """`ros2 launch molmo2_ros demo.launch.py` (which includes molmo2.launch.py) with every
-launch argument the README lists (but `model:=`: tests/launch/test_launch_files.py), each shown to take effect: the node's parameters
-(`ros2 param dump`), its names (`ros2 node list`, `ros2 topic info`) and its answers
-(`ros2 topic echo`). The ONNX Runtime engines come from the README's `molmo2-engines export`.
+launch argument the README lists (but `model:=`: tests/launch/test_launch_files.py), each
+shown to take effect: the node's parameters (`ros2 param dump`), its names (`ros2 node
+list`, `ros2 topic info`) and its answers (`ros2 topic echo`). The ONNX Runtime engines
+come from the README's `molmo2-engines export`.
 """
 import sys
 from pathlib import Path
@@ -34,8 +35,8 @@ def launched(shell, tmp_path_factory, session_test_video):
     params["/**"]["ros__parameters"]["max_new_tokens"] = 48
     (folder / "my_params.yaml").write_text(yaml.safe_dump(params))
     launch = shell.start(
-        f"ros2 launch molmo2_ros demo.launch.py video:={session_test_video} camera_topic:=/cam/image_raw compressed:=true "
-        f"backend:=onnxruntime engine_dir:={folder}/engines query:='count: red circles' window:=4.0 "
+        f"ros2 launch molmo2_ros demo.launch.py video:={session_test_video} camera_topic:=/cam/image_raw "
+        f"compressed:=true backend:=onnxruntime engine_dir:={folder}/engines query:='count: red circles' window:=4.0 "
         f"fps:=1.0 tracking:=false device:=cpu namespace:=robot1 params_file:={folder}/my_params.yaml", "launch")
     launch.wait_for(lambda log: "active: CompressedImage on /cam/image_raw/compressed" in log, 600,
                     "the node to activate")
@@ -49,8 +50,9 @@ def test_arguments_set_the_node_parameters(shell, launched):
     `ros2 node list`), params_file:= (max_new_tokens) and the others."""
     _, folder = launched
     dumped = yaml.safe_load(shell.run(f"ros2 param dump {NODE}"))[NODE]["ros__parameters"]
-    assert {name: dumped[name] for name in ("image_topic", "compressed", "backend", "engine_dir", "query",
-                                            "window_seconds", "fps", "tracking_enable", "device", "max_new_tokens")} == {
+    names = ("image_topic", "compressed", "backend", "engine_dir", "query", "window_seconds", "fps",
+             "tracking_enable", "device", "max_new_tokens")
+    assert {name: dumped[name] for name in names} == {
         "image_topic": "/cam/image_raw", "compressed": True, "backend": "onnxruntime",
         "engine_dir": f"{folder}/engines", "query": "count: red circles", "window_seconds": 4.0, "fps": 1.0,
         "tracking_enable": False, "device": "cpu", "max_new_tokens": 48}

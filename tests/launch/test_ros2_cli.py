@@ -55,7 +55,8 @@ def test_interface_show(shell):
 
 
 def test_action_send_goal_with_feedback(shell, node):
-    out = shell.run("""ros2 action send_goal --feedback /molmo2_grounding/ground molmo2_ros/action/Ground "{query: 'red circle', task: 0}" """)
+    out = shell.run("ros2 action send_goal --feedback /molmo2_grounding/ground molmo2_ros/action/Ground "
+                    """"{query: 'red circle', task: 0}" """)
     assert "Goal accepted" in out
     stages = [int(s) for s in re.findall(r"Feedback:\s+stage: (\d)", out)]
     assert stages[:3] == [0, 1, 2], out  # QUEUED, PREPROCESSING, GENERATING
@@ -226,5 +227,6 @@ def test_lifecycle_set_frees_and_reloads_the_model(shell, node):
     assert "Transitioning successful" in shell.run("ros2 lifecycle set /molmo2_grounding activate")
     assert loads() == loaded + 2
     assert "active [3]" in shell.run("ros2 lifecycle get /molmo2_grounding")
-    out = shell.run("""ros2 action send_goal /molmo2_grounding/ground molmo2_ros/action/Ground "{query: 'red circle', task: 0}" """)
+    out = shell.run("ros2 action send_goal /molmo2_grounding/ground molmo2_ros/action/Ground "
+                    """"{query: 'red circle', task: 0}" """)
     assert "Goal finished with status: SUCCEEDED" in out

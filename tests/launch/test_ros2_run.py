@@ -27,7 +27,8 @@ def test_ros2_run_node_recovers_from_a_missing_model(shell):
                   "configure to fail")
     shell.wait_for_node("/molmo2_grounding")
     assert "unconfigured [1]" in shell.run("ros2 lifecycle get /molmo2_grounding")
-    out = shell.run("""ros2 action send_goal /molmo2_grounding/ground molmo2_ros/action/Ground "{query: 'red circle'}" """)
+    out = shell.run("ros2 action send_goal /molmo2_grounding/ground molmo2_ros/action/Ground "
+                    """"{query: 'red circle'}" """)
     assert "error_code: 1" in out and "Goal finished with status: ABORTED" in out  # ERROR_NOT_ACTIVE
 
     assert "Setting parameter failed: fps must be 0.01..120" in shell.run("ros2 param set /molmo2_grounding fps -1.0")

@@ -51,6 +51,7 @@ def test_bad_lines_name_the_line(tmp_path):
     manifest.write_text('{"image": "a.png", "video": "b.mp4", "query": "x"}\n')
     with pytest.raises(ManifestError, match="m.jsonl:1: give exactly one of"):
         list(load_examples(manifest))
-    manifest.write_text('# comment\n{"shapes": {"kind": "image_point", "seed": 1}}\n{"image": "a.png", "task": "dance", "query": "x"}\n')
+    manifest.write_text('# comment\n{"shapes": {"kind": "image_point", "seed": 1}}\n'
+                        '{"image": "a.png", "task": "dance", "query": "x"}\n')
     with pytest.raises(ManifestError, match="m.jsonl:3: unknown task"):
         list(load_examples(manifest))

@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from molmo2_ros.annotate import annotate_frame, color_for, contact_sheet, write_annotation
+from molmo2_ros.annotate import annotate_frame, color_for, contact_sheet, layout_labels, write_annotation
 from molmo2_ros.core.grounding import Frame, GroundedPoint, Grounding, Task, Track
 from molmo2_ros.video_io import read_video
 
@@ -71,3 +71,60 @@ def test_mp4_has_every_frame_at_the_frames_rate(tmp_path):
 def test_unknown_output_kind(tmp_path):
     with pytest.raises(ValueError, match=".png or .mp4"):
         write_annotation(tmp_path / "x.gif", frames(1), Grounding(task=Task.POINT, query="x"))
+
+
+def crowded(size=(320, 240), n=12):
+    """A count answer with `n` points bunched together and against the edges, on one frame."""
+    w, h = size
+    frame = Frame(np.full((h, w, 3), 200, np.uint8), 0, size)
+    spots = [(w / 2 + 5 * (i % 4), h / 2 + 5 * (i // 4)) for i in range(n - 4)]
+    spots += [(1, 1), (w - 1, 1), (1, h - 1), (w - 1, h - 1)]
+    points = [GroundedPoint(0, x, y, i + 1, "red circle") for i, (x, y) in enumerate(spots)]
+    return frame, Grounding(task=Task.COUNT, query="red circle", points=points, count=n)
+
+
+@pytest.mark.parametrize("size", [(320, 240), (200, 100), (1280, 720)])
+def test_labels_lie_inside_the_image_and_never_overlap(size):
+    frame, g = crowded(size)
+    here = [(p, round(p.x), round(p.y)) for p in g.points]
+    labels = layout_labels(size, g, here)
+    assert labels[0].text.startswith("count: red circle") and labels[0].box[:2] == (0, 0)
+    assert len(labels) >= 5          # the header and the points with room beside them
+    for i, a in enumerate(labels):
+        x0, y0, x1, y1 = a.box
+        assert 0 <= x0 < x1 <= size[0] and 0 <= y0 < y1 <= size[1], a
+        for b in labels[i + 1:]:
+            assert x1 <= b.box[0] or b.box[2] <= x0 or y1 <= b.box[1] or b.box[3] <= y0, (a, b)
+
+
+def test_labels_are_legible_at_the_demos_tile_size_and_scale_with_it():
+    small, big = (layout_labels(size, crowded(size)[1], [])[0] for size in [(320, 240), (1280, 960)])
+    height = small.box[3] - small.box[1]
+    assert 12 <= height <= 30                                 # text >= 9 px high, with its padding
+    assert big.box[3] - big.box[1] > 2 * height
+
+
+def test_a_long_header_is_shortened_to_its_tile():
+    g = Grounding(task=Task.POINT, query="the small red circle behind the blue square on the left " * 3)
+    (header,) = layout_labels((160, 120), g, [])
+    assert header.text.startswith("point: the") and header.text.endswith("...")
+    assert header.box[2] <= 160
+
+
+def test_a_points_label_names_its_object_and_its_label_only_where_it_differs_from_the_query():
+    g = Grounding(task=Task.POINT, query="shapes", points=[GroundedPoint(0, 50, 50, 1, "shapes"),
+                                                          GroundedPoint(0, 150, 50, 2, "blue square")])
+    texts = [lb.text for lb in layout_labels((320, 240), g, [(p, round(p.x), round(p.y)) for p in g.points])]
+    assert texts == ["point: shapes", "1", "2 blue square"]
+
+
+def test_the_drawn_image_shows_each_label_on_its_box():
+    frame, g = crowded()
+    image = annotate_frame(frame, g)
+    labels = layout_labels((320, 240), g, [(p, round(p.x), round(p.y)) for p in g.points])
+    for label in labels:
+        x0, y0, x1, y1 = label.box
+        patch = image[y0:y1, x0:x1].reshape(-1, 3)
+        assert image[y0, x0].tolist() == list(label.background), label      # the box's corner
+        text = ~np.all(patch == label.background, axis=1)
+        assert 0.03 < text.mean() < 0.6, label                               # and text on it

@@ -7,12 +7,20 @@ rewrites DATASET atomically (temporary file, then rename); the file as it was be
 first save is kept as DATASET.orig (never overwritten) and the one before each save as
 DATASET.prev. Served by the standard library's http.server on 127.0.0.1 only; the page is
 plain HTML and JavaScript (review_page.html).
+
+Only the page itself may save. Any web page open in the same browser can send requests to
+127.0.0.1 (a form or `fetch` with `text/plain` needs no permission), so a save must carry all
+of: no Origin or the server's own, `Content-Type: application/json`, and the per-session token
+that the server writes into the page it serves (another origin cannot read it). Refused writes
+change nothing, not even the edits held in memory.
 """
 from __future__ import annotations
 
 import argparse
+import hmac
 import json
 import os
+import secrets
 import shutil
 import sys
 import threading
@@ -27,6 +35,8 @@ import numpy as np
 from molmo2_ros.training.dataset import LoadStats, ManifestError, Recordings, read_manifest, row_to_example
 
 PAGE = Path(__file__).with_name("review_page.html")
+TOKEN_HEADER = "X-Review-Token"           # the page sends its session token in this header
+TOKEN_SLOT = "__REVIEW_TOKEN__"           # where review_page.html receives it
 
 
 class Review:
@@ -139,6 +149,8 @@ class Review:
 
 def make_server(review: Review, port: int = 0) -> ThreadingHTTPServer:
     """An HTTP server on 127.0.0.1:port (0 = any free port) serving the page and its API."""
+    token = secrets.token_urlsafe(32)
+    page = PAGE.read_text().replace(TOKEN_SLOT, token).encode()
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):   # quiet: the terminal shows what matters
@@ -149,6 +161,7 @@ def make_server(review: Review, port: int = 0) -> ThreadingHTTPServer:
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
+            self.send_header("Content-Security-Policy", "frame-ancestors 'none'")   # no clickjacking frame
             self.end_headers()
             try:
                 self.wfile.write(body)
@@ -165,13 +178,31 @@ def make_server(review: Review, port: int = 0) -> ThreadingHTTPServer:
             self._json({"error": "only served to 127.0.0.1/localhost"}, HTTPStatus.FORBIDDEN)
             return False
 
+        def _own_page(self) -> bool:
+            """A write from the page this server served (see the module doc); else refused."""
+            port = self.server.server_address[1]
+            origin = self.headers.get("Origin")
+            kind = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            given = (self.headers.get(TOKEN_HEADER) or "").encode()
+            if origin is not None and origin not in (f"http://127.0.0.1:{port}", f"http://localhost:{port}"):
+                refusal = (f"writes are accepted from this review page only, not from {origin}",
+                           HTTPStatus.FORBIDDEN)
+            elif kind != "application/json":
+                refusal = ("writes must be Content-Type: application/json", HTTPStatus.UNSUPPORTED_MEDIA_TYPE)
+            elif not hmac.compare_digest(given, token.encode()):
+                refusal = ("missing or wrong session token: reload the review page", HTTPStatus.FORBIDDEN)
+            else:
+                return True
+            self._json({"error": refusal[0]}, refusal[1])
+            return False
+
         def do_GET(self):
             if not self._local():
                 return
             parts = [p for p in urlparse(self.path).path.split("/") if p]
             try:
                 if not parts:
-                    self._send(HTTPStatus.OK, PAGE.read_bytes(), "text/html; charset=utf-8")
+                    self._send(HTTPStatus.OK, page, "text/html; charset=utf-8")
                 elif parts == ["api", "lines"]:
                     self._json({"dataset": str(review.path), "lines": review.summary()})
                 elif len(parts) == 3 and parts[:2] == ["api", "line"]:
@@ -189,6 +220,8 @@ def make_server(review: Review, port: int = 0) -> ThreadingHTTPServer:
                 return
             if urlparse(self.path).path != "/api/save":
                 self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)
+                return
+            if not self._own_page():
                 return
             try:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))

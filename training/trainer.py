@@ -17,18 +17,25 @@ import os
 import shutil
 import signal
 import threading
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from molmo2_ros.backends.trained_window import read_trained_window
+from molmo2_ros.backends.trained_window import TrainedWindow, read_trained_window
 from molmo2_ros.training.batch_source import BatchSource
 from molmo2_ros.training.batching import Encoded, collate, encode
 from molmo2_ros.training.checkpoints import resume, save_checkpoint, save_hf
 from molmo2_ros.training.config import TrainConfig
 from molmo2_ros.training.run_log import METRICS_FILE, MetricsLog, Progress
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from molmo2_ros.training.validation import Validator
 
 FINAL_DIR = "final"
 
@@ -165,33 +172,115 @@ def _print(message: str) -> None:
 
 def train(config: TrainConfig, log=_print) -> Path:
     """Run (or resume) training; returns the final checkpoint folder."""
-    from accelerate import Accelerator
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    run = _setup(config, log)
+    try:
+        with _StopAtStepBoundary() as stop:
+            _loop(run, stop)
+    except KeyboardInterrupt:   # Ctrl-C: keep what was learned, say how to go on
+        run.progress.close()
+        if not run.main:
+            raise
+        raise _interrupted(run) from None
+    return _finish(run, log)
+
+
+@dataclass
+class _Run:
+    """What the loop works with, built once by `_setup`: the model as the optimizer steps it
+    (`step_module`, wrapped for DDP) and as checkpoints save it (`inner`), the data, the
+    optimizer and schedule, the logs and the step to start from."""
+
+    config: TrainConfig
+    accelerator: Accelerator
+    autocast: torch.autocast
+    processor: Any
+    source: BatchSource
+    step_module: nn.Module
+    inner: TrainStep
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    trainable: list[nn.Parameter]
+    progress: Progress
+    validator: Validator | None
+    start_step: int
+    window: TrainedWindow | None
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def save_checkpoint(self, step: int) -> Path:
+        return save_checkpoint(self.inner, self.processor, self.optimizer, self.scheduler, step, self.config,
+                               self.validator and self.validator.best_checkpoint, self.window)
+
+
+def _setup(config: TrainConfig, log) -> _Run:
+    """Start model, data, optimizer and schedule, resumed from the newest checkpoint if any."""
+    from molmo2_ros.training.validation import Validator, prepare
 
     if config.threads:
         torch.set_num_threads(config.threads)
     config.out.mkdir(parents=True, exist_ok=True)
-    # DDP under torchrun/accelerate launch; bf16 autocast is ours. Without GPUs accelerate only
-    # sets up (gloo) DDP when told to use the CPU; otherwise the ranks would train as independent
-    # copies writing the same checkpoints.
+    accelerator = _accelerator()
+    torch.manual_seed(config.seed)
+    main = accelerator.is_main_process
+    if main:
+        (config.out / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
+    start_dir = build_start_model(config) if main else None
+    accelerator.wait_for_everyone()
+    start_dir = start_dir or (config.model or str(config.out / "init"))
+    # Data first: a bad manifest stops here, every bad line listed, before the model loads.
+    train_examples, val_examples = prepare(config, log if main else (lambda m: None))
+    metrics = MetricsLog(config.out / METRICS_FILE, enabled=main)
+
+    processor, model = _load_model(config, start_dir)
+    groups = parameter_groups(model, config)
+    if config.freeze.embeddings:
+        _freeze_base_embeddings(model)
+    source = BatchSource(config, accelerator.process_index, accelerator.num_processes, train_examples)
+    aid = source.training_aid(model, processor)
+    if aid is not None:
+        groups.append({"params": list(aid.parameters()), "lr": config.lr, "name": "aid"})
+        if aid.needs_attentions:
+            model.set_attn_implementation("eager")   # attention probabilities are needed
+    step_module = TrainStep(model, config, aid)
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps,
+                                  weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
+
+    start_step = resume(config.out, step_module, optimizer, scheduler, log)
+    validator = (Validator(config, val_examples, metrics, accelerator.device.type, log)
+                 if main and val_examples else None)
+    if validator is not None and start_step == 0 and config.validation.at_start:
+        validator.evaluate(Path(start_dir), 0)
+
+    step_module, optimizer = accelerator.prepare(step_module, optimizer)
+    step_module.train()
+    autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=config.dtype == "bf16")
+    return _Run(config=config, accelerator=accelerator, autocast=autocast, processor=processor, source=source,
+                step_module=step_module, inner=accelerator.unwrap_model(step_module), optimizer=optimizer,
+                scheduler=scheduler, trainable=[p for g in groups for p in g["params"]],
+                progress=Progress(config, start_step, log, metrics, enabled=main), validator=validator,
+                start_step=start_step, window=source.trained_window() or read_trained_window(start_dir))
+
+
+def _accelerator() -> Accelerator:
+    """DDP under torchrun/accelerate launch; bf16 autocast is ours. Without GPUs accelerate only
+    sets up (gloo) DDP when told to use the CPU; otherwise the ranks would train as independent
+    copies writing the same checkpoints."""
+    from accelerate import Accelerator
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     accelerator = Accelerator(cpu=world > 1 and not torch.cuda.is_available())
     if accelerator.num_processes != world:
         raise RuntimeError(f"launched with WORLD_SIZE={world} but accelerate runs "
                            f"{accelerator.num_processes} process(es); check the launcher's settings")
-    autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=config.dtype == "bf16")
-    torch.manual_seed(config.seed)
-    main = accelerator.is_main_process
-    if main:
-        (config.out / "train_config.json").write_text(json.dumps(_as_dict(config), indent=2))
-    start_dir = build_start_model(config) if main else None
-    accelerator.wait_for_everyone()
-    start_dir = start_dir or (config.model or str(config.out / "init"))
-    # Data first: a bad manifest stops here, every bad line listed, before the model loads.
-    from molmo2_ros.training.validation import Validator, prepare
+    return accelerator
 
-    train_examples, val_examples = prepare(config, log if main else (lambda m: None))
-    metrics = MetricsLog(config.out / METRICS_FILE, enabled=main)
+
+def _load_model(config: TrainConfig, start_dir: str):
+    """The processor (with the config's settings) and the model, LoRA-wrapped if asked."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     processor = AutoProcessor.from_pretrained(start_dir)
     apply_processor_settings(processor, config.processor)
@@ -206,56 +295,29 @@ def train(config: TrainConfig, log=_print) -> Path:
         lc = config.lora
         model = get_peft_model(model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
                                                  target_modules=lc.target_modules))
-    groups = parameter_groups(model, config)
-    if config.freeze.embeddings:
-        _freeze_base_embeddings(model)
+    return processor, model
 
-    source = BatchSource(config, accelerator.process_index, accelerator.num_processes, train_examples)
-    aid = source.training_aid(model, processor)
-    if aid is not None:
-        groups.append({"params": list(aid.parameters()), "lr": config.lr, "name": "aid"})
-        if aid.needs_attentions:
-            model.set_attn_implementation("eager")   # attention probabilities are needed
-    step_module = TrainStep(model, config, aid)
-    window = source.trained_window() or read_trained_window(start_dir)
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps,
-                                  weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
 
-    start_step = resume(config.out, step_module, optimizer, scheduler, log)
-    validator = (Validator(config, val_examples, metrics, accelerator.device.type, log)
-                 if main and val_examples else None)
-    if validator is not None and start_step == 0 and config.validation.at_start:
-        validator.evaluate(Path(start_dir), 0)
+def _interrupted(run: _Run) -> TrainingInterrupted:
+    """After Ctrl-C on the main process: the newest step saved (unless it already was)."""
+    done = run.progress.step
+    if done == 0:
+        return TrainingInterrupted("interrupted before the first step; nothing to save")
+    folder = run.config.out / f"checkpoint-{done}"
+    if not folder.is_dir():
+        folder = run.save_checkpoint(done)
+    return TrainingInterrupted(f"saved {folder} at step {done}/{run.config.steps}")
 
-    step_module, optimizer = accelerator.prepare(step_module, optimizer)
-    inner = accelerator.unwrap_model(step_module)
-    trainable = [p for g in groups for p in g["params"]]
-    progress = Progress(config, start_step, log, metrics, enabled=main)
-    step_module.train()
-    try:
-        with _StopAtStepBoundary() as stop:
-            _loop(config, source, processor, step_module, inner, optimizer, scheduler, accelerator,
-                  autocast, trainable, progress, validator, start_step, window, stop)
-    except KeyboardInterrupt:   # Ctrl-C: keep what was learned, say how to go on
-        progress.close()
-        done = progress.step
-        if not main:
-            raise
-        if done == 0:
-            raise TrainingInterrupted("interrupted before the first step; nothing to save") from None
-        folder = config.out / f"checkpoint-{done}"
-        if not folder.is_dir():
-            folder = save_checkpoint(inner, processor, optimizer, scheduler, done, config,
-                                     validator and validator.best_checkpoint, window)
-        raise TrainingInterrupted(f"saved {folder} at step {done}/{config.steps}") from None
-    progress.close()
-    final = config.out / FINAL_DIR
-    if main:
+
+def _finish(run: _Run, log) -> Path:
+    """The final model as a plain Hugging Face folder (LoRA merged)."""
+    run.progress.close()
+    final = run.config.out / FINAL_DIR
+    if run.main:
         shutil.rmtree(final, ignore_errors=True)
-        save_hf(inner.model, processor, final, config.lora is not None, window)
+        save_hf(run.inner.model, run.processor, final, run.config.lora is not None, run.window)
         log(f"saved {final}")
-    accelerator.wait_for_everyone()
+    run.accelerator.wait_for_everyone()
     return final
 
 
@@ -289,48 +351,48 @@ class _StopAtStepBoundary:
         return False
 
 
-def _loop(config, source, processor, step_module, inner, optimizer, scheduler, accelerator, autocast,
-          trainable, progress, validator, start_step, window, stop: _StopAtStepBoundary) -> None:
-    """Optimizer steps from start_step to config.steps, saving (and validating) checkpoints."""
-    pad_id = processor.tokenizer.pad_token_id
-    main = accelerator.is_main_process
-    for step in range(start_step, config.steps):
-        parts_sum: dict[str, float] = {}
-        n_tokens = n_examples = 0
-        for micro in range(config.grad_accum):
-            examples = source.get(step, micro)
-            encoded = [encode(processor, e) for e in examples]
-            batch = collate(encoded, pad_id)
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            n_tokens += int(batch["attention_mask"].sum())
-            n_examples += len(examples)
-            with autocast:
-                loss, parts = step_module(batch, encoded)
-            accelerator.backward(loss / config.grad_accum)
-            parts["loss"] = loss.detach()
-            for k, v in parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + float(v) / config.grad_accum
-        if not all(math.isfinite(v) for v in parts_sum.values()):
-            raise FloatingPointError(f"non-finite loss at step {step}: {parts_sum}; lower the learning rate "
+def _loop(run: _Run, stop: _StopAtStepBoundary) -> None:
+    """Optimizer steps from the start step to config.steps, saving (and validating) checkpoints."""
+    config, accelerator = run.config, run.accelerator
+    for step in range(run.start_step, config.steps):
+        parts, n_examples, n_tokens = _accumulate(run, step)
+        if not all(math.isfinite(v) for v in parts.values()):
+            raise FloatingPointError(f"non-finite loss at step {step}: {parts}; lower the learning rate "
                                      "or use dtype fp32")
         if config.grad_clip:
-            accelerator.clip_grad_norm_(trainable, config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        progress.update(step + 1, parts_sum, n_examples * accelerator.num_processes,
-                        n_tokens * accelerator.num_processes, scheduler.get_last_lr()[0])
+            accelerator.clip_grad_norm_(run.trainable, config.grad_clip)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        run.progress.update(step + 1, parts, n_examples * accelerator.num_processes,
+                            n_tokens * accelerator.num_processes, run.scheduler.get_last_lr()[0])
         done = step + 1
-        if main and (done % config.save_every == 0 or done == config.steps):
-            folder = save_checkpoint(inner, processor, optimizer, scheduler, done, config,
-                                     validator and validator.best_checkpoint, window)
-            if validator is not None:
-                validator.evaluate(folder, done)
+        if run.main and (done % config.save_every == 0 or done == config.steps):
+            folder = run.save_checkpoint(done)
+            if run.validator is not None:
+                run.validator.evaluate(folder, done)
         accelerator.wait_for_everyone()
         stop.check()
 
 
-def _as_dict(config: TrainConfig) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(config)
+def _accumulate(run: _Run, step: int) -> tuple[dict[str, float], int, int]:
+    """Gradients of one optimizer step's micro-batches; the loss parts averaged over them, and
+    the examples and tokens this process saw."""
+    config, accelerator = run.config, run.accelerator
+    pad_id = run.processor.tokenizer.pad_token_id
+    parts_sum: dict[str, float] = {}
+    n_tokens = n_examples = 0
+    for micro in range(config.grad_accum):
+        examples = run.source.get(step, micro)
+        encoded = [encode(run.processor, e) for e in examples]
+        batch = collate(encoded, pad_id)
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        n_tokens += int(batch["attention_mask"].sum())
+        n_examples += len(examples)
+        with run.autocast:
+            loss, parts = run.step_module(batch, encoded)
+        accelerator.backward(loss / config.grad_accum)
+        parts["loss"] = loss.detach()
+        for k, v in parts.items():
+            parts_sum[k] = parts_sum.get(k, 0.0) + float(v) / config.grad_accum
+    return parts_sum, n_examples, n_tokens

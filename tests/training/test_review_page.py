@@ -1,6 +1,8 @@
 """`molmo2-train review`: the page in a real headless browser. Open a generated dataset,
 correct a point by clicking, set "none" on a line, drop another, save by keyboard: the
 file holds the new truth and the original is kept beside it."""
+import functools
+import http.server
 import json
 import socket
 import sys
@@ -115,3 +117,38 @@ def test_tracks_are_corrected_per_frame(tmp_path):
     assert set(points) == {(stamps[0], 1), (stamps[1], 1), (stamps[3], 1), (stamps[2], 2)}
     assert all(abs(a - b) <= 1 for a, b in zip(points[(stamps[3], 1)], (100, 50)))
     assert all(abs(a - b) <= 1 for a, b in zip(points[(stamps[2], 2)], (30, 90)))
+
+
+def test_another_site_open_in_the_browser_cannot_save(served, tmp_path):
+    """A page of another origin (here another local port) posts to the review server as any
+    web page can: a no-cors text/plain fetch and a form. Both reach the server and are refused."""
+    manifest, url = served
+    before = manifest.read_text()
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    body = json.dumps({"changes": {"0": {"points": []}}})
+    (evil / "index.html").write_text(f"""<!doctype html><html><body>
+<form id="f" method="POST" action="{url}api/save" enctype="text/plain" target="sink">
+<input name='{body[:-1]}, "pad": "' value='"}}'></form><iframe name="sink"></iframe>
+<script>
+fetch("{url}api/save", {{method: "POST", mode: "no-cors", headers: {{"Content-Type": "text/plain"}},
+                         body: {json.dumps(body)}}})
+  .then(() => {{
+    document.querySelector("iframe").onload = () => {{ document.title = "sent"; }};   // the form's answer
+    document.getElementById("f").submit();
+  }});
+</script></body></html>""")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(evil))
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        with chromium(tmp_path / "profile") as driver:
+            from selenium.webdriver.support.ui import WebDriverWait
+
+            driver.get(f"http://127.0.0.1:{other.server_address[1]}/")
+            WebDriverWait(driver, 30).until(lambda d: d.title == "sent")   # both requests answered
+    finally:
+        other.shutdown()
+        other.server_close()
+    assert manifest.read_text() == before
+    assert not Path(str(manifest) + ".orig").exists()

@@ -135,6 +135,7 @@ class CameraIngest:
             node.get_logger().warning(f"tracking: {warning}", throttle_duration_sec=2.0)
         snap = propagator.current()
         if snap.answer_id and snap.stamp_ns == stamp_ns:
-            if node.depth is not None:
-                snap = node.depth.place_tracked(snap, frame_id, source_size)
-            node.outputs.tracked(snap, frame_id)
+            if node.depth is not None:   # with 3D, maybe once the frame's depth image is in
+                node.depth.tracked(snap, frame_id, source_size, node.outputs.tracked)
+            else:
+                node.outputs.tracked(snap, frame_id)

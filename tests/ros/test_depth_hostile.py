@@ -162,7 +162,7 @@ class PeakRss:
 
 
 def test_depth_bombs_are_refused_before_decoding_with_resident_memory_bounded(hostile):
-    """Reproduction 4: raw depth over max_image_pixels or depth_buffer_mb, and a 2.4 MB
+    """Reproduction 4: raw depth over max_image_pixels or depth_buffer_mb, and a 1.75 MB
     compressedDepth PNG declaring 30000x30000 16-bit pixels (1.8 GB decoded), are refused
     before decoding; peak and retained resident memory stay within the bounds docs/node.md
     states, the buffer within depth_buffer_mb, and the node answers with 3D after."""
@@ -216,4 +216,4 @@ def test_depth_bombs_are_refused_before_decoding_with_resident_memory_bounded(ho
     # of it in the depth buffer (checked above); nothing like the decoded 1.8 GB.
     raw_mib = (len(too_many_pixels.data) + len(too_many_bytes.data)) / MiB   # 24.5
     assert mib["raw_peak"] < 4 * raw_mib and mib["raw_retained"] < 2 * raw_mib, mib
-    assert mib["bomb_peak"] < 32 and mib["bomb_retained"] < 16, mib    # a 2.4 MB message
+    assert mib["bomb_peak"] < 32 and mib["bomb_retained"] < 16, mib    # a 1.75 MB message

@@ -57,6 +57,7 @@ class DepthInput:
         # Camera-rate lookups need the depth images near the newest colour frame; the
         # frames the window kept need theirs for as long as answers may refer to them:
         # the window's max_frames, and WANTED_SLACK more kept while an answer is computed.
+        self._max_pixels = s.max_image_pixels
         self.buffer = DepthBuffer(tolerance_s=s.depth_tolerance, max_bytes=round(s.depth_buffer_mb * 2**20),
                                   recent_s=max(0.25, 4 * s.depth_tolerance), max_wanted=s.max_frames + WANTED_SLACK,
                                   jump_back_s=s.jump_back_s, jump_ahead_s=s.jump_ahead_s)
@@ -104,17 +105,19 @@ class DepthInput:
             self._warned[kind] = now
             self._node.get_logger().warning(f"depth: {text}")
 
-    def set_stamp_jumps(self, jump_back_s: float, jump_ahead_s: float) -> None:
-        """The window's jump_back_s/jump_ahead_s changed live: depth stamps follow them."""
-        self.buffer.jump_back_ns, self.buffer.jump_ahead_ns = round(jump_back_s * NS), round(jump_ahead_s * NS)
+    def follow(self, settings) -> None:
+        """Live parameters the depth input shares with the camera (max_image_pixels,
+        jump_back_s, jump_ahead_s) changed: depth follows them."""
+        self._max_pixels = settings.max_image_pixels
+        self.buffer.jump_back_ns = round(settings.jump_back_s * NS)
+        self.buffer.jump_ahead_ns = round(settings.jump_ahead_s * NS)
 
     def _on_depth(self, msg) -> None:
         stamp_ns = None
         try:
             stamp_ns = from_time(msg.header.stamp)
             convert = depth_from_compressed if self._compressed else depth_from_image
-            image = convert(msg, stamp_ns, max_pixels=self._node.settings.max_image_pixels,
-                            max_bytes=self.buffer.max_bytes)
+            image = convert(msg, stamp_ns, max_pixels=self._max_pixels, max_bytes=self.buffer.max_bytes)
         except ValueError as exc:
             if isinstance(exc, ImageTooLarge):
                 self.too_large += 1

@@ -228,8 +228,8 @@ class GroundingNode(LifecycleNode):
         self.settings = new
         if names & live_params.WINDOW:
             self.window = make_window(new)  # restarts empty
-        if names & {"jump_back_s", "jump_ahead_s"} and self.depth is not None:
-            self.depth.set_stamp_jumps(new.jump_back_s, new.jump_ahead_s)
+        if names & {"max_image_pixels", "jump_back_s", "jump_ahead_s"} and self.depth is not None:
+            self.depth.follow(new)   # bounds depth shares with the camera
         if names & live_params.TRACKING:
             self.propagator = make_propagator(new)  # tracks restart at the next answer
         if "diagnostics_period" in names:

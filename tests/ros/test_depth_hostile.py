@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from builtin_interfaces.msg import Time
-from lifecycle_msgs.msg import Transition
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage
 
@@ -27,7 +26,7 @@ from molmo2_ros.ros.image_messages import camera_info, depth_to_image
 from molmo2_ros.ros.messages import from_time, to_time
 
 sys.path.insert(0, str(Path(__file__).parent))
-from depth_camera import (DEPTH_TOPIC, FRAME, SIZE, assert_flagged, assert_within_one_percent,  # noqa: E402
+from depth_camera import (DEPTH_TOPIC, FRAME, assert_flagged, assert_within_one_percent,  # noqa: E402
                           serve)
 from node_harness import NODE, png_bomb  # noqa: E402
 

@@ -22,7 +22,14 @@ Depth (VGA and 720p; 16UC1, 32FC1 and compressedDepth PNG), in ms, best of --rep
 - `depth_want_ms` vs `colour_kept_ms`: telling the depth buffer about a kept colour frame
   (the camera callback's only extra work with depth on) against a kept VGA bgr8 frame.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_ingest.py [--repeats 20]
+Depth flood (`depth_flood`; skipped with `--flood-seconds 0`): the node in its own process
+(`molmo2-ros node`, the packaged model, depth on), a colour camera in another process
+publishing 320x240 bgr8 at 30 Hz, for `--flood-seconds` s alone and then as long again
+with a third process flooding 320x240 16UC1 depth at 200 Hz. From the node's /diagnostics
+(one a second): its colour ingest rate (mean and worst second) in each phase, and the
+ratio flooded / alone; the depth images it took per second; its CPU use in each phase.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_ingest.py [--repeats 20] [--flood-seconds 10]
 """
 from __future__ import annotations
 
@@ -30,7 +37,11 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -199,10 +210,122 @@ def depth_costs(repeats: int) -> dict:
     return results
 
 
+FLOOD = {"colour_hz": 30.0, "depth_hz": 200.0, "size": (320, 240)}
+FLOOD_TOPIC = "/flood/camera/image_raw"
+FLOOD_DEPTH_TOPIC = "/flood/camera/depth/image_raw"
+
+
+def publish(kind: str, hz: float, seconds: float, domain: int) -> None:
+    """A publisher process: `kind` (colour or depth) at `hz` for `seconds`, best effort
+    (a driver's sensor QoS), stamped now; prints how many it published per second."""
+    import rclpy
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+
+    from molmo2_ros.ros.image_messages import depth_to_image, rgb_to_image
+    from molmo2_ros.ros.messages import to_time
+
+    rclpy.init(domain_id=domain)
+    node = rclpy.create_node(f"flood_{kind}")
+    topic = FLOOD_TOPIC if kind == "colour" else FLOOD_DEPTH_TOPIC
+    publisher = node.create_publisher(Image, topic, qos_profile_sensor_data)
+    width, height = FLOOD["size"]
+    rgb, metres = scene(width, height), np.full((height, width), 1.5, np.float32)
+    time.sleep(2.0)   # discovery
+    sent, started = 0, time.monotonic()
+    while (now := time.monotonic()) < started + seconds:
+        stamp = to_time(time.time_ns())
+        publisher.publish(rgb_to_image(rgb, stamp, "cam", "bgr8") if kind == "colour"
+                          else depth_to_image(metres, stamp, "cam"))
+        sent += 1
+        time.sleep(max(0.0, started + sent / hz - time.monotonic()))
+    print(json.dumps({"published_hz": round(sent / (now - started), 1)}))
+    node.destroy_node()
+    rclpy.shutdown()
+
+
+def cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds of the processes in process group `pgid`."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if entry.name.isdigit() and int(fields[2]) == pgid:
+                total += int(fields[11]) + int(fields[12])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def depth_flood(seconds: float) -> dict:
+    """The node's colour ingest with and without a 200 Hz depth flood beside it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "ros"))
+    from node_harness import Harness, NodeProcess, write_params
+
+    domain = 200 + (os.getpid() + 11) % 30
+    with tempfile.TemporaryDirectory(prefix="molmo2_flood_") as tmp:
+        params = write_params(Path(tmp) / "params.yaml", image_topic=FLOOD_TOPIC, depth_topic=FLOOD_DEPTH_TOPIC,
+                              diagnostics_period=1.0)
+        node = NodeProcess(params, domain, Path(tmp) / "node.log")
+        harness = Harness(domain, FLOOD_TOPIC)
+        children = []
+
+        def start(kind: str, hz: float, run_s: float) -> subprocess.Popen:
+            children.append(subprocess.Popen([sys.executable, __file__, "--publish", kind, "--hz", str(hz),
+                                              "--seconds", str(run_s), "--domain", str(domain)],
+                                             stdout=subprocess.PIPE, text=True))
+            return children[-1]
+
+        def phase() -> dict:
+            """Diagnostics over `seconds` (the first second's dropped: a rate over the change)."""
+            harness.wait_diag(lambda d: True, 30)
+            first, cpu = len(harness.diagnostics), cpu_seconds(node.proc.pid)
+            started = time.monotonic()
+            time.sleep(seconds)
+            cpu = (cpu_seconds(node.proc.pid) - cpu) / (time.monotonic() - started)
+            diags = harness.diagnostics[first + 1:]
+            rates = [float(d["ingest_rate_hz"]) for d in diags]
+            depth = [int(d["depth_received"]) for d in diags]
+            return {"colour_hz_mean": round(float(np.mean(rates)), 2), "colour_hz_worst_second": min(rates),
+                    "depth_taken_hz": round((depth[-1] - depth[0]) / max(len(depth) - 1, 1), 1),
+                    "node_cpu_cores": round(cpu, 2)}
+
+        try:
+            harness.wait_diag(lambda d: d["state"] == "active", timeout=300, what="the node to become active")
+            colour = start("colour", FLOOD["colour_hz"], 2 * seconds + 10)
+            harness.wait_diag(lambda d: float(d["ingest_rate_hz"]) > 0, 30, "colour frames at the node")
+            alone = phase()
+            flood = start("depth", FLOOD["depth_hz"], seconds + 6)
+            harness.wait_diag(lambda d: int(d["depth_received"]) > 0, 30, "depth images at the node")
+            flooded = phase()
+            published = {"colour": json.loads(colour.communicate(timeout=60)[0]),
+                         "depth": json.loads(flood.communicate(timeout=60)[0])}
+        finally:
+            for child in children:
+                if child.poll() is None:
+                    child.kill()
+            harness.close()
+            node.stop()
+    return {"colour_hz": FLOOD["colour_hz"], "depth_hz": FLOOD["depth_hz"], "size": "x".join(map(str, FLOOD["size"])),
+            "phase_s": seconds, "published": published, "alone": alone, "with_depth_flood": flooded,
+            "colour_rate_ratio_mean": round(flooded["colour_hz_mean"] / alone["colour_hz_mean"], 3),
+            "colour_rate_ratio_worst_second": round(flooded["colour_hz_worst_second"]
+                                                    / alone["colour_hz_worst_second"], 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--flood-seconds", type=float, default=10.0,
+                        help="seconds of each phase of the depth flood (0: skip it)")
+    parser.add_argument("--publish", choices=("colour", "depth"), help=argparse.SUPPRESS)  # a flood publisher
+    parser.add_argument("--hz", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--domain", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.publish:
+        publish(args.publish, args.hz, args.seconds, args.domain)
+        return
     cv2.setNumThreads(1)
     results = {}
     for name, (width, height) in SIZES.items():
@@ -243,6 +366,7 @@ def main() -> None:
         "memory_ratio_unshrunk_vs_shrunk": round(memory["4K_window_mb_max_side_off"]
                                                  / memory[f"4K_window_mb_max_side_{MAX_SIDE}"], 1),
         "depth": depth_costs(args.repeats),
+        "depth_flood": depth_flood(args.flood_seconds) if args.flood_seconds > 0 else None,
     }, indent=2))
 
 

@@ -11,16 +11,29 @@ Conventions (REP 103/118, sensor_msgs):
 - Positions are in the camera's optical frame: x right, y down, z forward, metres.
 - Grounded pixels have their centres at integer + 0.5 (msg/GroundedPoint.msg); a
   CameraInfo's K has them at integers (OpenCV), so u_K = x - 0.5.
-- Distortion: `plumb_bob` and `rational_polynomial` (cv2.undistortPoints, iterated to
-  convergence); other models are refused unless their coefficients are all zero.
+- Distortion: `plumb_bob` (5 coefficients) and `rational_polynomial` (8), undone with
+  cv2.undistortPoints iterated to convergence; no coefficients (or all zero) is a pinhole.
+  Other models are refused, `equidistant` too: its zero coefficients are not a pinhole.
+  NaN/inf or zero intrinsics, NaN/inf coefficients and counts that do not fit the model
+  are refused per message (CameraModel raises ValueError saying which).
+
+Hostile input (what one message may cost): a depth image with more pixels than
+`max_pixels` or more decoded bytes than the buffer's bound is refused before it is
+decoded (a compressed one by its PNG header); the buffer never holds more than its
+bound, not even for one image larger than it; a single depth stamp far from the others
+(a jump back or ahead, as the colour window's jump_back_s/jump_ahead_s) is held back
+until the next image confirms it, so it cannot empty the buffer.
 
 Lookup of one point (`locate`): the buffered depth image nearest in time to the point's
 own frame, within `tolerance_s`; the median of the valid depths in a `patch` x `patch`
 window of depth pixels around it; back-projected through the camera model scaled to
-the colour image's size. Every failure is a reason string, never an exception.
+the colour image's size. Every failure is a reason string, never an exception, and
+names the true cause (refused camera info, a malformed, too large or jumped depth image of
+that frame, one the buffer evicted, stale depth); a non-finite position is never returned.
 """
 from __future__ import annotations
 
+import bisect
 import math
 import sys
 import threading
@@ -32,11 +45,12 @@ import cv2
 import numpy as np
 
 from molmo2_ros.core.grounding import NS, Grounding, Track
+from molmo2_ros.core.image_conversion import MAX_IMAGE_PIXELS, ImageTooLarge, check_pixels, encoded_size
 
 Position = tuple[float, float, float]
-DISTORTION_MODELS = ("plumb_bob", "rational_polynomial")
-_CV_COEFFS = (4, 5, 8, 12, 14)  # coefficient counts cv2's model accepts
+DISTORTION_COEFFS = {"plumb_bob": 5, "rational_polynomial": 8}   # model -> its coefficient count (REP 104)
 ASPECT_TOLERANCE = 0.01          # relative difference of width/height ratios still "the same"
+GONE_REMEMBERED = 256            # depth images refused or evicted whose stamps are kept, to say why
 
 
 @dataclass(frozen=True)
@@ -57,14 +71,17 @@ class CameraModel:
         if self.width < 1 or self.height < 1:
             raise ValueError(f"camera info has no image size ({self.width}x{self.height})")
         if not (self.fx > 0 and self.fy > 0 and math.isfinite(self.fx) and math.isfinite(self.fy)):
-            raise ValueError(f"camera info is not calibrated (fx={self.fx}, fy={self.fy}; K is zero?)")
-        if self.distorted:
-            if self.distortion_model not in DISTORTION_MODELS:
-                raise ValueError(f"distortion model {self.distortion_model!r} is not supported "
-                                 f"(supported: {', '.join(DISTORTION_MODELS)}, or all-zero coefficients)")
-            if len(self.d) not in _CV_COEFFS:
-                raise ValueError(f"{self.distortion_model} with {len(self.d)} coefficients "
-                                 f"(expected one of {_CV_COEFFS})")
+            raise ValueError(f"camera info is not calibrated (fx={self.fx}, fy={self.fy}; K is zero or not finite)")
+        if not (math.isfinite(self.cx) and math.isfinite(self.cy)):
+            raise ValueError(f"camera info has a non-finite principal point (cx={self.cx}, cy={self.cy})")
+        if not all(math.isfinite(v) for v in self.d):
+            raise ValueError(f"camera info has non-finite distortion coefficients D={list(self.d)}")
+        model = self.distortion_model
+        if model not in DISTORTION_COEFFS and (model or self.d):
+            raise ValueError(f"distortion model {model!r} is not supported (supported: "
+                             f"{', '.join(DISTORTION_COEFFS)}, or none with no coefficients)")
+        if self.d and len(self.d) != DISTORTION_COEFFS[model]:
+            raise ValueError(f"{model} has {DISTORTION_COEFFS[model]} coefficients, D has {len(self.d)}")
 
     @classmethod
     def from_camera_info(cls, msg) -> "CameraModel":
@@ -125,10 +142,22 @@ class DepthImage:
 
 
 _DEPTH_ENCODINGS = {"16uc1": (np.uint16, 1e-3), "mono16": (np.uint16, 1e-3), "32fc1": (np.float32, 1.0)}
+DEFAULT_MAX_BYTES = 128 * 2**20   # the node's depth_buffer_mb default
 
 
-def depth_from_image(msg, stamp_ns: int) -> DepthImage:
-    """A zero-copy DepthImage of a sensor_msgs/Image (16UC1 mm or 32FC1 m)."""
+def check_depth_size(width: int, height: int, itemsize: int, max_pixels: int, max_bytes: int, what: str) -> None:
+    """ImageTooLarge when a depth image of width x height samples of `itemsize` bytes has
+    more than `max_pixels` pixels or more than `max_bytes` bytes (the buffer's bound)."""
+    check_pixels(width, height, max_pixels, what)
+    if width * height * itemsize > max_bytes:
+        raise ImageTooLarge(f"{what} is {width}x{height} = {width * height * itemsize / 2**20:.1f} MiB, more "
+                            f"than depth_buffer_mb {max_bytes / 2**20:g}: refused before decoding")
+
+
+def depth_from_image(msg, stamp_ns: int, max_pixels: int = MAX_IMAGE_PIXELS,
+                     max_bytes: int = DEFAULT_MAX_BYTES) -> DepthImage:
+    """A zero-copy DepthImage of a sensor_msgs/Image (16UC1 mm or 32FC1 m); ImageTooLarge
+    beyond `max_pixels` or `max_bytes`."""
     encoding = msg.encoding.lower()
     if encoding not in _DEPTH_ENCODINGS:
         raise ValueError(f"depth encoding {msg.encoding!r} is not supported (16UC1 in mm or 32FC1 in m)")
@@ -137,6 +166,7 @@ def depth_from_image(msg, stamp_ns: int) -> DepthImage:
     width, height, step = msg.width, msg.height, msg.step
     if width == 0 or height == 0:
         raise ValueError(f"zero-size depth image {width}x{height}")
+    check_depth_size(width, height, size, max_pixels, max_bytes, "depth Image")
     if step < width * size or step % size:
         raise ValueError(f"depth step {step} does not fit width {width} x {size} bytes")
     if len(msg.data) != step * height:
@@ -151,10 +181,13 @@ def depth_from_image(msg, stamp_ns: int) -> DepthImage:
 _COMPRESSED_DEPTH_HEADER = 12  # compressed_depth_image_transport's ConfigHeader: int32 format, float32[2]
 
 
-def depth_from_compressed(msg, stamp_ns: int) -> DepthImage:
+def depth_from_compressed(msg, stamp_ns: int, max_pixels: int = MAX_IMAGE_PIXELS,
+                          max_bytes: int = DEFAULT_MAX_BYTES) -> DepthImage:
     """A DepthImage of a sensor_msgs/CompressedImage: image_transport's `compressedDepth`
-    (PNG of 16UC1 mm, or of 32FC1 as quantised inverse depth) or a plain 16-bit PNG/TIFF
-    in mm. RVL is not decodable by cv2 and is refused."""
+    (PNG of 16UC1 mm, or of 32FC1 as quantised inverse depth) or a plain 16-bit PNG in mm.
+    Only a single-channel 16-bit PNG is decoded, and only when its header declares at most
+    `max_pixels` and `max_bytes` decoded (a 1.75 MB PNG can declare 30000x30000 = 1.8 GB).
+    RVL is not decodable by cv2 and is refused."""
     data = np.frombuffer(msg.data, np.uint8)
     fmt = msg.format.lower()
     if len(data) == 0:
@@ -169,7 +202,12 @@ def depth_from_compressed(msg, stamp_ns: int) -> DepthImage:
         payload, inverse = data[_COMPRESSED_DEPTH_HEADER:], fmt.startswith("32fc1")
     else:
         payload, inverse, quant_a, quant_b = data, False, 0.0, 0.0
-
+    head = payload[:26].tobytes()
+    size = encoded_size(payload) if head.startswith(b"\x89PNG") else None
+    if size is None or head[24:26] != b"\x10\x00":   # IHDR bit depth 16, colour type 0 (grey)
+        raise ValueError(f"compressed depth ({msg.format!r}, {len(data)} bytes) is not a single-channel "
+                         "16-bit PNG with a complete header")
+    check_depth_size(*size, 4 if inverse else 2, max_pixels, max_bytes, "compressed depth image")
     pixels = cv2.imdecode(payload, cv2.IMREAD_UNCHANGED)
     if pixels is None or pixels.ndim != 2 or pixels.dtype != np.uint16:
         raise ValueError(f"compressed depth ({msg.format!r}, {len(data)} bytes) did not decode "
@@ -198,52 +236,124 @@ class DepthBuffer:
     Keeps every image of the last `recent_s` (camera-rate lookups) and, older than that,
     only the image nearest to each colour stamp announced with `want()` (the frames the
     query window kept: the only older frames answers can refer to; the newest
-    `max_wanted` are remembered). Over `max_bytes` the oldest go first.
-    Thread-safe; every call is short."""
+    `max_wanted` are remembered). Over `max_bytes` the oldest go first; an image larger
+    than `max_bytes` on its own is refused.
 
-    def __init__(self, tolerance_s: float, max_bytes: int, recent_s: float, max_wanted: int):
+    Stamps: a slightly late image is put in its place; a duplicate is ignored; one more
+    than `jump_back_s` behind or `jump_ahead_s` ahead of the newest is held back, and
+    taken only when the next image confirms the jump (follows it within `jump_ahead_s`):
+    then the images stamped after it go (a bag restarted: all of them; one image from
+    the future taken earlier: that one). A single wild stamp costs only itself.
+
+    Why an image is not here, when it was received, is remembered (for a short while) by
+    its stamp, so a lookup that misses names the cause. Thread-safe; every call is short."""
+
+    def __init__(self, tolerance_s: float, max_bytes: int, recent_s: float, max_wanted: int,
+                 jump_back_s: float = 1.0, jump_ahead_s: float = 10.0):
         self.tolerance_ns = round(tolerance_s * NS)
         self.max_bytes = int(max_bytes)
         self.recent_ns = round(recent_s * NS)
+        self.jump_back_ns = round(jump_back_s * NS)
+        self.jump_ahead_ns = round(jump_ahead_s * NS)
         self._lock = threading.Lock()
-        self._images: deque[DepthImage] = deque()
+        self._images: list[DepthImage] = []            # by stamp
         self._wanted: deque[int] = deque(maxlen=max_wanted)
-        self.received = 0
+        self._forgotten: deque[int] = deque(maxlen=max_wanted)   # wanted stamps pushed out since
+        self._held: DepthImage | None = None           # the previous image, if held back as a jump
+        self._gone: deque[tuple[int, str]] = deque(maxlen=GONE_REMEMBERED)  # (stamp, why not here)
+        self._refusing = ""                            # why the newest depth message was refused
+        self.received = 0    # images offered to add()
+        self.refused = 0     # of those, not kept: duplicate, jumped or larger than the buffer
 
     def add(self, image: DepthImage) -> str:
         """Buffer a depth image; returns a warning ("" when none)."""
         with self._lock:
             self.received += 1
+            stamp = image.stamp_ns
+            if image.nbytes > self.max_bytes:
+                self.refused += 1
+                return self._refuse_locked(stamp, f"refused as too large ({image.nbytes / 2**20:.1f} MiB, more "
+                                                  f"than depth_buffer_mb {self.max_bytes / 2**20:g})")
+            held, self._held = self._held, None
             warning = ""
-            if self._images and image.stamp_ns <= self._images[-1].stamp_ns:
-                if image.stamp_ns == self._images[-1].stamp_ns:
-                    return f"depth image with a duplicate stamp {image.stamp_ns} ignored"
-                warning = "depth stamps jumped back: depth buffer reset"
-                self._images.clear()
-            self._images.append(image)
+            if held is not None and 0 < stamp - held.stamp_ns <= self.jump_ahead_ns:
+                warning = self._take_jump_locked(held)
+            elif held is not None:
+                self._gone.append((held.stamp_ns, "refused as a stamp jump the next image did not confirm"))
+            if self._images:
+                newest = self._images[-1].stamp_ns
+                if newest - stamp > self.jump_back_ns or stamp - newest > self.jump_ahead_ns:
+                    self._held = image
+                    self.refused += 1
+                    self._refusing = "held back as a stamp jump"
+                    direction = "back" if stamp < newest else "ahead"
+                    return (f"depth stamp {_fmt(stamp)} jumped {direction} {abs(stamp - newest) / NS:.3f} s from "
+                            f"the newest {_fmt(newest)}: held back unless the next depth image confirms the jump")
+            stamps = [im.stamp_ns for im in self._images]
+            at = bisect.bisect_left(stamps, stamp)
+            if at < len(stamps) and stamps[at] == stamp:
+                self.refused += 1
+                return warning or f"depth image with a duplicate stamp {_fmt(stamp)} ignored"
+            self._images.insert(at, image)
+            self._refusing = ""
             self._evict_locked()
             return warning
+
+    def refuse(self, stamp_ns: int | None, why: str) -> None:
+        """A depth message dropped before it got here, `why` completing "the depth image
+        was ..." (e.g. "dropped as malformed (...)"): remembered so lookups name it;
+        `stamp_ns` None when even its stamp was unreadable."""
+        with self._lock:
+            self._refuse_locked(stamp_ns, why)
+
+    def _refuse_locked(self, stamp_ns: int | None, why: str) -> str:
+        if stamp_ns is not None:
+            self._gone.append((stamp_ns, why))
+        self._refusing = why
+        return f"depth image {why}"
+
+    def _take_jump_locked(self, held: DepthImage) -> str:
+        """The jump `held` made is confirmed: drop what is stamped after it, take it."""
+        later = [im for im in self._images if im.stamp_ns > held.stamp_ns]
+        for im in later:
+            self._gone.append((im.stamp_ns, "dropped when the depth stamps jumped back"))
+        self._images = [im for im in self._images if im.stamp_ns < held.stamp_ns] + [held]
+        self._evict_locked()
+        self.refused -= 1   # counted when held back; taken after all
+        return (f"depth stamps jumped to {_fmt(held.stamp_ns)} (confirmed by the next image)"
+                + (f": {len(later)} later depth images dropped" if later else ""))
 
     def want(self, stamp_ns: int) -> None:
         """A colour frame that later answers may refer to: keep the depth nearest to it."""
         with self._lock:
             if self._wanted and stamp_ns <= self._wanted[-1]:
                 self._wanted.clear()  # time jumped back with the window
+            if len(self._wanted) == self._wanted.maxlen:
+                self._forgotten.append(self._wanted[0])
             self._wanted.append(int(stamp_ns))
+
+    def newest_stamp(self) -> int | None:
+        with self._lock:
+            return self._images[-1].stamp_ns if self._images else None
 
     def nearest(self, stamp_ns: int) -> tuple[DepthImage | None, str]:
         """The buffered image nearest in time to `stamp_ns` within the tolerance, or
-        None and why not."""
+        None and why not (the true reason when an image of that time came and went)."""
         with self._lock:
-            images = list(self._images)
-        if not images:
-            return None, "no depth image received"
-        best = min(images, key=lambda im: abs(im.stamp_ns - stamp_ns))
+            images, gone, refusing = list(self._images), list(self._gone), self._refusing
+        best = min(images, key=lambda im: abs(im.stamp_ns - stamp_ns)) if images else None
+        if best is not None and abs(best.stamp_ns - stamp_ns) <= self.tolerance_ns:
+            return best, ""
+        near = [(abs(s - stamp_ns), why) for s, why in gone if abs(s - stamp_ns) <= self.tolerance_ns]
+        if near:
+            return None, f"the depth image of the frame was {min(near)[1]}"
+        if best is None:
+            return None, (f"no usable depth image received (the newest was {refusing})" if refusing
+                          else "no depth image received")
         gap = abs(best.stamp_ns - stamp_ns)
-        if gap > self.tolerance_ns:
-            return None, (f"no depth image within {self.tolerance_ns / NS:g} s of the frame "
-                          f"(nearest {gap / NS:.3f} s away: depth stale or not synchronised)")
-        return best, ""
+        detail = f"the newest depth message was {refusing}" if refusing else "depth stale or not synchronised"
+        return None, (f"no depth image within {self.tolerance_ns / NS:g} s of the frame "
+                      f"(nearest {gap / NS:.3f} s away: {detail})")
 
     def stats(self) -> tuple[int, int]:
         """(images, bytes) held."""
@@ -254,21 +364,39 @@ class DepthBuffer:
         with self._lock:
             self._images.clear()
             self._wanted.clear()
+            self._forgotten.clear()
+            self._gone.clear()
+            self._held, self._refusing = None, ""
 
     def _evict_locked(self) -> None:
         images = self._images
         newest = images[-1].stamp_ns
         stamps = np.array([im.stamp_ns for im in images], np.int64)
-        keep = set()
-        for s in self._wanted:  # the image nearest each wanted stamp, if within the tolerance
-            i = int(np.argmin(np.abs(stamps - s)))
-            if abs(int(stamps[i]) - s) <= self.tolerance_ns:
-                keep.add(i)
-        self._images = deque(im for i, im in enumerate(images)
-                             if i in keep or im.stamp_ns >= newest - self.recent_ns)
-        size = sum(im.nbytes for im in self._images)
-        while len(self._images) > 1 and size > self.max_bytes:
-            size -= self._images.popleft().nbytes
+
+        def nearest_to(wanted) -> set[int]:   # the image nearest each stamp, if within the tolerance
+            found = (int(np.argmin(np.abs(stamps - s))) for s in wanted)
+            return {i for i, s in zip(found, wanted) if abs(int(stamps[i]) - s) <= self.tolerance_ns}
+
+        keep = nearest_to(list(self._wanted))
+        forgotten = nearest_to(list(self._forgotten)) - keep
+        kept = []
+        for i, im in enumerate(images):
+            if i in keep or im.stamp_ns >= newest - self.recent_ns:
+                kept.append(im)
+            elif i in forgotten:
+                self._gone.append((im.stamp_ns, f"evicted by the node before the answer was ready (the buffer "
+                                                f"keeps depth for the {self._wanted.maxlen} newest kept frames)"))
+        size = sum(im.nbytes for im in kept)
+        while size > self.max_bytes:
+            im = kept.pop(0)
+            size -= im.nbytes
+            self._gone.append((im.stamp_ns, f"evicted by the node (depth_buffer_mb {self.max_bytes / 2**20:g} "
+                                            "full)"))
+        self._images = kept
+
+
+def _fmt(stamp_ns: int) -> str:
+    return f"{stamp_ns // NS}.{stamp_ns % NS:09d}"
 
 
 @dataclass(frozen=True)
@@ -281,11 +409,13 @@ class DepthLookup:
 
 
 def locate(x: float, y: float, stamp_ns: int, frame_id: str, source_size: tuple[int, int],
-           camera: CameraModel | None, buffer: DepthBuffer, lookup: DepthLookup) -> tuple[Position | None, str]:
+           camera: CameraModel | None, buffer: DepthBuffer, lookup: DepthLookup,
+           no_camera: str = "no camera info received") -> tuple[Position | None, str]:
     """3D position (optical frame, metres) of colour pixel (x, y) of the frame at
-    `stamp_ns` (size `source_size`, `frame_id`), or None and the reason."""
+    `stamp_ns` (size `source_size`, `frame_id`), or None and the reason (`no_camera`
+    when `camera` is None). Never a non-finite position."""
     if camera is None:
-        return None, "no camera info received"
+        return None, no_camera
     if camera.frame_id and frame_id and camera.frame_id != frame_id:
         return None, (f"camera info frame_id {camera.frame_id!r} is not the camera's {frame_id!r}")
     if not same_aspect((camera.width, camera.height), source_size):
@@ -308,22 +438,32 @@ def locate(x: float, y: float, stamp_ns: int, frame_id: str, source_size: tuple[
     if z is None:
         return None, (f"no valid depth in the {lookup.patch}x{lookup.patch} depth pixels around "
                       f"({col}, {row}) (zero, NaN or outside {lookup.min_m:g}..{lookup.max_m:g} m)")
-    rx, ry = camera.scaled(*source_size).rays(np.array([[x, y]]))[0]
-    return (float(rx * z), float(ry * z), z), ""
+    with np.errstate(over="ignore", invalid="ignore"):   # an extreme camera model: checked below
+        rx, ry = camera.scaled(*source_size).rays(np.array([[x, y]]))[0]
+        position = (float(rx * z), float(ry * z), z)
+    if not all(math.isfinite(v) for v in position):
+        return None, f"the camera model gives no finite position for pixel ({x:g}, {y:g}) (camera info extreme?)"
+    return position, ""
 
 
 def with_positions(grounding: Grounding, find: Callable[[float, float, int], tuple[Position | None, str]]
                    ) -> Grounding:
     """The grounding with a 3D position on every point it can find one for (`find(x, y,
     stamp_ns)`), and one warning per kind of reason for those it cannot (kinds differ
-    before the details in parentheses; the warning shows the first point's details)."""
+    before the details in parentheses; the warning shows the first point's details).
+    A point that is also a track's (a track answer lists them twice) is found and
+    counted once."""
     reasons: dict[str, list] = {}   # kind -> [first reason, count]
+    found: dict[tuple, tuple[Position | None, str]] = {}
 
     def place(p):
-        position, why = find(p.x, p.y, p.stamp_ns)
-        if position is None:
-            reasons.setdefault(why.split(" (")[0], [why, 0])[1] += 1
-        return replace(p, position=position)
+        key = (p.stamp_ns, p.object_id, p.x, p.y)
+        if key not in found:
+            found[key] = find(p.x, p.y, p.stamp_ns)
+            if found[key][0] is None:
+                why = found[key][1]
+                reasons.setdefault(why.split(" (")[0], [why, 0])[1] += 1
+        return replace(p, position=found[key][0])
 
     points = [place(p) for p in grounding.points]
     tracks = [Track(id=t.id, label=t.label, points=[place(p) for p in t.points]) for t in grounding.tracks]

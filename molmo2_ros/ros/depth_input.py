@@ -5,19 +5,28 @@ Subscriptions run in their own callback group and only convert and buffer (a zer
 view of an Image; a CompressedImage is decoded there), so the camera callback never
 waits on them, nor they on inference. The math, the buffer's sync
 and memory policy and every reason a point gets no position: molmo2_ros.core.depth.
+
+Every message is checked before use, as camera frames are: a bad stamp, a depth image
+over max_image_pixels or depth_buffer_mb (refused before decoding), a CameraInfo with
+NaN/inf/zero intrinsics or a distortion that does not fit its model are dropped, counted
+(/diagnostics) and logged at most once per THROTTLE_S for each kind; a refused CameraInfo
+stops 3D until a good one comes (3D from an older calibration would be silently wrong).
 """
 from __future__ import annotations
 
 import re
+import threading
 import time
+from collections import deque
 from dataclasses import replace
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from molmo2_ros.core.depth import (CameraModel, DepthBuffer, DepthLookup, depth_from_compressed,
+from molmo2_ros.core.depth import (NS, CameraModel, DepthBuffer, DepthLookup, depth_from_compressed,
                                    depth_from_image, locate, same_aspect, with_positions)
 from molmo2_ros.core.grounding import Frame, Grounding
+from molmo2_ros.core.image_conversion import ImageTooLarge
 from molmo2_ros.core.propagation import TrackedObjects
 from molmo2_ros.ros.messages import from_time
 
@@ -48,16 +57,23 @@ class DepthInput:
         # Camera-rate lookups need the depth images near the newest colour frame; the
         # frames the window kept need theirs for as long as answers may refer to them:
         # the window's max_frames, and WANTED_SLACK more kept while an answer is computed.
+        self._max_pixels = s.max_image_pixels
         self.buffer = DepthBuffer(tolerance_s=s.depth_tolerance, max_bytes=round(s.depth_buffer_mb * 2**20),
-                                  recent_s=max(0.25, 4 * s.depth_tolerance), max_wanted=s.max_frames + WANTED_SLACK)
+                                  recent_s=max(0.25, 4 * s.depth_tolerance), max_wanted=s.max_frames + WANTED_SLACK,
+                                  jump_back_s=s.jump_back_s, jump_ahead_s=s.jump_ahead_s)
         self.lookup = DepthLookup(patch=s.depth_patch, min_m=s.depth_min, max_m=s.depth_max)
-        self.camera: CameraModel | None = None
+        self.camera: CameraModel | None = None   # from the newest CameraInfo, None while it is refused
+        self.camera_error = ""                   # why the newest CameraInfo was refused
+        self.camera_refused = 0
         self._colour: tuple[str, tuple[int, int]] | None = None   # newest kept frame's frame_id, size
         self._group = MutuallyExclusiveCallbackGroup()
         self._subs = []
         self.malformed = 0
-        self.last_error = ""
+        self.too_large = 0
+        self.last_error = ""                     # about the newest depth message; "" once one is fine
         self._warned: dict[str, float] = {}   # kind of warning -> when it was last logged
+        self._tracked_lock = threading.Lock()
+        self._waiting: deque = deque()        # camera-rate objects waiting for their frame's depth image
 
     # --- subscriptions ----------------------------------------------------------------
     def start(self, qos, event_callbacks) -> None:
@@ -77,6 +93,8 @@ class DepthInput:
         self._subs = []
         self.buffer.reset()
         self._colour = None
+        with self._tracked_lock:
+            self._waiting.clear()
 
     def _warn(self, text: str) -> None:
         """Log, at most once per THROTTLE_S for each kind of warning (the text without
@@ -87,18 +105,35 @@ class DepthInput:
             self._warned[kind] = now
             self._node.get_logger().warning(f"depth: {text}")
 
+    def follow(self, settings) -> None:
+        """Live parameters the depth input shares with the camera (max_image_pixels,
+        jump_back_s, jump_ahead_s) changed: depth follows them."""
+        self._max_pixels = settings.max_image_pixels
+        self.buffer.jump_back_ns = round(settings.jump_back_s * NS)
+        self.buffer.jump_ahead_ns = round(settings.jump_ahead_s * NS)
+
     def _on_depth(self, msg) -> None:
-        stamp_ns = from_time(msg.header.stamp)
+        stamp_ns = None
         try:
-            image = (depth_from_compressed if self._compressed else depth_from_image)(msg, stamp_ns)
+            stamp_ns = from_time(msg.header.stamp)
+            convert = depth_from_compressed if self._compressed else depth_from_image
+            image = convert(msg, stamp_ns, max_pixels=self._max_pixels, max_bytes=self.buffer.max_bytes)
         except ValueError as exc:
-            self.malformed += 1
+            if isinstance(exc, ImageTooLarge):
+                self.too_large += 1
+                self.buffer.refuse(stamp_ns, f"refused as too large ({exc})")
+            else:
+                self.malformed += 1
+                self.buffer.refuse(stamp_ns, f"dropped as malformed ({exc})")
             self.last_error = str(exc)
             self._warn(f"depth image dropped: {exc}")
             return
         warning = self.buffer.add(image)
+        self.last_error = warning
         if warning:
             self._warn(warning)
+        with self._tracked_lock:
+            self._release_tracked_locked()
         colour = self._colour
         if colour is not None:  # refused at lookup; said here already, once in a while
             frame_id, size = colour
@@ -116,10 +151,16 @@ class DepthInput:
 
     def _on_info(self, msg: CameraInfo) -> None:
         try:
-            self.camera = CameraModel.from_camera_info(msg)
+            from_time(msg.header.stamp)
+            self.camera, self.camera_error = CameraModel.from_camera_info(msg), ""
         except (ValueError, IndexError) as exc:
-            self.last_error = f"camera info unusable: {exc}"
-            self._warn(self.last_error)
+            self.camera, self.camera_error = None, str(exc)
+            self.camera_refused += 1
+            self._warn(f"camera info refused: {exc}: points get no 3D position until a usable one arrives")
+
+    def _no_camera(self) -> str:
+        """Why there is no camera model."""
+        return f"camera info refused ({self.camera_error})" if self.camera_error else "no camera info received"
 
     # --- lookups ----------------------------------------------------------------------
     def want(self, stamp_ns: int, frame_id: str, source_size: tuple[int, int]) -> None:
@@ -135,14 +176,41 @@ class DepthInput:
 
         def find(x, y, stamp_ns):
             frame = by_stamp.get(stamp_ns, newest)
-            return locate(x, y, stamp_ns, frame.frame_id, frame.source_size, self.camera, self.buffer, self.lookup)
+            return locate(x, y, stamp_ns, frame.frame_id, frame.source_size, self.camera, self.buffer, self.lookup,
+                          self._no_camera())
 
         placed = with_positions(grounding, find)
         for warning in placed.warnings[len(grounding.warnings):]:
             self._warn(warning)
         return placed
 
-    def place_tracked(self, snap: TrackedObjects, frame_id: str, source_size: tuple[int, int]) -> TrackedObjects:
+    def tracked(self, snap: TrackedObjects, frame_id: str, source_size: tuple[int, int], publish) -> None:
+        """One camera frame's objects with 3D, handed to `publish(snap, frame_id)`.
+
+        The camera callback may run before the depth callback has taken the depth image
+        sent with (or before) that frame: the two are separate subscriptions. While the
+        depth stream is live (its newest image within the buffer's recent span) but has
+        nothing at or after the frame's stamp yet, the objects wait for it: the depth
+        callback publishes them once such an image is in, else the next camera frame
+        does, without waiting more. So they are at most one camera frame late, in order."""
+        with self._tracked_lock:
+            while self._waiting:
+                self._publish_tracked(*self._waiting.popleft())
+            self._waiting.append((snap, frame_id, source_size, publish))
+            self._release_tracked_locked()
+
+    def _release_tracked_locked(self) -> None:
+        newest = self.buffer.newest_stamp()
+        while self._waiting:
+            stamp_ns = self._waiting[0][0].stamp_ns
+            if newest is not None and stamp_ns - self.buffer.recent_ns <= newest < stamp_ns:
+                return   # its depth image may still come
+            self._publish_tracked(*self._waiting.popleft())
+
+    def _publish_tracked(self, snap: TrackedObjects, frame_id: str, source_size: tuple[int, int], publish) -> None:
+        publish(self._place_tracked(snap, frame_id, source_size), frame_id)
+
+    def _place_tracked(self, snap: TrackedObjects, frame_id: str, source_size: tuple[int, int]) -> TrackedObjects:
         """Camera-rate objects with 3D from the depth image nearest to their frame (none
         for lost objects: their x/y are not where they are now)."""
         objects = []
@@ -150,7 +218,7 @@ class DepthInput:
             position = None
             if not o.lost:
                 position, why = locate(o.x, o.y, snap.stamp_ns, frame_id, source_size, self.camera,
-                                       self.buffer, self.lookup)
+                                       self.buffer, self.lookup, self._no_camera())
                 if position is None:
                     self._warn(f"tracked object {o.object_id} ({o.label!r}) without a position: {why}")
             objects.append(replace(o, position=position))
@@ -160,5 +228,7 @@ class DepthInput:
         frames, nbytes = self.buffer.stats()
         return {"depth_frames": str(frames), "depth_bytes": str(nbytes),
                 "depth_received": str(self.buffer.received), "depth_malformed": str(self.malformed),
-                "camera_info": "yes" if self.camera is not None else "no",
+                "depth_too_large": str(self.too_large), "depth_refused": str(self.buffer.refused),
+                "camera_info": "yes" if self.camera is not None else "refused" if self.camera_error else "no",
+                "camera_info_refused": str(self.camera_refused), "camera_info_error": self.camera_error,
                 "depth_last_error": self.last_error}

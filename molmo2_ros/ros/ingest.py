@@ -159,6 +159,7 @@ class CameraIngest:
         snap = propagator.current()
         if snap.answer_id and snap.stamp_ns == stamp_ns:
             depth = self._pipeline.depth
-            if depth is not None:
-                snap = depth.place_tracked(snap, frame_id, source_size)
-            self._on_tracked(snap, frame_id)
+            if depth is not None:   # with 3D, maybe once the frame's depth image is in
+                depth.tracked(snap, frame_id, source_size, self._on_tracked)
+            else:
+                self._on_tracked(snap, frame_id)

@@ -18,7 +18,7 @@ def named(applies: Applies) -> set[str]:
 
 def rebuilt(names: set[str]) -> set[Rebuilds]:
     """What a live change of `names` rebuilds."""
-    return {PARAMETERS[name].rebuilds for name in names}
+    return {rebuilt for name in names for rebuilt in PARAMETERS[name].rebuilds}
 
 
 def refusal(changes: dict, current: dict, node: str, state: str) -> str | None:

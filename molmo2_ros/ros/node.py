@@ -266,6 +266,8 @@ class GroundingNode(LifecycleNode):
         rebuilt = live_params.rebuilt(names)
         if Rebuilds.WINDOW in rebuilt:
             p.window = make_window(new)  # restarts empty
+        if Rebuilds.DEPTH_BOUNDS in rebuilt and p.depth is not None:
+            p.depth.follow(new)   # the bounds depth shares with the camera
         if Rebuilds.TRACKING in rebuilt:
             p.propagator = make_propagator(new)  # tracks restart at the next answer
         if Rebuilds.DIAGNOSTICS in rebuilt:

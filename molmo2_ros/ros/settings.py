@@ -42,7 +42,7 @@ class Rebuilds(Enum):
     DIAGNOSTICS = "diagnostics"        # the diagnostics timer's period
     QUERY_PERIOD = "query_period"      # the continuous query's timer period
     QUERY = "query"                    # the continuous query itself
-    NOTHING = "nothing"                # read where it is used
+    DEPTH_BOUNDS = "depth_bounds"      # the depth input's copy of the bounds it shares with the camera
 
 
 def number(x: float) -> str:
@@ -62,7 +62,7 @@ class Param:
     default: bool | int | float | str
     description: str
     applies: Applies
-    rebuilds: Rebuilds = Rebuilds.NOTHING
+    rebuilds: tuple[Rebuilds, ...] = ()                   # what a live change rebuilds (else read where used)
     lo: float | None = None
     hi: float | None = None
     unit: str = ""
@@ -101,7 +101,8 @@ class Param:
 
 
 START, CONFIGURE, ACTIVATE, LIVE = Applies.START, Applies.CONFIGURE, Applies.ACTIVATE, Applies.LIVE
-WINDOW, TRACKING = Rebuilds.WINDOW, Rebuilds.TRACKING
+WINDOW, TRACKING = (Rebuilds.WINDOW,), (Rebuilds.TRACKING,)
+JUMPS = (Rebuilds.WINDOW, Rebuilds.DEPTH_BOUNDS)   # the colour window's and the depth buffer's stamp checks
 NON_EMPTY = (lambda value: value.strip() != "", "not empty")
 ODD = (lambda value: value % 2 == 1, "odd")
 MAX_PERIOD_S = 3600.0
@@ -139,24 +140,26 @@ PARAMETERS: dict[str, Param] = {
                         lo=1, hi=1024, zero=MODELS_WINDOW),
     "max_side": Param(640, "frames are shrunk on ingest so their longer side is at most this (px)", LIVE, WINDOW,
                       lo=32, hi=16384, zero="the source size"),
-    "jump_back_s": Param(1.0, "a stamp this much older than the newest resets the window (bag replay)",
-                         LIVE, WINDOW, lo=0.0, hi=86400.0, unit="s"),
+    "jump_back_s": Param(1.0, "a stamp this much older than the newest resets the window (bag replay); a depth "
+                         "stamp this far back is held until the next confirms it",
+                         LIVE, JUMPS, lo=0.0, hi=86400.0, unit="s"),
     "jump_ahead_s": Param(10.0, "a stamp this much newer than the newest is rejected, unless the next frame "
-                          "confirms the jump (one bad stamp must not wipe the window)", LIVE, WINDOW,
+                          "confirms the jump (one bad stamp must not wipe the window); depth likewise", LIVE, JUMPS,
                           lo=0.001, hi=86400.0, unit="s"),
-    "max_image_pixels": Param(7680 * 4320, "camera images with more pixels (width x height, read from a "
-                              "compressed image's header) are refused before decoding", LIVE, lo=1, hi=2**31 - 1),
+    "max_image_pixels": Param(7680 * 4320, "camera and depth images with more pixels (width x height, read "
+                              "from a compressed image's header) are refused before decoding", LIVE,
+                              (Rebuilds.DEPTH_BOUNDS,), lo=1, hi=2**31 - 1),
     # Queries
     "max_new_tokens": Param(512, "token budget of one answer (a 16-frame track of two objects needs ~400)",
                             LIVE, lo=1, hi=32768),
     "queue_size": Param(2, "action goals that may wait while one runs (more: ERROR_BUSY); set at start", START,
                         lo=1, hi=16),
-    "query": Param("", "initial continuous query (as if published on ~/query)", LIVE, Rebuilds.QUERY),
+    "query": Param("", "initial continuous query (as if published on ~/query)", LIVE, (Rebuilds.QUERY,)),
     "query_task": Param("point", "task of ~/query text without a 'task:' prefix", LIVE,
                         choices=("point", "count", "track", "ask")),
-    "query_period": Param(1.0, "seconds between re-runs of the continuous query", LIVE, Rebuilds.QUERY_PERIOD,
+    "query_period": Param(1.0, "seconds between re-runs of the continuous query", LIVE, (Rebuilds.QUERY_PERIOD,),
                           lo=0.01, hi=MAX_PERIOD_S, unit="s"),
-    "diagnostics_period": Param(1.0, "seconds between /diagnostics messages", LIVE, Rebuilds.DIAGNOSTICS,
+    "diagnostics_period": Param(1.0, "seconds between /diagnostics messages", LIVE, (Rebuilds.DIAGNOSTICS,),
                                 lo=0.01, hi=MAX_PERIOD_S, unit="s"),
     # Camera-rate tracks between answers
     "tracking_enable": Param(True, "propagate answers' points to every camera frame on ~/tracked_objects",
@@ -184,7 +187,8 @@ PARAMETERS: dict[str, Param] = {
                          CONFIGURE, lo=1, hi=101, rule=ODD),
     "depth_min": Param(0.1, "depths below this (m) are invalid", CONFIGURE, lo=0.0, hi=1000.0, unit="m"),
     "depth_max": Param(20.0, "depths above this (m) are invalid", CONFIGURE, lo=0.001, hi=1000.0, unit="m"),
-    "depth_buffer_mb": Param(128.0, "memory bound of the depth image buffer (MiB)", CONFIGURE,
+    "depth_buffer_mb": Param(128.0, "memory bound of the depth image buffer (MiB); one depth image larger "
+                             "than it is refused before decoding", CONFIGURE,
                              lo=0.01, hi=MAX_BUFFER_MB),
 }
 DEFAULTS = {name: p.default for name, p in PARAMETERS.items()}

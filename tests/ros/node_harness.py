@@ -258,16 +258,24 @@ class Harness:
         return status, result, stages
 
 
-def png_bomb(width: int = 12000, height: int = 12000) -> bytes:
-    """A valid grey PNG of width x height black pixels: ~140 KB for 12000 x 12000, which
-    decode to 144 MB (432 MB as RGB). Compressed row by row, never held whole."""
+def png_bomb(width: int = 12000, height: int = 12000, bit_depth: int = 8) -> bytes:
+    """A valid grey PNG of width x height black pixels, 8- or 16-bit: ~140 KB for 12000 x
+    12000 at 8 bits, which decode to 144 MB (432 MB as RGB); ~1.75 MB for 30000 x 30000 at
+    16 bits (1.8 GB). Built without compressing every row: after a full flush deflate
+    starts afresh, so each further block of (identical) rows compresses to the same bytes,
+    and the Adler-32 of zeros is known."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
+    row = bytes(1 + width * bit_depth // 8)  # filter byte 0 + the pixels
+    per_block = max(1, min(height, 2**23 // len(row)))   # rows compressed at once: up to 8 MB
+    blocks, rest = divmod(height, per_block)
     packer = zlib.compressobj(9)
-    row = bytes(1 + width)  # filter byte 0 + one byte per pixel
-    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    head = packer.compress(row * rest) + packer.flush(zlib.Z_FULL_FLUSH)   # with the zlib header
+    block = packer.compress(row * per_block) + packer.flush(zlib.Z_FULL_FLUSH)
+    adler = (len(row) * height % 65521) << 16 | 1                          # of len(row) * height zeros
+    idat = head + block * blocks + b"\x03\x00" + struct.pack(">I", adler)   # and a final empty block
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0))
             + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
 
 

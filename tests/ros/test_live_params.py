@@ -11,8 +11,10 @@ NODE = "/robot1/molmo2_grounding"
 
 
 def test_window_and_tracking_changes_apply_live():
-    for name in ("fps", "window_seconds", "max_frames", "max_side", "jump_back_s", "jump_ahead_s"):
+    for name in ("fps", "window_seconds", "max_frames", "max_side"):
         assert live_params.rebuilt({name}) == {Rebuilds.WINDOW}
+    for name in ("jump_back_s", "jump_ahead_s"):   # the depth buffer's stamp checks follow them
+        assert live_params.rebuilt({name}) == {Rebuilds.WINDOW, Rebuilds.DEPTH_BOUNDS}
     assert live_params.rebuilt({"tracking_max_age", "query"}) == {Rebuilds.TRACKING, Rebuilds.QUERY}
     assert all(name.startswith("tracking_") for name in live_params.named(Applies.LIVE)
                if live_params.rebuilt({name}) == {Rebuilds.TRACKING})

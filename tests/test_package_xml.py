@@ -98,8 +98,12 @@ def rosdep_install_simulate(tmp_path: Path, snapshot: Path) -> subprocess.Comple
     sources.mkdir()
     (sources / "20-default.list").write_text(
         f"yaml file://{snapshot}/rosdep/base.yaml\nyaml file://{snapshot}/rosdep/python.yaml\n")
-    env = {**os.environ, "ROSDISTRO_INDEX_URL": f"file://{snapshot}/index-v4.yaml",
-           "ROSDEP_SOURCE_PATH": str(sources), "ROS_HOME": str(tmp_path / "ros_home")}
+    # without the prefixes of this process (the venv is one): --ignore-src would count the ROS
+    # packages found there as provided and leave their keys unchecked
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("AMENT_PREFIX_PATH", "ROS_PACKAGE_PATH", "CMAKE_PREFIX_PATH", "COLCON_PREFIX_PATH")}
+    env.update(ROSDISTRO_INDEX_URL=f"file://{snapshot}/index-v4.yaml", ROSDEP_SOURCE_PATH=str(sources),
+               ROS_HOME=str(tmp_path / "ros_home"))
     update = subprocess.run([str(rosdep), "update", "--rosdistro", "jazzy"], env=env, capture_output=True,
                             text=True, timeout=300)
     assert update.returncode == 0, update.stdout + update.stderr

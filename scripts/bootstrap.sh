@@ -98,20 +98,23 @@ else
 fi
 
 # --- 4. the package itself (editable: console entry points, source from the checkout) ---
-PKG_HASH=$(hash_of "$ROOT/setup.py")
+# setuptools' strict editable mode: a tree of links to the package's files (engines/ and
+# training/ inside it as molmo2_ros.engines and molmo2_ros.training, as setup.py maps them) is
+# all that goes on sys.path, so `import engines` or `import training` finds nothing, as after a
+# non-editable or colcon install. Edits apply at once; a module added, removed or renamed
+# needs this step again, hence the file list in its hash.
+PKG_FILES=$(cd "$ROOT" && find molmo2_ros engines training \( -name __pycache__ -o -path training/configs/runs \) \
+  -prune -o -print | LC_ALL=C sort)
+PKG_HASH=$(printf '%s\n' "$PKG_FILES" | cat "$ROOT/setup.py" - | sha256sum | cut -d' ' -f1)
 if fresh package "$PKG_HASH"; then
   say "molmo2_ros up to date"
 else
-  say "installing molmo2_ros (editable)"
-  "${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT" \
-    --config-settings editable_mode=compat
+  say "installing molmo2_ros (editable, strict: links in $ROOT/build)"
+  "${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT" --config-settings editable_mode=strict \
+    >"$VENV/pip-editable.log" 2>&1 || { tail -30 "$VENV/pip-editable.log" >&2; die "pip install -e failed"; }
+  rm -f "$SITE/molmo2_ros/engines" "$SITE/molmo2_ros/training"   # links an earlier bootstrap made there
   stamp package "$PKG_HASH"
 fi
-# engines/ and training/ are repository folders that import as molmo2_ros.engines and
-# molmo2_ros.training: linked into the package directory in site-packages, which
-# molmo2_ros/__init__.py merges like the interfaces (a non-editable install copies them).
-mkdir -p "$SITE/molmo2_ros"
-for sub in engines training; do ln -sfn "$ROOT/$sub" "$SITE/molmo2_ros/$sub"; done
 
 # --- 5. the environment: activating the venv does what `source install/setup.bash` does --
 if ! grep -q "molmo2_ros: ROS prefix" "$VENV/bin/activate"; then

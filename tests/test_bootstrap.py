@@ -49,3 +49,24 @@ def test_wrong_python_version_is_refused(tmp_path):
     assert result.returncode != 0
     assert "need CPython 3.11" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_editable_install_exposes_only_the_molmo2_ros_namespace(tmp_path):
+    """From a folder outside the checkout, the bootstrap's venv imports molmo2_ros with its
+    engines and training (from the checkout: edits apply) but no top-level `engines` or
+    `training`: the editable install puts only molmo2_ros on sys.path, as colcon's does."""
+    code = ("import pathlib, molmo2_ros.engines, molmo2_ros.training, molmo2_ros.msg\n"
+            "for name in ('engines', 'training'):\n"
+            "    try:\n"
+            "        __import__(name)\n"
+            "    except ModuleNotFoundError:\n"
+            "        print(name, 'not found')\n"
+            "for module in (molmo2_ros.engines, molmo2_ros.training):\n"
+            "    print(pathlib.Path(module.__file__).resolve())\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["engines not found", "training not found",
+                                          str(ROOT / "engines" / "__init__.py"),
+                                          str(ROOT / "training" / "__init__.py")]

@@ -1,6 +1,8 @@
 """scripts/bootstrap.sh refuses a machine without its prerequisites with a clear message."""
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest

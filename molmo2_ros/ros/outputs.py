@@ -1,6 +1,7 @@
 """What the node publishes: each result (~/grounding, ~/answer; ~/markers and
 ~/debug_image only while someone subscribes) with the tracks re-anchored on it, the
-camera-rate ~/tracked_objects, /diagnostics, and the warning on a QoS mismatch.
+camera-rate ~/tracked_objects, the continuous query's streamed answer so far
+(~/partial_grounding), /diagnostics, and the warning on a QoS mismatch.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
+from molmo2_ros.core.answer_stream import PartialAnswer
 from molmo2_ros.core.grounding import Grounding, Task
 from molmo2_ros.core.propagation import TrackedObjects
 from molmo2_ros.msg import Grounding as GroundingMsg
@@ -50,8 +52,10 @@ class Outputs:
         self._diag_pub = node.create_publisher(DiagnosticArray, "/diagnostics", RESULTS_QOS)
         self._tracked_pub = node.create_publisher(TrackedObjectArray, "~/tracked_objects", RESULTS_QOS,
                                                   event_callbacks=pub_events)
+        self._partial_pub = node.create_publisher(GroundingMsg, "~/partial_grounding", RESULTS_QOS,
+                                                  event_callbacks=pub_events)
         self._publishers = [self._grounding_pub, self._answer_pub, self._debug_pub,
-                            self._markers_pub, self._diag_pub, self._tracked_pub]
+                            self._markers_pub, self._diag_pub, self._tracked_pub, self._partial_pub]
         self._diag_timer = node.create_timer(s.diagnostics_period, self.publish_diagnostics)
 
     def close(self) -> None:
@@ -84,6 +88,15 @@ class Outputs:
                                                  to_time(newest.stamp_ns), newest.frame_id))
         self._anchor(grounding, query.query_id)
         return msg
+
+    def partial(self, partial: PartialAnswer, query: Query) -> None:
+        """The continuous query's answer so far (the worker thread, while it streams) on
+        ~/partial_grounding, never on ~/grounding: a Grounding message holding everything
+        final so far (core.answer_stream), header as the result's; count -1, no answer text."""
+        newest = max(query.frames, key=lambda f: f.stamp_ns)
+        so_far = Grounding(task=query.task, query=query.text, points=partial.points, tracks=partial.tracks,
+                           frame_stamps_ns=[f.stamp_ns for f in query.frames], frame_id=newest.frame_id)
+        self._partial_pub.publish(grounding_to_msg(so_far, query.query_id))
 
     def _anchor(self, grounding: Grounding, query_id: str) -> None:
         """Re-anchor the propagated tracks on an answer with points (point, count and

@@ -1,5 +1,6 @@
-"""Query serving: the ~/ground action (one query, feedback per stage, cancel) and topic
-mode (~/query: one query re-run every `query_period` s). Both are answered on the
+"""Query serving: the ~/ground action (one query, feedback per stage and with the points
+streamed so far, cancel) and topic mode (~/query: one query re-run every `query_period` s;
+its streamed points go to ~/partial_grounding). Both are answered on the
 QueryWorker's inference thread (see its queue policy), over the window as it is when
 the query's turn comes; results go out through the node's Outputs.
 """
@@ -14,8 +15,10 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from std_msgs.msg import String
 
 from molmo2_ros.action import Ground
+from molmo2_ros.core.answer_stream import PartialAnswer
 from molmo2_ros.core.grounding import Grounding, Task
 from molmo2_ros.core.prompts import InvalidQuery, sanitize_query
+from molmo2_ros.ros.messages import partial_to_msgs
 from molmo2_ros.ros.outputs import RESULTS_QOS
 from molmo2_ros.ros.query_worker import (ERROR_CANCELED, ERROR_EMPTY_WINDOW, ERROR_INVALID_QUERY,
                                          ERROR_NONE, ERROR_NOT_ACTIVE, Outcome, Query,
@@ -122,7 +125,7 @@ class QueryServing:
         try:
             grounding = node.ground(backend, frames, query.text, query.task,
                                     max_new_tokens=s.max_new_tokens, progress=query.on_stage,
-                                    should_stop=query.canceled.is_set)
+                                    should_stop=query.canceled.is_set, on_points=query.on_points)
         except InvalidQuery as exc:
             raise QueryError(ERROR_INVALID_QUERY, str(exc)) from None
         grounding.timings.queue_wait = queue_wait
@@ -154,7 +157,8 @@ class QueryServing:
         query = Query(query_id=query_id, text=goal.query, task=task,
                       window_seconds=goal.window_seconds, max_frames=goal.max_frames,
                       on_stage=lambda stage: events.put(("stage", stage)),
-                      done=lambda outcome: events.put(("done", outcome)))
+                      done=lambda outcome: events.put(("done", outcome)),
+                      on_points=lambda new, partial: events.put(("points", partial)))
         self._feedback(goal_handle, Ground.Feedback.STAGE_QUEUED, accepted)
         worker = self.worker
         if worker is None:
@@ -172,6 +176,9 @@ class QueryServing:
                 if value in STAGES:
                     self._feedback(goal_handle, STAGES[value], accepted)
                 continue
+            if kind == "points":
+                self._feedback(goal_handle, Ground.Feedback.STAGE_GENERATING, accepted, value)
+                continue
             outcome: Outcome = value
             break
         result = Ground.Result(error_code=outcome.error_code, error_message=outcome.error_message)
@@ -184,8 +191,12 @@ class QueryServing:
             goal_handle.abort()
         return result
 
-    def _feedback(self, goal_handle, stage: int, accepted: float) -> None:
-        goal_handle.publish_feedback(Ground.Feedback(stage=stage, elapsed=time.monotonic() - accepted))
+    def _feedback(self, goal_handle, stage: int, accepted: float, partial: PartialAnswer | None = None) -> None:
+        """A stage, with the streamed answer so far while generating (`partial`)."""
+        feedback = Ground.Feedback(stage=stage, elapsed=time.monotonic() - accepted)
+        if partial is not None:
+            feedback.points, feedback.tracks = partial_to_msgs(partial)
+        goal_handle.publish_feedback(feedback)
 
     # --- topic mode -------------------------------------------------------------------
     def _on_query(self, msg: String) -> None:
@@ -219,6 +230,7 @@ class QueryServing:
         self._topic_runs += 1
         query = Query(query_id=f"topic-{self._topic_runs}", text=topic[1], task=topic[0])
         query.done = lambda outcome: self._on_topic_done(query, outcome)
+        query.on_points = lambda new, partial: self._node.outputs.partial(partial, query)
         worker.submit_latest(query)
 
     def _on_topic_done(self, query: Query, outcome: Outcome) -> None:

@@ -3,11 +3,17 @@ costs, with the shipped shapes model on CPU (torch and ONNX Runtime).
 
 For each backend and query (point, count and track over 16-frame shapes clips) it runs
 ground() alternately without streaming (the baseline) and with streaming (an on_points
-listener), `--repeats` times each, and prints JSON with the medians and the ratios:
+listener), `--repeats` times each (which goes first alternates), and prints JSON with the
+medians and the ratios:
 - first_point_vs_full: seconds from ground()'s start to the first streamed point, over
   the streamed run's full seconds (for a 16-frame track this should be <= 0.25);
 - streamed_vs_plain: the streamed run's full seconds over the plain run's (the cost of
-  streaming: re-detokenizing and re-parsing as tokens arrive; should be <= 1.05).
+  streaming: re-detokenizing and re-parsing as tokens arrive; should be <= 1.05), and
+  streamed_vs_plain_cpu: the same with the process's CPU seconds (one compute thread);
+- stream_work_vs_plain_best: the streaming work alone (the answer's tokens detokenized and
+  parsed as ground() does while streaming, timed without the model, best of 5) over the
+  fastest plain run: what streaming adds, free of the noise other jobs on a shared
+  machine put into the two wall-clock totals.
 The ONNX Runtime graphs are exported from the shipped model into a temporary folder
 first (molmo2-engines export), unless --engine-dir names an export of it.
 
@@ -27,14 +33,14 @@ import molmo2_ros
 
 ASSET = Path(molmo2_ros.__file__).parent / "assets" / "shapes-tiny"
 # (query kind, shapes task kind, seed): 16-frame clips whose answers hold several points
-QUERIES = [("point", "video_point", 3), ("count", "video_count", 5), ("track", "video_track", 4)]
+QUERIES = [("point", "video_point", 3), ("count", "video_count", 0), ("track", "video_track", 4)]
 FRAMES = 16
 
 
 def one_run(backend, example, stream: bool) -> dict:
     from molmo2_ros.core.grounder import ground
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     first = []
 
     def on_points(new, partial):
@@ -43,28 +49,64 @@ def one_run(backend, example, stream: bool) -> dict:
 
     g = ground(backend, example.frames, example.query, example.task, max_new_tokens=512,
                on_points=on_points if stream else None)
-    total = time.perf_counter() - started
+    total, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     points = sum(len(t.points) for t in g.tracks) if g.tracks else len(g.points)
-    return {"full_s": total, "first_point_s": first[0] if first else None, "points": points,
+    return {"full_s": total, "cpu_s": cpu, "first_point_s": first[0] if first else None, "points": points,
             "answer": g.answer}
+
+
+def stream_work_s(backend, example, answer: str, repeats: int = 5) -> float:
+    """Seconds of the work streaming adds to one answer, without the model: its tokens
+    through IncrementalText (detokenizing) and an AnswerStream (parsing, mapping) and a
+    snapshot per change, as ground() runs them (best of `repeats`: immune to other jobs)."""
+    from molmo2_ros.core.answer_stream import AnswerStream
+    from molmo2_ros.core.backend import IncrementalText
+
+    tokenizer = backend.processor.tokenizer
+    ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    times = [0.5 * i for i in range(len(example.frames))]
+    best = float("inf")
+    for _ in range(repeats):
+        stream = AnswerStream(example.task, example.frames)
+
+        def on_text(piece):
+            if stream.feed(piece)[1]:
+                stream.snapshot()
+
+        started = time.perf_counter()
+        text = IncrementalText(lambda t: tokenizer.decode(t, skip_special_tokens=True), on_text, times, True)
+        for token in ids:
+            text.add(token)
+        text.finish(answer)
+        best = min(best, time.perf_counter() - started)
+    return best
 
 
 def measure(backend, example, repeats: int) -> dict:
     one_run(backend, example, stream=True)   # warm-up (caches, allocator)
     plain, streamed = [], []
-    for _ in range(repeats):                 # interleaved: shared-CPU noise hits both alike
-        plain.append(one_run(backend, example, stream=False))
-        streamed.append(one_run(backend, example, stream=True))
+    for i in range(repeats):   # interleaved, alternating which goes first: load drift hits both alike
+        for stream in ((False, True) if i % 2 == 0 else (True, False)):
+            (streamed if stream else plain).append(one_run(backend, example, stream))
     assert len({r["answer"] for r in plain + streamed}) == 1, "the answer changed between runs"
     plain_s = statistics.median(r["full_s"] for r in plain)
     full_s = statistics.median(r["full_s"] for r in streamed)
+    plain_cpu = statistics.median(r["cpu_s"] for r in plain)
+    streamed_cpu = statistics.median(r["cpu_s"] for r in streamed)
     firsts = [r["first_point_s"] / r["full_s"] for r in streamed if r["first_point_s"] is not None]
+    work = stream_work_s(backend, example, streamed[0]["answer"])
+    plain_best = min(r["full_s"] for r in plain)
     return {
         "points": streamed[0]["points"], "answer_chars": len(streamed[0]["answer"]),
         "plain_full_s": round(plain_s, 4), "streamed_full_s": round(full_s, 4),
+        "runs_s": {"plain": [round(r["full_s"], 3) for r in plain],
+                   "streamed": [round(r["full_s"], 3) for r in streamed]},
         "first_point_s": round(statistics.median(r["first_point_s"] for r in streamed), 4) if firsts else None,
         "ratios": {"first_point_vs_full": round(statistics.median(firsts), 3) if firsts else None,
-                   "streamed_vs_plain": round(full_s / plain_s, 3)},
+                   "streamed_vs_plain": round(full_s / plain_s, 3),
+                   "streamed_vs_plain_cpu": round(streamed_cpu / plain_cpu, 3),
+                   "stream_work_vs_plain_best": round(work / plain_best, 4)},
+        "stream_work_s": round(work, 4),
     }
 
 

@@ -93,11 +93,12 @@ class Backend(Protocol):
 class IncrementalText:
     """Token ids in, as they are decoded; the answer's new text out, as `TextPiece`s.
 
-    Each token re-detokenizes the answer so far (the tokenizer decides how tokens join:
-    spaces, byte-level pieces), and the text beyond what was handed out goes to `on_text`.
-    Text ending in U+FFFD (a character cut between tokens) is held until it is whole.
-    Answers are at most a few hundred tokens, so decoding them again per token costs
-    microseconds against a decode step's milliseconds (bench/bench_stream.py).
+    The tokenizer decides how tokens join (spaces, byte-level pieces), so each new token is
+    detokenized together with the few tokens before it (the window since the last piece
+    handed out, plus the one before that, as text-generation-inference does): the text
+    beyond the window's already-read part is the new piece. A piece ending in U+FFFD (a
+    character cut between tokens) waits for the rest. Each step decodes a handful of
+    tokens, not the whole answer: microseconds per token (bench/bench_stream.py).
     """
 
     def __init__(self, detokenize: Callable[[list[int]], str], on_text: Callable[[TextPiece], None],
@@ -105,19 +106,26 @@ class IncrementalText:
         self._detokenize, self._on_text = detokenize, on_text
         self._frame_times, self._is_video = list(frame_times), is_video
         self._tokens: list[int] = []
-        self._sent = ""
+        self._prefix = self._read = 0   # window: tokens[prefix:read] already read, tokens[read:] new
+        self.sent = ""
 
     def add(self, token: int) -> None:
         self._tokens.append(int(token))
-        self._send(self._detokenize(self._tokens).rstrip("\ufffd"))
+        read_text = self._detokenize(self._tokens[self._prefix:self._read])
+        text = self._detokenize(self._tokens[self._prefix:])
+        if len(text) > len(read_text) and not text.endswith("\ufffd"):
+            self._prefix, self._read = self._read, len(self._tokens)
+            self._send(text[len(read_text):])
 
     def finish(self, text: str) -> None:
-        """The final text: hand out whatever of it is still unsent."""
-        self._send(text)
+        """The final text: hand out whatever of it is still unsent (all of the answer's
+        pieces, concatenated, are then `text`; tests/backends check it on real answers)."""
+        if text.startswith(self.sent):
+            self._send(text[len(self.sent):])
 
-    def _send(self, text: str) -> None:
-        if len(text) > len(self._sent) and text.startswith(self._sent):
-            piece, self._sent = text[len(self._sent):], text
+    def _send(self, piece: str) -> None:
+        if piece:
+            self.sent += piece
             self._on_text(TextPiece(piece, self._frame_times, self._is_video))
 
 

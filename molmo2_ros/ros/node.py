@@ -59,7 +59,8 @@ class GroundingNode(LifecycleNode):
         self.depth: DepthInput | None = None   # with depth_topic: 3D positions
         self.active = False
         self.ingest = CameraIngest(self)
-        self.serving = QueryServing(self)   # the action server and ~/query, kept through every state
+        # the action server and ~/query, kept through every state
+        self.serving = QueryServing(self, publish_partial=lambda partial, query: self.outputs.partial(partial, query))
         self.outputs = Outputs(self)
         if self.get_parameter("autostart").value is True:
             if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:

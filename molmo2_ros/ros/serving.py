@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import time
+from typing import Callable
 
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
@@ -57,8 +58,10 @@ class QueryServing:
     answer (ERROR_NOT_ACTIVE) instead of silence; the inference worker and the topic-mode
     timer, made at activate (`start`) and stopped at deactivate (`stop`)."""
 
-    def __init__(self, node):
+    def __init__(self, node, publish_partial: Callable[[PartialAnswer, Query], None]):
+        """`publish_partial(partial, query)` sends the continuous query's answer so far."""
         self._node = node
+        self._publish_partial = publish_partial
         self.worker: QueryWorker | None = None
         self.last_timings = None
         self._topic_query: tuple[Task, str] | None = None
@@ -230,7 +233,7 @@ class QueryServing:
         self._topic_runs += 1
         query = Query(query_id=f"topic-{self._topic_runs}", text=topic[1], task=topic[0])
         query.done = lambda outcome: self._on_topic_done(query, outcome)
-        query.on_points = lambda new, partial: self._node.outputs.partial(partial, query)
+        query.on_points = lambda new, partial: self._publish_partial(partial, query)
         worker.submit_latest(query)
 
     def _on_topic_done(self, query: Query, outcome: Outcome) -> None:

@@ -194,3 +194,18 @@ def test_without_a_listener_the_backend_is_not_asked_to_stream():
 
     g = ground(NoStreaming('<points coords="1 1 500 500">a</points>'), frames(1), "a", Task.POINT)
     assert [key(p) for p in g.points] == [(T0, 320.0, 240.0, 1)]
+
+
+def test_incremental_text_holds_a_character_cut_between_tokens():
+    """Token ids = UTF-8 bytes (as byte-level tokenizers split rare characters): a piece is
+    handed out only once its characters are whole; the pieces make up the final text."""
+    from molmo2_ros.core.backend import IncrementalText
+
+    text = "red blöck 日本 🙂 <points coords=\"1 1 500 500\">x</points>"
+    pieces = []
+    stream = IncrementalText(lambda ids: bytes(ids).decode("utf-8", errors="replace"), pieces.append, [1.0], False)
+    for byte in text.encode():
+        stream.add(byte)
+    stream.finish(text)
+    assert "".join(p.text for p in pieces) == text
+    assert all("\ufffd" not in p.text for p in pieces) and len(pieces) > 20

@@ -72,7 +72,8 @@ def test_action_send_goal_with_feedback(shell, node):
 def test_action_feedback_streams_points_before_the_result(shell, node):
     """A track query's feedback carries the track points decoded so far, printed before the
     result, each a prefix of the result's track (same stamps, pixels, ids)."""
-    out = shell.run("""ros2 action send_goal --feedback /molmo2_grounding/ground molmo2_ros/action/Ground "{query: 'red circle', task: 2}" """)
+    out = shell.run("ros2 action send_goal --feedback /molmo2_grounding/ground molmo2_ros/action/Ground "
+                    """"{query: 'red circle', task: 2}" """)
     before, after = out.split("Result:\n", 1)
     feedbacks = [yaml.safe_load(block.strip()) for block in before.split("Feedback:\n")[1:]]
     streamed = [f for f in feedbacks if f["tracks"]]

@@ -97,6 +97,7 @@ def ground(backend: Backend, frames: Sequence[Frame], query: str, task: Task | s
 
 def _streamer(stream: AnswerStream, on_points: Callable[[list[GroundedPoint], PartialAnswer], None]
               ) -> Callable[[TextPiece], None]:
+    """The backend's on_text hook: feed `stream`, tell `on_points` when what is final grew."""
     def on_text(piece: TextPiece) -> None:
         new, changed = stream.feed(piece)
         if changed:

@@ -15,6 +15,7 @@ from visualization_msgs.msg import MarkerArray
 
 from molmo2_ros.core.answer_stream import PartialAnswer
 from molmo2_ros.core.grounding import Grounding, Task
+from molmo2_ros.core.prompts import sanitize_query
 from molmo2_ros.core.propagation import TrackedObjects
 from molmo2_ros.msg import Grounding as GroundingMsg
 from molmo2_ros.msg import TrackedObjectArray
@@ -94,7 +95,8 @@ class Outputs:
         ~/partial_grounding, never on ~/grounding: a Grounding message holding everything
         final so far (core.answer_stream), header as the result's; count -1, no answer text."""
         newest = max(query.frames, key=lambda f: f.stamp_ns)
-        so_far = Grounding(task=query.task, query=query.text, points=partial.points, tracks=partial.tracks,
+        so_far = Grounding(task=query.task, query=sanitize_query(query.text), points=partial.points,
+                           tracks=partial.tracks,
                            frame_stamps_ns=[f.stamp_ns for f in query.frames], frame_id=newest.frame_id)
         self._partial_pub.publish(grounding_to_msg(so_far, query.query_id))
 

@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="shrink frames to this longest side before the model (0: keep)")
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--stream", action="store_true",
+                        help="print each point as soon as the answer makes it final, before the result "
+                             "(one line each, 'stream:' first; with --json: one JSON object a line)")
     parser.add_argument("--annotate", metavar="OUT",
                         help="write the frames with points/tracks drawn: OUT.png (sheet) or OUT.mp4")
 
@@ -104,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
     backend = make_backend(args.backend, model, device=args.device, dtype=args.dtype,
                            engine_dir=args.engine_dir, **extra)
     try:
-        result = ground(backend, frames, args.query, args.task, max_new_tokens=args.max_new_tokens)
+        on_points = _stream_printer(frames, args.json) if args.stream else None
+        result = ground(backend, frames, args.query, args.task, max_new_tokens=args.max_new_tokens,
+                        on_points=on_points)
     finally:
         backend.close()
     if args.annotate:
@@ -116,6 +121,26 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(_summary(result, decode_s, args.annotate))
     return 0
+
+
+def _stream_printer(frames, as_json: bool):
+    """`ground(on_points=...)` for --stream: one line per point as it becomes final, with
+    the seconds since the query was asked (track queries: object_id is the track id; the
+    label is printed once the model has stated it, in the result)."""
+    t0 = min(f.stamp_ns for f in frames)
+    started = time.perf_counter()
+
+    def on_points(new, partial) -> None:
+        for p in new:
+            elapsed = time.perf_counter() - started
+            if as_json:
+                line = json.dumps({"stream": {"elapsed_s": round(elapsed, 3), "stamp_ns": p.stamp_ns,
+                                              "x": p.x, "y": p.y, "object_id": p.object_id}})
+            else:
+                line = (f"stream: {elapsed:7.3f} s  t {(p.stamp_ns - t0) / 1e9:7.3f}  id {p.object_id:3d}  "
+                        f"x {p.x:8.1f}  y {p.y:8.1f}")
+            print(line, flush=True)
+    return on_points
 
 
 def _summary(g, decode_s: float, annotated: str | None) -> str:

@@ -125,3 +125,27 @@ def test_infer_uses_the_model_folders_trained_window_unless_told_otherwise(tiny_
     proc = run_cli("infer", "--video", test_video, "--query", "cup", "--model", model, "--max-new-tokens", "2",
                    "--json", "--max-frames", "8", "--fps", "2")
     assert json.loads(proc.stdout)["frame_stamps_ns"] == [i * NS // 2 for i in range(6)]   # explicit flags win
+
+
+def test_infer_stream_prints_points_before_the_result(tmp_path):
+    """--stream on the shipped model: a 4-frame shapes clip's track points are printed as they
+    become final, before the result, each equal to the result's point (JSON lines)."""
+    from molmo2_ros.training.shapes_tasks import HELDOUT_SEED, make_example
+
+    example = make_example("video_track", HELDOUT_SEED + 4, frames=(4, 4))
+    paths = []
+    for i, frame in enumerate(example.frames):
+        paths.append(tmp_path / f"frame{i}.png")
+        cv2.imwrite(str(paths[-1]), frame.image[:, :, ::-1])
+    proc = run_cli("infer", "--images", *paths, "--query", example.query, "--task", "track", "--fps", "2",
+                   "--stream", "--json")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    streamed = [json.loads(line)["stream"] for line in lines if line.startswith('{"stream"')]
+    result = json.loads("\n".join(lines[len(streamed):]))
+    assert streamed, proc.stdout
+    tracks = {t["id"]: t["points"] for t in result["tracks"]}
+    for track_id in {p["object_id"] for p in streamed}:
+        mine = [(p["stamp_ns"], p["x"], p["y"]) for p in streamed if p["object_id"] == track_id]
+        assert mine == [(p["stamp_ns"], p["x"], p["y"]) for p in tracks[track_id]][:len(mine)]
+    assert [p["elapsed_s"] for p in streamed] == sorted(p["elapsed_s"] for p in streamed)

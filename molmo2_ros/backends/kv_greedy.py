@@ -16,8 +16,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from molmo2_ros.core.backend import NonFiniteLogitsError
-from molmo2_ros.core.backend import Generation, staged_generation
+from molmo2_ros.core.backend import Generation, NonFiniteLogitsError, TextPiece, staged_generation
 from molmo2_ros.core.grounding import Frame
 
 
@@ -80,11 +79,12 @@ def _check_finite(logits: np.ndarray, step: int) -> None:
 
 def greedy_generate(runner: GraphRunner, tensors: dict, config: GraphConfig, *, max_new_tokens: int,
                     min_new_tokens: int = 0,
-                    should_stop: Callable[[], bool] | None = None) -> list[int]:
+                    should_stop: Callable[[], bool] | None = None,
+                    on_token: Callable[[int], None] | None = None) -> list[int]:
     """Greedy-decode one prompt (batch 1); return the new token ids (EOS included if produced).
 
     `min_new_tokens` suppresses EOS for the first steps, like transformers' MinNewTokens
-    logits processor.
+    logits processor. `on_token` gets each new id as soon as it is chosen (streaming).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -119,6 +119,8 @@ def greedy_generate(runner: GraphRunner, tensors: dict, config: GraphConfig, *, 
             scores[eos] = -np.inf
         token = int(np.argmax(scores))
         tokens.append(token)
+        if on_token is not None:
+            on_token(token)
         if token in config.eos_token_ids or len(tokens) >= max_new_tokens:
             break
         if should_stop is not None and should_stop():
@@ -150,15 +152,17 @@ class GraphBackend:
 
     def generate(self, frames: Sequence[Frame], prompt: str, *, max_new_tokens: int,
                  progress: Callable[[str], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None, min_new_tokens: int = 0) -> Generation:
+                 should_stop: Callable[[], bool] | None = None, min_new_tokens: int = 0,
+                 on_text: Callable[[TextPiece], None] | None = None) -> Generation:
         if self.runner is None:
             raise RuntimeError("backend is closed")
         return staged_generation(
             lambda: self.preprocessor.build(frames, prompt, return_tensors="np"),
-            lambda inputs: greedy_generate(self.runner, inputs.tensors, self.config, max_new_tokens=max_new_tokens,
-                                           min_new_tokens=min_new_tokens, should_stop=should_stop),
+            lambda inputs, on_token: greedy_generate(
+                self.runner, inputs.tensors, self.config, max_new_tokens=max_new_tokens,
+                min_new_tokens=min_new_tokens, should_stop=should_stop, on_token=on_token),
             lambda tokens: self.processor.tokenizer.decode(tokens, skip_special_tokens=True),
-            progress=progress, should_stop=should_stop)
+            progress=progress, should_stop=should_stop, on_text=on_text)
 
     def close(self) -> None:
         self.runner = None

@@ -18,12 +18,13 @@ from transformers import (
     StoppingCriteria,
     StoppingCriteriaList,
 )
+from transformers.generation.streamers import BaseStreamer
 
 from molmo2_ros.backends.default_model import HUB_MODEL
 from molmo2_ros.backends.fast_preprocess import FastPreprocessor
 from molmo2_ros.backends.frame_features import VisionFeatureCache
 from molmo2_ros.backends.inputs import ModelInputs
-from molmo2_ros.core.backend import Generation, NonFiniteLogitsError, staged_generation
+from molmo2_ros.core.backend import Generation, NonFiniteLogitsError, TextPiece, staged_generation
 from molmo2_ros.core.grounding import Frame
 
 DTYPES = {
@@ -126,6 +127,25 @@ class _StopWhen(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.stopped, dtype=torch.bool, device=input_ids.device)
 
 
+class _TokenStreamer(BaseStreamer):
+    """transformers' streamer interface: generate() puts the prompt's ids first, then each
+    new token as it is chosen; the new ones go to `on_token`."""
+
+    def __init__(self, on_token: Callable[[int], None]):
+        self.on_token = on_token
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for token in value.reshape(-1).tolist():
+            self.on_token(token)
+
+    def end(self) -> None:
+        pass
+
+
 class TorchBackend:
     """Backend protocol (molmo2_ros.core.backend) over `Molmo2ForConditionalGeneration`."""
 
@@ -173,18 +193,20 @@ class TorchBackend:
 
     def generate(self, frames: Sequence[Frame], prompt: str, *, max_new_tokens: int,
                  progress: Callable[[str], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> Generation:
+                 should_stop: Callable[[], bool] | None = None,
+                 on_text: Callable[[TextPiece], None] | None = None) -> Generation:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if self.model is None:
             raise RuntimeError("backend is closed")
         return staged_generation(lambda: self.prepare(frames, prompt),
-                                 lambda inputs: self._decode(frames, inputs, max_new_tokens, should_stop),
+                                 lambda inputs, on_token: self._decode(frames, inputs, max_new_tokens, should_stop,
+                                                                       on_token),
                                  lambda tokens: self.tokenizer.decode(tokens, skip_special_tokens=True),
-                                 progress=progress, should_stop=should_stop)
+                                 progress=progress, should_stop=should_stop, on_text=on_text)
 
     def _decode(self, frames: Sequence[Frame], inputs: ModelInputs, max_new_tokens: int,
-                should_stop: Callable[[], bool] | None) -> list[int]:
+                should_stop: Callable[[], bool] | None, on_token: Callable[[int], None] | None) -> list[int]:
         stopping = StoppingCriteriaList([_StopWhen(should_stop)] if should_stop else [])
         tensors = inputs.tensors
         if inputs.is_video:
@@ -194,7 +216,7 @@ class TorchBackend:
             output = self.model.generate(
                 **tensors, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                 logits_processor=LogitsProcessorList([FiniteLogitsGuard()]), stopping_criteria=stopping,
-                **cache)
+                streamer=None if on_token is None else _TokenStreamer(on_token), **cache)
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
         return output[0, inputs.tensors["input_ids"].shape[1]:].tolist()

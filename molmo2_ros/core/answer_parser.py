@@ -3,6 +3,10 @@
 Public API:
     parse_answer(text) -> ParsedAnswer
     ParsedAnswer(points, tracks, count, warnings, truncated)
+    parse_tags(text, warnings) -> (list[ParsedTag], text outside the tags)
+        the tags one by one, with what is final in them (answer_stream reads answers
+        as they are decoded with it)
+    track_ids(tag_ids, earlier_ids) -> {id: new id}   ids a later <tracks> tag renumbers
     ModelPoint (re-exported from answer_format)
 
 Accepted (see answer_format for the syntax itself):
@@ -14,7 +18,9 @@ Accepted (see answer_format for the syntax itself):
 - truncated output (generation hit its token budget): complete points are kept, a
   number cut by the end of the text is dropped, `truncated` is set and a warning says so;
 - coordinates outside 0..1000: clipped, with a warning; duplicated object indices:
-  kept, with a warning; malformed pieces: skipped, with a warning;
+  kept, with a warning; malformed pieces: skipped, with a warning; a <tracks> frame
+  whose time is earlier than the frame before it (tracks list frames in time order):
+  skipped, with a warning, so every track's points stay in the order they were stated;
 - counts: "... a total of N.", "There are N <points ...>", "There are none." (-> 0;
   the official counting regex misses this one), "No tracks available." (-> 0) and a
   bare integer answer.
@@ -26,7 +32,7 @@ from dataclasses import dataclass, field
 
 from molmo2_ros.core.answer_format import COORD_MAX, ModelPoint
 
-__all__ = ["ModelPoint", "ParsedAnswer", "parse_answer"]
+__all__ = ["ModelPoint", "ParsedAnswer", "ParsedTag", "parse_answer", "parse_tags", "track_ids"]
 
 
 @dataclass
@@ -65,39 +71,65 @@ def parse_answer(text: str) -> ParsedAnswer:
         result.warnings.append(f"answer is not text ({type(text).__name__}); nothing parsed")
         return result
     try:
-        outside = _parse_tags(text, result)
+        tags, outside = parse_tags(text, result.warnings)
+        for tag in tags:
+            result.truncated = result.truncated or not tag.label_done
+            result.points.extend(tag.points)
+            if tag.kind == "tracks":
+                _add_tracks(tag.points, result)
         result.count = _stated_count(outside, has_tags=outside != text, warnings=result.warnings)
     except Exception as exc:  # a parser bug must not take the caller down with it
         return ParsedAnswer(warnings=[f"answer could not be parsed ({type(exc).__name__}: {exc})"])
     return result
 
 
-def _parse_tags(text: str, result: ParsedAnswer) -> str:
-    """Parse every tag into `result`; return the text outside the tags."""
-    outside, pos = [], 0
+@dataclass
+class ParsedTag:
+    """One <points>/<tracks> tag of an answer (a prefix of an answer, while it streams).
+
+    `points` are the tag's complete points (a number the text's end may have cut is not
+    one); `coords_done`: its coordinates can no longer grow (their closing quote, or the
+    header's end, is in the text); `label_done`: its label can no longer change either.
+    """
+
+    kind: str
+    start: int
+    points: list[ModelPoint]
+    label: str
+    coords_done: bool
+    label_done: bool
+
+
+def parse_tags(text: str, warnings: list[str]) -> tuple[list[ParsedTag], str]:
+    """Every tag of `text`, in order, and the text outside the tags."""
+    outside, tags, pos = [], [], 0
     for opening in _OPEN_RE.finditer(text):
         if opening.start() < pos:
             continue  # inside the previous tag's span
         outside.append(text[pos:opening.start()])
         kind = opening.group(1).lower()
-        pos = _parse_tag(text, opening.end(), kind, result)
+        tag, pos = _parse_tag(text, opening.start(), opening.end(), kind, warnings)
+        if tag is not None:
+            tags.append(tag)
     outside.append(text[pos:])
-    return "".join(outside)
+    return tags, "".join(outside)
 
 
-def _parse_tag(text: str, start: int, kind: str, result: ParsedAnswer) -> int:
-    """Parse one tag whose name ends at `start`; return where its span ends."""
+def _parse_tag(text: str, opened: int, start: int, kind: str,
+               warnings: list[str]) -> tuple[ParsedTag | None, int]:
+    """Parse one tag opened at `opened` whose name ends at `start`; (the tag or None when
+    it has no coords, where its span ends)."""
     header_end = _first_of(text, start, ">", "<")
     header = text[start:header_end]
     coords_at = _COORDS_RE.search(header)
     if coords_at is None:
-        result.warnings.append(f"<{kind}> tag without coords=\"...\" skipped")
-        return header_end
+        warnings.append(f"<{kind}> tag without coords=\"...\" skipped")
+        return None, header_end
     quote = header.find('"', coords_at.end())
     coords = header[coords_at.end():] if quote < 0 else header[coords_at.end():quote]
     truncated = header_end == len(text)  # the text ends inside the tag's header
     if quote < 0 and not truncated:
-        result.warnings.append(f"<{kind}> coords not terminated by '\"'; read up to the tag's end")
+        warnings.append(f"<{kind}> coords not terminated by '\"'; read up to the tag's end")
 
     if truncated:
         label, span_end = "", len(text)
@@ -112,23 +144,21 @@ def _parse_tag(text: str, start: int, kind: str, result: ParsedAnswer) -> int:
         elif label_end == len(text):
             truncated = True
         else:
-            result.warnings.append(f"<{kind}> tag not closed by </{kind}>")
+            warnings.append(f"<{kind}> tag not closed by </{kind}>")
     else:  # header interrupted by another '<'
         label, span_end = "", header_end
-        result.warnings.append(f"<{kind}> tag not closed by '>'")
+        warnings.append(f"<{kind}> tag not closed by '>'")
 
     if truncated:
-        result.truncated = True
-        result.warnings.append(
+        warnings.append(
             f"answer ends inside a <{kind}> tag (token budget reached?): kept the complete points")
     cut_at_end = quote < 0 and header_end == len(text)
-    points = _parse_coords(coords, label.strip(), kind, cut_at_end, result.warnings)
+    points = _parse_coords(coords, label.strip(), kind, cut_at_end, warnings)
     if not points and not truncated:
-        result.warnings.append(f"<{kind}> {label.strip()!r} holds no points")
-    result.points.extend(points)
-    if kind == "tracks":
-        _add_tracks(points, result)
-    return span_end
+        warnings.append(f"<{kind}> {label.strip()!r} holds no points")
+    tag = ParsedTag(kind=kind, start=opened, points=points, label=label.strip(),
+                    coords_done=quote >= 0 or header_end < len(text), label_done=not truncated)
+    return tag, span_end
 
 
 def _first_of(text: str, start: int, *chars: str) -> int:
@@ -146,6 +176,7 @@ def _parse_coords(coords: str, label: str, kind: str, cut_at_end: bool,
     clipped = 0
     seen_ids: set[int] = set()
     duplicated: set[int] = set()
+    last_t = -1.0
     for tokens in segments:
         if not tokens:
             continue
@@ -153,6 +184,10 @@ def _parse_coords(coords: str, label: str, kind: str, cut_at_end: bool,
             warnings.append(f"<{kind}> frame {' '.join(tokens)[:40]!r}: bad time {tokens[0][:20]!r}; frame skipped")
             continue
         t = float(tokens[0])
+        if kind == "tracks" and t < last_t:
+            warnings.append(f"<{kind}> frame at T={tokens[0]} follows T={last_t:g}: out of time order; frame skipped")
+            continue
+        last_t = t
         values = tokens[1:]
         if len(values) % 3 and not (cut_at_end and tokens is segments[-1]):
             warnings.append(f"<{kind}> at T={tokens[0]}: {len(values) % 3} stray value(s) ignored")
@@ -179,13 +214,19 @@ def _parse_coords(coords: str, label: str, kind: str, cut_at_end: bool,
     return points
 
 
-def _add_tracks(points: list[ModelPoint], result: ParsedAnswer) -> None:
-    own_ids = {p.object_id for p in points}
-    taken = own_ids | result.tracks.keys()
+def track_ids(tag_ids: set[int], earlier_ids: set[int]) -> dict[int, int]:
+    """New ids for the ids of a <tracks> tag that earlier <tracks> tags already use: each
+    takes the next id above every id in use (a renumbered id depends on the whole tag)."""
+    taken = tag_ids | earlier_ids
     renumber = {}
-    for object_id in sorted(own_ids & result.tracks.keys()):
+    for object_id in sorted(tag_ids & earlier_ids):
         renumber[object_id] = max(taken) + 1
         taken.add(renumber[object_id])
+    return renumber
+
+
+def _add_tracks(points: list[ModelPoint], result: ParsedAnswer) -> None:
+    renumber = track_ids({p.object_id for p in points}, set(result.tracks))
     if renumber:
         result.warnings.append(
             f"<tracks> {points[0].label!r} reuses ids of an earlier <tracks> tag; renumbered {renumber}")

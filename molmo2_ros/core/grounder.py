@@ -2,7 +2,7 @@
 
 Public API:
     ground(backend, frames, query, task, *, max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
-           progress=None, should_stop=None) -> Grounding
+           progress=None, should_stop=None, on_points=None) -> Grounding
     grounding_to_dict(g) -> dict      JSON-friendly (NaN scores become null)
     grounding_from_dict(d) -> Grounding
 
@@ -17,6 +17,10 @@ wrong. Per task:
   <points> answer), and `points` holds all of them flattened (by stamp, then id).
 - ask: `answer` holds the reply; points/tracks the answer happens to contain are kept.
 `query` in the result is the neutralised query text the prompt was built from.
+Streaming: with `on_points`, the backend streams the answer's text into an AnswerStream
+and `on_points(new_points, partial)` is called (on the thread that runs ground()) each
+time the text completes points (or the label of points it gave); what it gets is final
+(core.answer_stream).
 """
 from __future__ import annotations
 
@@ -29,7 +33,8 @@ from typing import Any, Callable, Sequence
 
 from molmo2_ros.core.answer_format import ModelPoint
 from molmo2_ros.core.answer_parser import ParsedAnswer, parse_answer
-from molmo2_ros.core.backend import STAGE_PARSING, Backend
+from molmo2_ros.core.answer_stream import AnswerStream, PartialAnswer
+from molmo2_ros.core.backend import STAGE_PARSING, Backend, TextPiece
 from molmo2_ros.core.grounding import Frame, GroundedPoint, Grounding, Task, Timings, Track
 from molmo2_ros.core.mapping import map_points, map_tracks
 from molmo2_ros.core.prompts import build_prompt, sanitize_query
@@ -40,7 +45,8 @@ DEFAULT_MAX_NEW_TOKENS = 512
 def ground(backend: Backend, frames: Sequence[Frame], query: str, task: Task | str, *,
            max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
            progress: Callable[[str], None] | None = None,
-           should_stop: Callable[[], bool] | None = None) -> Grounding:
+           should_stop: Callable[[], bool] | None = None,
+           on_points: Callable[[list[GroundedPoint], PartialAnswer], None] | None = None) -> Grounding:
     """Answer `query` as `task` over `frames` (oldest first) with `backend`."""
     task = Task(task)
     frames = list(frames)
@@ -54,8 +60,9 @@ def ground(backend: Backend, frames: Sequence[Frame], query: str, task: Task | s
         warnings.append("template markers or control characters were removed from the query")
     prompt = build_prompt(task, clean_query, video=len(frames) > 1, fps=sampling_fps(frames))
 
+    streaming = {} if on_points is None else {"on_text": _streamer(AnswerStream(task, frames), on_points)}
     generation = backend.generate(frames, prompt, max_new_tokens=max_new_tokens,
-                                  progress=progress, should_stop=should_stop)
+                                  progress=progress, should_stop=should_stop, **streaming)
     if progress:
         progress(STAGE_PARSING)
     started = time.perf_counter()
@@ -86,6 +93,16 @@ def ground(backend: Backend, frames: Sequence[Frame], query: str, task: Task | s
     result.timings = Timings(preprocess=generation.preprocess_s, generation=generation.generate_s,
                              parse=time.perf_counter() - started)
     return result
+
+
+def _streamer(stream: AnswerStream, on_points: Callable[[list[GroundedPoint], PartialAnswer], None]
+              ) -> Callable[[TextPiece], None]:
+    """The backend's on_text hook: feed `stream`, tell `on_points` when what is final grew."""
+    def on_text(piece: TextPiece) -> None:
+        new, changed = stream.feed(piece)
+        if changed:
+            on_points(new, stream.snapshot())
+    return on_text
 
 
 def sampling_fps(frames: Sequence[Frame]) -> float | None:

@@ -11,6 +11,7 @@ from geometry_msgs.msg import Point
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
+from molmo2_ros.core.answer_stream import PartialAnswer
 from molmo2_ros.core.grounding import NS, TASK_CODES, GroundedPoint, Grounding, Task, Timings, Track
 from molmo2_ros.core.propagation import TrackedObjects
 from molmo2_ros.msg import GroundedPoint as GroundedPointMsg
@@ -86,6 +87,13 @@ def grounding_to_msg(grounding: Grounding, query_id: str) -> GroundingMsg:
     msg.preprocess = to_duration(grounding.timings.preprocess)
     msg.generation = to_duration(grounding.timings.generation)
     return msg
+
+
+def partial_to_msgs(partial: PartialAnswer) -> tuple[list[GroundedPointMsg], list[TrackMsg]]:
+    """A streamed answer so far (core.answer_stream) as the Ground feedback's points and tracks."""
+    return ([point_to_msg(p) for p in partial.points],
+            [TrackMsg(id=int(t.id), label=t.label, points=[point_to_msg(p) for p in t.points])
+             for t in partial.tracks])
 
 
 def grounding_from_msg(msg: GroundingMsg) -> Grounding:

@@ -66,7 +66,8 @@ class GroundingNode(LifecycleNode):
         self.outputs = Outputs(self, self.pipeline)
         self.ingest = CameraIngest(self, self.pipeline, self.outputs.tracked)
         # The action server and ~/query, kept through every state.
-        self.serving = QueryServing(self, self.pipeline, self.outputs.results, self.ingest.empty_window_reason)
+        self.serving = QueryServing(self, self.pipeline, self.outputs.results, self.outputs.partial,
+                                    self.ingest.empty_window_reason)
         self.diagnostics = Diagnostics(self, self.pipeline, [self.ingest.diagnostics, self.serving.diagnostics])
         if self.get_parameter("autostart").value is True:
             if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:

@@ -1,7 +1,8 @@
 """What the node publishes: each result (~/grounding, ~/answer; ~/markers and
 ~/debug_image only while someone subscribes) with the tracks re-anchored on it, the
-camera-rate ~/tracked_objects (lifecycle publishers: silent unless active), /diagnostics
-(also while inactive: it says so), and the warning on a QoS mismatch.
+camera-rate ~/tracked_objects, the continuous query's streamed answer so far
+(~/partial_grounding) (lifecycle publishers: silent unless active), /diagnostics (also
+while inactive: it says so), and the warning on a QoS mismatch.
 """
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
+from molmo2_ros.core.answer_stream import PartialAnswer
 from molmo2_ros.core.grounding import NS, Grounding, Task
+from molmo2_ros.core.prompts import sanitize_query
 from molmo2_ros.core.propagation import TrackedObjects
 from molmo2_ros.msg import Grounding as GroundingMsg
 from molmo2_ros.msg import TrackedObjectArray
@@ -71,6 +74,7 @@ class Outputs:
         self._debug_pub = publisher(Image, "~/debug_image", qos_profile_sensor_data)
         self._markers_pub = publisher(MarkerArray, "~/markers", RESULTS_QOS)
         self._tracked_pub = publisher(TrackedObjectArray, "~/tracked_objects", RESULTS_QOS)
+        self._partial_pub = publisher(GroundingMsg, "~/partial_grounding", RESULTS_QOS)
 
     def close(self) -> None:
         for made in self._publishers:
@@ -95,6 +99,16 @@ class Outputs:
                                                  to_time(newest.stamp_ns), newest.frame_id))
         self._anchor(grounding, query.query_id)
         return msg
+
+    def partial(self, partial: PartialAnswer, query: Query) -> None:
+        """The continuous query's answer so far (the worker thread, while it streams) on
+        ~/partial_grounding, never on ~/grounding: a Grounding message holding everything
+        final so far (core.answer_stream), header as the result's; count -1, no answer text."""
+        newest = max(query.frames, key=lambda f: f.stamp_ns)
+        so_far = Grounding(task=query.task, query=sanitize_query(query.text), points=partial.points,
+                           tracks=partial.tracks,
+                           frame_stamps_ns=[f.stamp_ns for f in query.frames], frame_id=newest.frame_id)
+        self._partial_pub.publish(grounding_to_msg(so_far, query.query_id))
 
     def _anchor(self, grounding: Grounding, query_id: str) -> None:
         """Re-anchor the propagated tracks on an answer with points (point, count and

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from molmo2_ros.action import Ground
+from molmo2_ros.core.answer_stream import PartialAnswer
 from molmo2_ros.core.grounding import Grounding, Task
 
 ERROR_NONE = Ground.Result.ERROR_NONE
@@ -56,6 +57,8 @@ class Query:
     # Called from the worker thread: stage names of molmo2_ros.core.backend (+ "parsing").
     on_stage: Callable[[str], None] = lambda stage: None
     done: Callable[[Outcome], None] = lambda outcome: None
+    # Called from the worker thread while the answer streams: (new points, PartialAnswer).
+    on_points: Callable[[list, PartialAnswer], None] | None = None
     submitted: float = field(default_factory=time.monotonic)
     canceled: threading.Event = field(default_factory=threading.Event)
     frames: list = field(default_factory=list)  # the window snapshot it was answered on

@@ -1,5 +1,6 @@
-"""Query serving: the ~/ground action (one query, feedback per stage, cancel) and topic
-mode (~/query: one query re-run every `query_period` s). Both are answered on the
+"""Query serving: the ~/ground action (one query, feedback per stage and with the points
+streamed so far, cancel) and topic mode (~/query: one query re-run every `query_period` s;
+its streamed points go to ~/partial_grounding). Both are answered on the
 QueryWorker's inference thread (see its queue policy), over the window as it is when
 the query's turn comes; results go out through the node's Outputs.
 """
@@ -16,10 +17,12 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from std_msgs.msg import String
 
 from molmo2_ros.action import Ground
+from molmo2_ros.core.answer_stream import PartialAnswer
 from molmo2_ros.core.grounder import ground
 from molmo2_ros.core.grounding import NS, Grounding, Task
 from molmo2_ros.core.prompts import InvalidQuery, sanitize_query
 from molmo2_ros.msg import Grounding as GroundingMsg
+from molmo2_ros.ros.messages import partial_to_msgs
 from molmo2_ros.ros.outputs import RESULTS_QOS
 from molmo2_ros.ros.pipeline import Pipeline
 from molmo2_ros.ros.query_worker import (ERROR_CANCELED, ERROR_EMPTY_WINDOW, ERROR_INVALID_QUERY,
@@ -58,14 +61,17 @@ class QueryServing:
     every state, so a query while inactive still gets an answer (ERROR_NOT_ACTIVE) instead
     of silence; the inference worker and the topic-mode timer, made at activate (`start`)
     and stopped at deactivate (`stop`). Queries run over the pipeline's window and backend;
-    each success goes to `publish` (which returns the message sent); `empty_window_reason`
-    says why a query found no frames. `node` is the rclpy node the entities belong to."""
+    each success goes to `publish` (which returns the message sent), the continuous query's
+    streamed answer so far to `publish_partial` (an action goal's goes out as feedback);
+    `empty_window_reason` says why a query found no frames. `node` is the rclpy node the
+    entities belong to."""
 
     def __init__(self, node: Node, pipeline: Pipeline, publish: Callable[[Grounding, Query], GroundingMsg],
-                 empty_window_reason: Callable[[], str]):
+                 publish_partial: Callable[[PartialAnswer, Query], None], empty_window_reason: Callable[[], str]):
         self._node = node
         self._pipeline = pipeline
         self._publish = publish
+        self._publish_partial = publish_partial
         self._empty_window_reason = empty_window_reason
         self.worker: QueryWorker | None = None
         self.last_timings = None
@@ -134,8 +140,8 @@ class QueryServing:
         queue_wait = time.monotonic() - query.submitted
         try:
             grounding = ground(backend, frames, query.text, query.task,
-                                    max_new_tokens=settings.max_new_tokens, progress=query.on_stage,
-                                    should_stop=query.canceled.is_set)
+                               max_new_tokens=settings.max_new_tokens, progress=query.on_stage,
+                               should_stop=query.canceled.is_set, on_points=query.on_points)
         except InvalidQuery as exc:
             raise QueryError(ERROR_INVALID_QUERY, str(exc)) from None
         grounding.timings.queue_wait = queue_wait
@@ -167,7 +173,8 @@ class QueryServing:
         query = Query(query_id=query_id, text=goal.query, task=task,
                       window_seconds=goal.window_seconds, max_frames=goal.max_frames,
                       on_stage=lambda stage: events.put(("stage", stage)),
-                      done=lambda outcome: events.put(("done", outcome)))
+                      done=lambda outcome: events.put(("done", outcome)),
+                      on_points=lambda new, partial: events.put(("points", partial)))
         self._feedback(goal_handle, Ground.Feedback.STAGE_QUEUED, accepted)
         worker = self.worker
         if worker is None:
@@ -185,6 +192,9 @@ class QueryServing:
                 if value in STAGES:
                     self._feedback(goal_handle, STAGES[value], accepted)
                 continue
+            if kind == "points":
+                self._feedback(goal_handle, Ground.Feedback.STAGE_GENERATING, accepted, value)
+                continue
             outcome: Outcome = value
             break
         result = Ground.Result(error_code=outcome.error_code, error_message=outcome.error_message)
@@ -197,8 +207,12 @@ class QueryServing:
             goal_handle.abort()
         return result
 
-    def _feedback(self, goal_handle, stage: int, accepted: float) -> None:
-        goal_handle.publish_feedback(Ground.Feedback(stage=stage, elapsed=time.monotonic() - accepted))
+    def _feedback(self, goal_handle, stage: int, accepted: float, partial: PartialAnswer | None = None) -> None:
+        """A stage, with the streamed answer so far while generating (`partial`)."""
+        feedback = Ground.Feedback(stage=stage, elapsed=time.monotonic() - accepted)
+        if partial is not None:
+            feedback.points, feedback.tracks = partial_to_msgs(partial)
+        goal_handle.publish_feedback(feedback)
 
     # --- topic mode -------------------------------------------------------------------
     def _on_query(self, msg: String) -> None:
@@ -232,6 +246,7 @@ class QueryServing:
         self._topic_runs += 1
         query = Query(query_id=f"topic-{self._topic_runs}", text=topic[1], task=topic[0])
         query.done = lambda outcome: self._on_topic_done(query, outcome)
+        query.on_points = lambda new, partial: self._publish_partial(partial, query)
         worker.submit_latest(query)
 
     def _on_topic_done(self, query: Query, outcome: Outcome) -> None:

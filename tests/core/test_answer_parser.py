@@ -227,3 +227,14 @@ def test_round_trip_of_truncated_answers_keeps_only_correct_points():
         assert kept == full[:len(kept)], (text[:cut], kept)
         if cut < len(text) - len("</points> shows a total of 9."):
             assert a.count is None
+
+
+def test_tracks_frame_going_back_in_time_is_skipped():
+    # tracks list frames in time order; an earlier time after a later one is malformed, and
+    # keeping it would reorder a track's points after they were stated (and streamed)
+    a = parse_answer('<tracks coords="0.5 1 100 100;0.0 1 120 120 2 300 300;1.0 1 130 130">cup</tracks>')
+    assert {k: xyt(v) for k, v in a.tracks.items()} == {1: [(0.5, 1, 100, 100), (1.0, 1, 130, 130)]}
+    assert any("out of time order" in w for w in a.warnings)
+    # <points> keep every frame, in answer order
+    b = parse_answer('<points coords="0.5 1 100 100;0.0 2 120 120">cup</points>')
+    assert xyt(b.points) == [(0.5, 1, 100, 100), (0.0, 2, 120, 120)]

@@ -159,3 +159,18 @@ def test_should_stop_ends_decoding_early(synthetic_frames, ort_backend):
     assert 1 <= len(got.token_ids) < 40
     canceled = ort_backend.generate(synthetic_frames(2), PROMPT, max_new_tokens=40, should_stop=lambda: True)
     assert canceled.token_ids == [] and canceled.text == ""
+
+
+def test_streaming_hands_out_the_same_tokens_as_they_are_decoded(synthetic_frames, ort_backend):
+    """The greedy loop's per-token hook: the pieces, in order, are the answer; same tokens."""
+    frames = synthetic_frames(4)
+    plain = ort_backend.generate(frames, PROMPT, max_new_tokens=40)
+    pieces = []
+    streamed = ort_backend.generate(frames, PROMPT, max_new_tokens=40, on_text=pieces.append)
+    assert streamed.token_ids == plain.token_ids and streamed.text == plain.text
+    assert "".join(p.text for p in pieces) == plain.text and len(pieces) > 1
+    assert all(list(p.frame_times) == plain.frame_times and p.is_video for p in pieces)
+    stopped = []
+    ort_backend.generate(frames, PROMPT, max_new_tokens=40, on_text=stopped.append,
+                         should_stop=lambda: len(stopped) >= 3)   # a listener may stop the loop
+    assert 3 <= len(stopped) < len(pieces)

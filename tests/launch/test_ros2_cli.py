@@ -52,6 +52,7 @@ def test_interface_show(shell):
     assert "string query" in goal and "uint8 task" in goal
     assert "molmo2_ros/Grounding grounding" in result and "uint8 ERROR_BUSY = 6" in result
     assert "uint8 STAGE_GENERATING = 2" in feedback and "float32 elapsed" in feedback
+    assert "molmo2_ros/GroundedPoint[] points" in feedback and "molmo2_ros/Track[] tracks" in feedback
 
 
 def test_action_send_goal_with_feedback(shell, node):
@@ -66,6 +67,30 @@ def test_action_send_goal_with_feedback(shell, node):
     assert grounding["query"] == "red circle" and grounding["task"] == 0
     assert grounding["header"]["frame_id"] == "camera_optical_frame"  # the video publisher's
     assert grounding["points"], grounding["answer"]
+    assert "Goal finished with status: SUCCEEDED" in out
+
+
+def test_action_feedback_streams_points_before_the_result(shell, node):
+    """A track query's feedback carries the track points decoded so far, printed before the
+    result, each a prefix of the result's track (same stamps, pixels, ids)."""
+    out = shell.run("ros2 action send_goal --feedback /molmo2_grounding/ground molmo2_ros/action/Ground "
+                    """"{query: 'red circle', task: 2}" """)
+    before, after = out.split("Result:\n", 1)
+    feedbacks = [yaml.safe_load(block.strip()) for block in before.split("Feedback:\n")[1:]]
+    streamed = [f for f in feedbacks if f["tracks"]]
+    assert streamed, out
+    result = yaml.safe_load(after.split("\nGoal finished")[0].strip())
+    assert result["error_code"] == 0, result["error_message"]
+    final = {t["id"]: t for t in result["grounding"]["tracks"]}
+
+    def key(p):
+        return p["stamp"]["sec"], p["stamp"]["nanosec"], p["x"], p["y"], p["object_id"]
+
+    for f in streamed:
+        assert f["stage"] == 2   # GENERATING
+        for track in f["tracks"]:
+            expected = final[track["id"]]["points"][:len(track["points"])]
+            assert [key(p) for p in track["points"]] == [key(p) for p in expected]
     assert "Goal finished with status: SUCCEEDED" in out
 
 

@@ -70,7 +70,9 @@ def samples() -> dict:
         "ground_result": Ground.Result(grounding=_grounding(),
                                        error_code=Ground.Result.ERROR_BACKEND,
                                        error_message="NaN logits"),
-        "ground_feedback": Ground.Feedback(stage=Ground.Feedback.STAGE_GENERATING, elapsed=1.25),
+        "ground_feedback": Ground.Feedback(stage=Ground.Feedback.STAGE_GENERATING, elapsed=1.25,
+                                           points=[_point(0), _point(1)],
+                                           tracks=[Track(id=1, label="", points=[_point(0), _point(1)])]),
     }
 
 

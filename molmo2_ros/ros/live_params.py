@@ -11,7 +11,7 @@ from molmo2_ros.ros.settings import PARAMETERS, validate
 
 AT_START = {"autostart", "queue_size"}  # queue_size sizes the executor's thread pool
 AT_CONFIGURE = {"model", "backend", "engine_dir", "force_engine_update", "device", "dtype", "warmup",
-                "camera_info_topic"} | {name for name in PARAMETERS if name.startswith("depth_")}  # DepthInput
+                "camera_info_topic"} | {name for name in PARAMETERS if name.startswith(("depth_", "server_"))}
 AT_ACTIVATE = {"image_topic", "compressed", "image_reliability", "image_depth"}
 LIVE = set(PARAMETERS) - AT_START - AT_CONFIGURE - AT_ACTIVATE
 WINDOW = {"fps", "window_seconds", "max_frames", "max_side", "jump_back_s", "jump_ahead_s"}  # rebuild the window

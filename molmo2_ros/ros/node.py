@@ -106,6 +106,10 @@ class GroundingNode(LifecycleNode):
             options["dtype"] = None if s.dtype == "auto" else s.dtype
         if s.backend == "tensorrt":
             options["build_if_needed"] = s.force_engine_update
+        if s.backend == "openai":   # an inference server (docs/backends.md)
+            options = {"url": s.server_url, "server_kind": s.server_kind, "encoding": s.server_encoding,
+                       "timeout_s": s.server_timeout, "api_key_env": s.server_api_key_env,
+                       "api_key_file": s.server_api_key_file}
         try:
             started = time.monotonic()
             self.backend = make_backend(s.backend, model, **options)
@@ -116,6 +120,10 @@ class GroundingNode(LifecycleNode):
         self.ground = ground
         self.get_logger().info(f"loaded {self.backend.name} backend, model {self.backend.model_id} "
                                f"in {time.monotonic() - started:.1f} s")
+        health = getattr(self.backend, "health", "ok")   # a server backend: did its server answer?
+        if health != "ok":
+            self.get_logger().warning(f"server {self.backend.endpoint}: {health}; queries are answered "
+                                      "ERROR_BACKEND until it answers")
         try:
             self._trained_window = read_trained_window(s.engine_dir or model)
         except ValueError as exc:

@@ -159,12 +159,17 @@ class Outputs:
         depth = node.depth
         if depth is not None:
             values.update(depth.diagnostics())
+        server = getattr(backend, "diagnostics", None)   # a server backend: its URL and health
+        if server is not None:
+            values.update(server())
         timings = node.serving.last_timings
         if timings is not None:
             for stage in ("queue_wait", "preprocess", "generation", "parse"):
                 values[f"last_{stage}_s"] = f"{getattr(timings, stage):.3f}"
         if not node.active:
             level, message = DiagnosticStatus.WARN, "not active"
+        elif values.get("server_health", "ok") != "ok":
+            level, message = DiagnosticStatus.WARN, f"server {values['server_health']}"
         elif stats is None or stats.frames == 0:
             level, message = DiagnosticStatus.WARN, "no camera frames in the window"
         else:

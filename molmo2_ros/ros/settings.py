@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass
 
 from molmo2_ros.backends.factory import BACKEND_KINDS
+from molmo2_ros.backends.openai_backend import SERVER_KINDS
+from molmo2_ros.backends.server_video import ENCODINGS
 from molmo2_ros.backends.trained_window import TrainedWindow
 from molmo2_ros.core.grounding import Task
 from molmo2_ros.core.optical_flow import WINDOW as FLOW_WINDOW
@@ -26,12 +28,21 @@ PARAMETERS = {
     "image_reliability": ("best_effort", "camera QoS reliability: best_effort or reliable"),
     "image_depth": (5, "camera QoS history depth"),
     "model": ("", "checkpoint folder or hub id; empty: the packaged model, else the tiny random one"),
-    "backend": ("torch", "torch, onnxruntime or tensorrt"),
+    "backend": ("torch", "torch, onnxruntime, tensorrt or openai (an inference server: see server_*)"),
     "engine_dir": ("", "folder of exported engines (onnxruntime/tensorrt)"),
     "force_engine_update": (False, "tensorrt: rebuild engines that do not match this machine "
                                    "from the folder's ONNX graphs (else they are refused)"),
     "device": ("", "torch device, e.g. cuda or cpu; empty: cuda when available"),
     "dtype": ("auto", "torch dtype: auto, float32, float16 or bfloat16"),
+    # openai backend (docs/backends.md): `model` is the served model's name
+    "server_url": ("", "openai: the inference server's URL, e.g. http://gpu-host:8000 (/v1 is added)"),
+    "server_kind": ("vllm", "openai: vllm (video sent inline: any server) or transformers (`transformers "
+                            "serve` on this machine: video sent as a file path)"),
+    "server_encoding": ("compact", "openai: video encoding, compact (H.264) or lossless (answers equal a "
+                                   "local backend's; ~7x the bytes)"),
+    "server_timeout": (60.0, "openai: seconds an answer may take; later, the goal fails ERROR_BACKEND"),
+    "server_api_key_env": ("", "openai: name of the environment variable holding the API key (never the key)"),
+    "server_api_key_file": ("", "openai: file holding the API key (never the key itself)"),
     "fps": (0.0, "frames per second kept in the window (0: the model's trained window, else "
                  f"{DEFAULT_WINDOW['fps']})"),
     "window_seconds": (0.0, "seconds of frames a query sees by default and the window keeps (0: the "
@@ -88,6 +99,12 @@ class Settings:
     force_engine_update: bool
     device: str
     dtype: str
+    server_url: str
+    server_kind: str
+    server_encoding: str
+    server_timeout: float
+    server_api_key_env: str
+    server_api_key_file: str
     fps: float
     window_seconds: float
     max_frames: int
@@ -178,6 +195,11 @@ def validate(values: dict) -> Settings:
     check(1 <= out["image_depth"] <= 1000, f"image_depth must be 1..1000, got {out['image_depth']}")
     check(out["backend"] in BACKEND_KINDS,
           f"backend must be one of {', '.join(BACKEND_KINDS)}, got {out['backend']!r}")
+    check(out["server_kind"] in SERVER_KINDS,
+          f"server_kind must be one of {', '.join(SERVER_KINDS)}, got {out['server_kind']!r}")
+    check(out["server_encoding"] in ENCODINGS,
+          f"server_encoding must be one of {', '.join(ENCODINGS)}, got {out['server_encoding']!r}")
+    check(out["server_timeout"] > 0, f"server_timeout must be > 0 s, got {out['server_timeout']}")
     check(out["dtype"] in ("auto", "float32", "float16", "bfloat16"),
           f"dtype must be auto, float32, float16 or bfloat16, got {out['dtype']!r}")
     check(out["fps"] >= 0, f"fps must be > 0, or 0 for the model's window, got {out['fps']}")

@@ -259,10 +259,11 @@ class OpenAIBackend:
         deadline can close it; (None, b"") when `should_stop` said so first."""
         timings = timings or ServerTimings()
         remaining = max(deadline - time.monotonic(), 0.001)
+        socket_timeout = remaining + 1.0   # a backstop: the deadline below closes the request first
         if self.scheme == "https":
-            conn = http.client.HTTPSConnection(self.host, self.port, timeout=remaining, context=self._tls)
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=socket_timeout, context=self._tls)
         else:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=remaining)
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=socket_timeout)
         outcome: dict = {}
         finished = threading.Event()
 

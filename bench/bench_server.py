@@ -1,8 +1,8 @@
 """The openai backend against the local torch backend, in one run, on the shipped model.
 
 Prints JSON with:
-- bytes: what one query sends for a 16-frame window at 640x480 (the shapes scene), per
-  encoding: the MP4 (what `transformers serve` reads from a file) and the request body
+- bytes: what one query sends for a 16-frame window at 640x480 (the shapes scene, and the
+  same with a camera's sensor noise), per encoding: the MP4 (what `transformers serve` reads from a file) and the request body
   with the video inline (what vLLM gets); and their ratio;
 - latency: per-query seconds of the local torch backend (preprocess, generate, parse) and
   of a real `transformers serve` process on this machine (encode, upload, server, parse),
@@ -40,9 +40,16 @@ from molmo2_ros.sim.shapes_world import make_clip  # noqa: E402
 MODEL = str(inference_server.SHIPPED_MODEL)
 
 
-def window(size=(640, 480), n=16) -> tuple[list[Frame], str]:
+def window(size=(640, 480), n=16, noise: float = 0.0) -> tuple[list[Frame], str]:
+    """The shapes scene; with `noise`, plus a camera's sensor noise (Gaussian, that sigma in
+    grey levels), which is what makes lossless video of a real camera large."""
+    import numpy as np
+
     clip = make_clip(7, n_frames=n, fps=2.0, size=size, n_objects=3)
-    frames = [Frame(image=f, stamp_ns=t, source_size=clip.size) for f, t in zip(clip.frames, clip.stamps_ns)]
+    rng = np.random.default_rng(0)
+    images = [np.clip(f + rng.normal(0, noise, f.shape), 0, 255).astype(np.uint8) if noise else f
+              for f in clip.frames]
+    frames = [Frame(image=f, stamp_ns=t, source_size=clip.size) for f, t in zip(images, clip.stamps_ns)]
     return frames, clip.labels[0]
 
 
@@ -145,7 +152,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     frames, label = window()
     report = {"machine": "see docs/backends.md", "window": "16 frames, 640x480, 2 fps (shapes scene)",
-              "bytes": bytes_per_query(frames)}
+              "bytes": {"shapes_scene": bytes_per_query(frames),
+                        "with_sensor_noise_sigma_3": bytes_per_query(window(noise=3.0)[0])}}
     absent = inference_server.missing()
     if absent:
         report["latency"] = f"skipped: {'; '.join(absent)}"

@@ -39,7 +39,7 @@ PARAMETERS = {
     "server_kind": ("vllm", "openai: vllm (video sent inline: any server) or transformers (`transformers "
                             "serve` on this machine: video sent as a file path)"),
     "server_encoding": ("compact", "openai: video encoding, compact (H.264) or lossless (answers equal a "
-                                   "local backend's; ~7x the bytes)"),
+                                   "local backend's; 3-13x the bytes)"),
     "server_timeout": (60.0, "openai: seconds an answer may take; later, the goal fails ERROR_BACKEND"),
     "server_api_key_env": ("", "openai: name of the environment variable holding the API key (never the key)"),
     "server_api_key_file": ("", "openai: file holding the API key (never the key itself)"),

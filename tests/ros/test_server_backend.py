@@ -52,9 +52,11 @@ def node_params(tmp_path: Path, url: str, name: str = "params.yaml", **overrides
                         tracking_enable=False, diagnostics_period=0.5, **overrides)
 
 
-def publish_clip(harness: Harness, seed: int) -> tuple[dict[int, Frame], list[str]]:
-    """A 16-frame shapes clip at 2 fps, stamped from now: its frames by stamp, its labels."""
-    clip = make_clip(seed, n_frames=16, fps=2.0, n_objects=3, start_ns=time.time_ns())
+def publish_clip(harness: Harness, seed: int, start_ns: int | None = None) -> tuple[dict[int, Frame], list[str]]:
+    """A 16-frame shapes clip at 2 fps, stamped from `start_ns` (default: now; a later clip
+    continues the previous one's stamps, so the window never sees a jump): its frames by
+    stamp, its labels."""
+    clip = make_clip(seed, n_frames=16, fps=2.0, n_objects=3, start_ns=start_ns or time.time_ns())
     frames = {}
     for image, stamp in zip(clip.frames, clip.stamps_ns):
         harness.image_pub.publish(rgb_to_image(image, to_time(stamp), harness.frame_id))
@@ -83,8 +85,10 @@ def test_server_answers_equal_the_local_backends_and_the_key_stays_secret(tmp_pa
     compared = 0
     try:
         harness.wait_diag(lambda d: d.get("state") == "active", timeout=120, what="the node active")
+        start_ns = None
         for seed in (11, 12):
-            frames, labels = publish_clip(harness, seed)
+            frames, labels = publish_clip(harness, seed, start_ns)
+            start_ns = max(frames) + 500_000_000
             goals = [(label, task, 0) for label in labels for task in TASKS] + [(labels[0], 0, 8), (labels[1], 2, 8)]
             for label, task, max_frames in goals:
                 status, result, _ = harness.ask(label, task, timeout=240, max_frames=max_frames)

@@ -2,8 +2,8 @@
 
 Prints JSON with:
 - bytes: what one query sends for a 16-frame window at 640x480 (the shapes scene, and the
-  same with a camera's sensor noise), per encoding: the MP4 (what `transformers serve` reads from a file) and the request body
-  with the video inline (what vLLM gets); and their ratio;
+  same with a camera's sensor noise), per encoding: the MP4 (what `transformers serve` reads
+  from a file) and the request body with the video inline (what vLLM gets); and their ratio;
 - latency: per-query seconds of the local torch backend (preprocess, generate, parse) and
   of a real `transformers serve` process on this machine (encode, upload, server, parse),
   lossless and compact, medians over --queries, and the ratio server / local;

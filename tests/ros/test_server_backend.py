@@ -132,7 +132,8 @@ def dump_parameters(domain: int) -> str:
     from rcl_interfaces.srv import GetParameters, ListParameters
     harness = Harness(domain, "/unused_dump")
     try:
-        names = harness._call(ListParameters, "/molmo2_grounding/list_parameters", ListParameters.Request()).result.names
+        names = harness._call(ListParameters, "/molmo2_grounding/list_parameters",
+                              ListParameters.Request()).result.names
         values = harness._call(GetParameters, "/molmo2_grounding/get_parameters", GetParameters.Request(names=names))
         return str(dict(zip(names, values.values)))
     finally:

@@ -232,3 +232,16 @@ def test_infer_on_the_command_line_asks_the_server(chat_server, tmp_path, capsys
     assert server.requests()[-1]["authorization"] == f"Bearer {SECRET}"
     assert main(["infer", "--images", *images, "--query", "thing", "--server-url", server.url]) == 1
     assert "--server-url is for --backend openai" in capsys.readouterr().err
+
+
+def test_the_server_tests_skip_saying_why_except_in_ci(monkeypatch):
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    import inference_server
+
+    monkeypatch.setattr(inference_server, "missing", lambda: ["python package torchcodec (pip install ...)"])
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="missing python package torchcodec"):
+        inference_server.require()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="missing python package torchcodec"):
+        inference_server.require()

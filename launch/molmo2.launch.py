@@ -25,7 +25,7 @@ ARGUMENTS = {
     "camera_topic": ("image_topic", str, "camera topic (Image, or the base of <topic>/compressed)"),
     "compressed": ("compressed", _bool, "true: subscribe to sensor_msgs/CompressedImage"),
     "model": ("model", str, "checkpoint folder or hub id (empty: packaged model, else tiny random)"),
-    "backend": ("backend", str, "torch, onnxruntime or tensorrt"),
+    "backend": ("backend", str, "torch, onnxruntime, tensorrt or openai (a server: server_* in the params file)"),
     "engine_dir": ("engine_dir", str, "folder of exported engines (onnxruntime/tensorrt)"),
     "device": ("device", str, "cuda or cpu (empty: cuda when available)"),
     "query": ("query", str, "continuous query to start with (e.g. 'count: red circles')"),

@@ -25,6 +25,8 @@ COMMANDS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from molmo2_ros.backends.factory import BACKEND_KINDS
+    from molmo2_ros.backends.openai_backend import SERVER_KINDS
+    from molmo2_ros.backends.server_video import ENCODINGS
     from molmo2_ros.core.grounder import DEFAULT_MAX_NEW_TOKENS
     from molmo2_ros.core.grounding import Task
     from molmo2_ros.video_io import DEFAULT_FPS
@@ -42,6 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     parser.add_argument("--dtype", help="bfloat16, float16, float32 (default: bf16 on cuda, fp32 on cpu)")
     parser.add_argument("--engine-dir", help="exported engines (onnxruntime / tensorrt backends)")
+    server = parser.add_argument_group("openai backend (an inference server; docs/backends.md)")
+    server.add_argument("--server-url", help="the server, e.g. http://gpu-host:8000 (--model: the served model)")
+    server.add_argument("--server-kind", choices=SERVER_KINDS, default="vllm",
+                        help="vllm: video sent inline; transformers: `transformers serve` on this machine")
+    server.add_argument("--server-encoding", choices=ENCODINGS, default="compact")
+    server.add_argument("--server-timeout", type=float, default=60.0, help="seconds an answer may take")
+    server.add_argument("--api-key-env", default="", help="environment variable holding the API key")
+    server.add_argument("--api-key-file", default="", help="file holding the API key")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow loading pickle (.bin) weights; only for checkpoints you trust")
     parser.add_argument("--fps", type=float,
@@ -104,6 +114,12 @@ def run(args: argparse.Namespace) -> int:
     decode_s = time.perf_counter() - started
 
     extra = {"allow_pickle": True} if args.allow_pickle else {}
+    if args.backend == "openai":
+        extra = {"url": args.server_url or "", "server_kind": args.server_kind, "encoding": args.server_encoding,
+                 "timeout_s": args.server_timeout, "api_key_env": args.api_key_env,
+                 "api_key_file": args.api_key_file}
+    elif args.server_url:
+        raise ValueError("--server-url is for --backend openai")
     backend = make_backend(args.backend, model, device=args.device, dtype=args.dtype,
                            engine_dir=args.engine_dir, **extra)
     try:

@@ -59,7 +59,7 @@ else
   say "installing dependencies: ROS 2 Jazzy wheels, torch, transformers, ... (a few minutes the first time)"
   "${PIP[@]}" install --upgrade pip
   "${PIP[@]}" install -r "$ROOT/requirements/ros.txt" -r "$ROOT/requirements/runtime.txt" \
-    -r "$ROOT/requirements/dev.txt"
+    -r "$ROOT/requirements/dev.txt" -r "$ROOT/requirements/serving.txt"
   stamp requirements "$REQ_HASH"
   rm -f "$STAMPS/interfaces"   # rebuilt against the new wheels
 fi
@@ -146,6 +146,19 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
       >"$VENV/apt-chromium.log" 2>&1 || die "apt-get install chromium chromium-driver failed (log: $VENV/apt-chromium.log)"
   else
     say "note: no chromium/chromedriver; the review page's browser test skips (apt-get install chromium chromium-driver)"
+  fi
+fi
+
+# --- 8. FFmpeg's libraries for the server tests' `transformers serve` (torchcodec decodes with them) --
+# Debian's ffmpeg, installed with apt when missing and running as root (CI); otherwise say how
+# (tests/ros/test_server_backend.py skips, except in CI).
+if ! command -v ffmpeg >/dev/null 2>&1; then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    say "installing ffmpeg (apt) for the server tests' video decoding"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg; } \
+      >"$VENV/apt-ffmpeg.log" 2>&1 || die "apt-get install ffmpeg failed (log: $VENV/apt-ffmpeg.log)"
+  else
+    say "note: no ffmpeg; the server tests skip (apt-get install ffmpeg)"
   fi
 fi
 

@@ -1,7 +1,7 @@
 """One entry point for every inference backend; heavy imports happen only for the kind asked."""
 from __future__ import annotations
 
-BACKEND_KINDS = ("torch", "onnxruntime", "tensorrt")
+BACKEND_KINDS = ("torch", "onnxruntime", "tensorrt", "openai")
 
 
 def make_backend(kind: str, model: str | None, *, device: str | None = None, dtype=None, engine_dir=None, **kw):
@@ -11,6 +11,10 @@ def make_backend(kind: str, model: str | None, *, device: str | None = None, dty
     must have been exported from that local checkpoint folder (its hash is compared; anything
     else is refused), without one they run as exported. Extra keyword arguments go to the
     backend (torch: allow_pickle, local_files_only, revision).
+
+    "openai" is a client of an inference server: `model` is the served model's name, and the
+    keywords are url, server_kind, encoding, timeout_s and where the API key is
+    (api_key_env: an environment variable's name, or api_key_file), read here.
     """
     if kind == "torch":
         if engine_dir is not None:
@@ -39,4 +43,11 @@ def make_backend(kind: str, model: str | None, *, device: str | None = None, dty
         from molmo2_ros.backends.tensorrt_backend import TensorRTBackend
 
         return TensorRTBackend(engine_dir, **kw)
+    if kind == "openai":
+        if engine_dir is not None or device not in (None, "", "auto") or dtype not in (None, "", "auto"):
+            raise ValueError("the openai backend runs on its server: leave engine_dir, device and dtype unset")
+        from molmo2_ros.backends.openai_backend import OpenAIBackend, read_api_key
+
+        api_key = read_api_key(kw.pop("api_key_env", ""), kw.pop("api_key_file", ""))
+        return OpenAIBackend(kw.pop("url", ""), model or "", api_key=api_key, **kw)
     raise ValueError(f"unknown or unavailable backend {kind!r}; choose one of {', '.join(BACKEND_KINDS)}")

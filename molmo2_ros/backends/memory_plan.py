@@ -150,6 +150,8 @@ def plan_for_backend(backend, *, frames: int, max_new_tokens: int) -> tuple[str,
 
 
 def _plan_for_backend(backend, frames: int, max_new_tokens: int) -> tuple[str, str]:
+    if backend.name == "openai":
+        return "info", f"memory plan: the model runs on the server {backend.endpoint}"
     folder = getattr(backend, "folder", None)
     if folder is not None:   # engine backends: the exported config and export settings
         config = json.loads((Path(folder) / "config.json").read_text())

@@ -134,6 +134,10 @@ class GroundingNode(LifecycleNode):
             options["dtype"] = None if settings.dtype == "auto" else settings.dtype
         if settings.backend == "tensorrt":
             options["build_if_needed"] = settings.force_engine_update
+        if settings.backend == "openai":   # an inference server (docs/backends.md)
+            options = {"url": settings.server_url, "server_kind": settings.server_kind,
+                       "encoding": settings.server_encoding, "timeout_s": settings.server_timeout,
+                       "api_key_env": settings.server_api_key_env, "api_key_file": settings.server_api_key_file}
         started = time.monotonic()
         try:
             backend = make_backend(settings.backend, model, **options)
@@ -142,6 +146,10 @@ class GroundingNode(LifecycleNode):
                                   f"{type(exc).__name__}: {exc}") from exc
         self.get_logger().info(f"loaded {backend.name} backend, model {backend.model_id} "
                                f"in {time.monotonic() - started:.1f} s")
+        health = getattr(backend, "health", "ok")   # a server backend: did its server answer?
+        if health != "ok":
+            self.get_logger().warning(f"server {backend.endpoint}: {health}; queries are answered "
+                                      "ERROR_BACKEND until it answers")
         return backend
 
     def _log_memory_plan(self, backend: Backend, settings: Settings) -> None:

@@ -188,8 +188,13 @@ class Diagnostics:
             values["tracked_objects"] = str(len(propagator.current().objects))
         if pipeline.depth is not None:
             values.update(pipeline.depth.diagnostics())
+        server = getattr(backend, "diagnostics", None)   # a server backend: its URL and health
+        if server is not None:
+            values.update(server())
         if not pipeline.active:
             level, message = DiagnosticStatus.WARN, "not active"
+        elif values.get("server_health", "ok") != "ok":
+            level, message = DiagnosticStatus.WARN, f"server {values['server_health']}"
         elif stats is None or stats.frames == 0:
             level, message = DiagnosticStatus.WARN, "no camera frames in the window"
         else:

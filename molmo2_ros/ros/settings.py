@@ -12,6 +12,8 @@ from enum import Enum
 from typing import Callable
 
 from molmo2_ros.backends.factory import BACKEND_KINDS
+from molmo2_ros.backends.openai_backend import SERVER_KINDS
+from molmo2_ros.backends.server_video import ENCODINGS
 from molmo2_ros.backends.trained_window import TrainedWindow
 from molmo2_ros.core.grounding import Task
 from molmo2_ros.core.optical_flow import WINDOW as FLOW_WINDOW
@@ -120,12 +122,25 @@ PARAMETERS: dict[str, Param] = {
     # Model
     "model": Param("", "checkpoint folder or hub id; empty: the packaged model, else the tiny random one",
                    CONFIGURE),
-    "backend": Param("torch", "inference backend", CONFIGURE, choices=BACKEND_KINDS),
+    "backend": Param("torch", "inference backend (openai: an inference server, see server_*)", CONFIGURE,
+                     choices=BACKEND_KINDS),
     "engine_dir": Param("", "folder of exported engines (onnxruntime/tensorrt)", CONFIGURE),
     "force_engine_update": Param(False, "tensorrt: rebuild engines that do not match this machine from the "
                                  "folder's ONNX graphs (else they are refused)", CONFIGURE),
     "device": Param("", "torch device, e.g. cuda or cpu; empty: cuda when available", CONFIGURE),
     "dtype": Param("auto", "torch dtype", CONFIGURE, choices=("auto", "float32", "float16", "bfloat16")),
+    # openai backend (docs/backends.md): `model` is the served model's name
+    "server_url": Param("", "openai: the inference server's URL, e.g. http://gpu-host:8000 (/v1 is added)",
+                        CONFIGURE),
+    "server_kind": Param("vllm", "openai: vllm (video sent inline: any server) or transformers (`transformers "
+                         "serve` on this machine: video sent as a file path)", CONFIGURE, choices=SERVER_KINDS),
+    "server_encoding": Param("compact", "openai: video encoding, compact (H.264) or lossless (answers equal a "
+                             "local backend's; 3-13x the bytes)", CONFIGURE, choices=ENCODINGS),
+    "server_timeout": Param(60.0, "openai: seconds an answer may take; later, the goal fails ERROR_BACKEND",
+                            CONFIGURE, lo=0.1, hi=MAX_PERIOD_S, unit="s"),
+    "server_api_key_env": Param("", "openai: name of the environment variable holding the API key (never the "
+                                "key)", CONFIGURE),
+    "server_api_key_file": Param("", "openai: file holding the API key (never the key itself)", CONFIGURE),
     "warmup": Param("auto", "at configure, answer one query on blank frames (a full window) so the first real "
                     "one does not pay for compilation: auto (only backends that compile on first use: torch "
                     "on CUDA), always or never", CONFIGURE, choices=("auto", "always", "never")),

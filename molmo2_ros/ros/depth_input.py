@@ -5,6 +5,8 @@ Subscriptions run in their own callback group and only convert and buffer (a zer
 view of an Image; a CompressedImage is decoded there), so the camera callback never
 waits on them, nor they on inference. The math, the buffer's sync
 and memory policy and every reason a point gets no position: molmo2_ros.core.depth.
+Start-up self-checks (depth units against values, frame_ids, camera info size) are
+logged once each and kept for /diagnostics, so a misconfigured camera shows at start.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from molmo2_ros.core.depth import (CameraModel, DepthBuffer, DepthLookup, depth_from_compressed,
-                                   depth_from_image, locate, same_aspect, with_positions)
+                                   depth_from_image, locate, same_aspect, units_problem, with_positions)
 from molmo2_ros.core.grounding import Frame, Grounding
 from molmo2_ros.core.propagation import TrackedObjects
 from molmo2_ros.ros.messages import from_time
@@ -58,6 +60,11 @@ class DepthInput:
         self.malformed = 0
         self.last_error = ""
         self._warned: dict[str, float] = {}   # kind of warning -> when it was last logged
+        # Start-up self-checks (see `_self_check`): what each found, and whether the depth
+        # units could be judged yet (not before a depth image with valid pixels).
+        self.self_checks: dict[str, str] = {}
+        self._units_judged = False
+        self._depth_size: tuple[int, int] | None = None
 
     # --- subscriptions ----------------------------------------------------------------
     def start(self, qos, event_callbacks) -> None:
@@ -99,20 +106,36 @@ class DepthInput:
         warning = self.buffer.add(image)
         if warning:
             self._warn(warning)
+        height, width = image.pixels.shape
+        self._depth_size = (width, height)
+        if not self._units_judged:
+            problem = units_problem(image)
+            self._units_judged = problem is not None
+            if problem:
+                self._self_check("depth_units", f"{problem} (else every depth is out of depth_min..depth_max "
+                                                "or wrong by a factor of 1000)")
         colour = self._colour
         if colour is not None:  # refused at lookup; said here already, once in a while
             frame_id, size = colour
             if image.frame_id != frame_id:
-                self._refuse(f"depth frame_id {image.frame_id!r} is not the colour camera's {frame_id!r} "
-                             "(depth must be registered to the colour camera)")
-            elif not same_aspect(image.pixels.shape[::-1], size):
-                height, width = image.pixels.shape
-                self._refuse(f"depth size {width}x{height} has another aspect ratio than the "
+                self._refuse("depth_frame_id", f"depth frame_id {image.frame_id!r} is not the colour camera's "
+                             f"{frame_id!r} (depth must be registered to the colour camera)")
+            elif not same_aspect((width, height), size):
+                self._refuse("depth_size", f"depth size {width}x{height} has another aspect ratio than the "
                              f"colour image {size[0]}x{size[1]} (not registered to it?)")
 
-    def _refuse(self, why: str) -> None:
+    def _refuse(self, check: str, why: str) -> None:
         self.last_error = why
+        self._self_check(check, f"{why}: points get no 3D position")
         self._warn(f"{why}: points get no 3D position")
+
+    def _self_check(self, check: str, finding: str) -> None:
+        """A start-up self-check that failed: logged once and kept for /diagnostics
+        (depth_self_checks), so a misconfigured camera is seen at start, not guessed from
+        far-off or missing 3D positions."""
+        if check not in self.self_checks:
+            self.self_checks[check] = finding
+            self._node.get_logger().warning(f"depth self-check: {finding}")
 
     def _on_info(self, msg: CameraInfo) -> None:
         try:
@@ -120,6 +143,26 @@ class DepthInput:
         except (ValueError, IndexError) as exc:
             self.last_error = f"camera info unusable: {exc}"
             self._warn(self.last_error)
+            return
+        if self._colour is not None:
+            self._check_camera_info(self.camera, *self._colour)
+
+    def _check_camera_info(self, camera: CameraModel, frame_id: str, size: tuple[int, int]) -> None:
+        """The camera info against the colour images (and the depth images) it describes."""
+        if camera.frame_id and camera.frame_id != frame_id:
+            self._self_check("camera_info_frame_id", f"camera info frame_id {camera.frame_id!r} is not the "
+                             f"colour camera's {frame_id!r}: points get no 3D position")
+        info_size = (camera.width, camera.height)
+        if info_size in (size, self._depth_size):
+            return
+        sizes = f"the colour image's {size[0]}x{size[1]}" + (
+            f" nor the depth image's {self._depth_size[0]}x{self._depth_size[1]}" if self._depth_size else "")
+        if same_aspect(info_size, size):
+            self._self_check("camera_info_size", f"camera info size {info_size[0]}x{info_size[1]} is neither "
+                             f"{sizes}: it is scaled to the colour image; check it is this camera's calibration")
+        else:
+            self._self_check("camera_info_size", f"camera info size {info_size[0]}x{info_size[1]} is neither "
+                             f"{sizes} and has another aspect ratio: points get no 3D position")
 
     # --- lookups ----------------------------------------------------------------------
     def want(self, stamp_ns: int, frame_id: str, source_size: tuple[int, int]) -> None:
@@ -161,4 +204,5 @@ class DepthInput:
         return {"depth_frames": str(frames), "depth_bytes": str(nbytes),
                 "depth_received": str(self.buffer.received), "depth_malformed": str(self.malformed),
                 "camera_info": "yes" if self.camera is not None else "no",
-                "depth_last_error": self.last_error}
+                "depth_last_error": self.last_error,
+                "depth_self_checks": "; ".join(self.self_checks.values()) or "ok"}

@@ -18,6 +18,7 @@ from molmo2_ros.ros.settings import Settings
 if TYPE_CHECKING:  # the depth input is an rclpy part, and the backends load torch
     from molmo2_ros.core.backend import Backend
     from molmo2_ros.ros.depth_input import DepthInput
+    from molmo2_ros.ros.robot_frames import RobotFrames
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Pipeline:
     window: FrameWindow | None = None         # rebuilt when a window parameter changes
     propagator: TrackPropagator | None = None  # rebuilt when a tracking parameter changes
     depth: DepthInput | None = None           # with depth_topic
+    robot_frames: RobotFrames | None = None   # with target_frame (and depth_topic)
     active: bool = False
 
     @property

@@ -1,5 +1,5 @@
 """What the node's parts share: the validated settings, the loaded backend and the
-camera's buffers (frame window, track propagator, depth input).
+camera's buffers (frame window, track propagator, depth input) and tf2 (robot frames).
 
 Only the node writes it, as it configures, applies live parameter changes, deactivates
 and cleans up; the parts (ingest, serving, outputs) read it when they need it and are

@@ -38,12 +38,26 @@ THROTTLE_S = 5.0
 POLL_S = 0.005
 
 
+def extrapolation(error: str) -> str:
+    """"future", "past" or "" for tf2's error text: extrapolation beyond the newest or
+    before the oldest transform held (with one transform held, tf2 gives both times)."""
+    if "into the future" in error:
+        return "future"
+    if "into the past" in error:
+        return "past"
+    only = re.search(r"extrapolation at time ([\d.]+), but only time ([\d.]+)", error)
+    if only:
+        return "future" if float(only.group(1)) > float(only.group(2)) else "past"
+    return ""
+
+
 def why_not(error: str, tolerance_s: float) -> str:
     """tf2's error text as the reason a point has no target-frame position: the kind,
     then tf2's own words in parentheses."""
-    if "into the future" in error:
+    direction = extrapolation(error)
+    if direction == "future":
         kind = f"transform late: none at the frame's stamp after waiting {tolerance_s:g} s"
-    elif "into the past" in error:
+    elif direction == "past":
         kind = "frame too old: its stamp is before the transforms tf2 still holds"
     elif "does not exist" in error:
         kind = "frame unknown: tf2 has received no transform to or from it"
@@ -72,6 +86,7 @@ class RobotFrames:
         self._thread.start()
         self._lock = threading.Lock()
         self._cameras: dict[str, str] = {}   # camera frame_id -> "yes" or why not
+        self._late: set[str] = set()         # cameras whose last camera-rate lookup found the transform late
         self._warned: dict[str, float] = {}
         self.placed = 0            # points and tracked objects given a target-frame position
         self.unplaced = 0          # ... and those that had a camera-frame position but no transform
@@ -131,16 +146,18 @@ class RobotFrames:
                               f"{camera_frame!r} ({state}); answers keep camera-frame positions until it is")
 
     # --- lookups --------------------------------------------------------------------
-    def transform_at(self, camera_frame: str, stamp_ns: int) -> tuple[RigidTransform | None, str]:
+    def transform_at(self, camera_frame: str, stamp_ns: int,
+                     wait: bool = True) -> tuple[RigidTransform | None, str]:
         """The transform from `camera_frame` into the target frame at `stamp_ns`, waiting up
-        to the tolerance for one not yet arrived (not for one that is too old); or why not."""
+        to the tolerance (with `wait`) for one not yet arrived (not for one that is too old);
+        or why not."""
         if not camera_frame:
             return None, "frame unknown: the camera frame has no frame_id"
         stamp = Time(nanoseconds=stamp_ns)
-        deadline = time.monotonic() + self.tolerance_s
+        deadline = time.monotonic() + (self.tolerance_s if wait else 0.0)
         while True:
             ok, error = self._buffer.can_transform_core(self.target_frame, camera_frame, stamp)
-            if ok or "into the past" in error or time.monotonic() >= deadline:
+            if ok or extrapolation(error) == "past" or time.monotonic() >= deadline:
                 break
             time.sleep(POLL_S)
         if ok:
@@ -149,7 +166,7 @@ class RobotFrames:
             except TransformException as exc:
                 ok, error = False, str(exc)
         if not ok:
-            return None, why_not(error, self.tolerance_s)
+            return None, why_not(error, self.tolerance_s if wait else 0.0)
         t, r = msg.transform.translation, msg.transform.rotation
         return RigidTransform((t.x, t.y, t.z), (r.x, r.y, r.z, r.w)), ""
 
@@ -167,8 +184,17 @@ class RobotFrames:
         return placed
 
     def place_tracked(self, snap: TrackedObjects, camera_frame: str) -> TrackedObjects:
-        """Camera-rate objects with target-frame positions (the transform at their frame's stamp)."""
-        placed, why = tracked_in_target(snap, self.target_frame, camera_frame, self.transform_at)
+        """Camera-rate objects with target-frame positions (the transform at their frame's
+        stamp). This runs on the camera callback: once a camera's transform was late, the
+        next frames do not wait for it (a stopped transform would cost every frame the
+        tolerance) until one is found again."""
+        wait = camera_frame not in self._late
+        placed, why = tracked_in_target(snap, self.target_frame, camera_frame,
+                                        lambda frame, stamp: self.transform_at(frame, stamp, wait))
+        if why.startswith("transform late"):
+            self._late.add(camera_frame)
+        elif not why:
+            self._late.discard(camera_frame)
         with_position = [o for o in placed.objects if o.position is not None]
         self._count(len(with_position) if not why else 0, len(with_position) if why else 0)
         if why:

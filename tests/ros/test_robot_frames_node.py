@@ -261,3 +261,17 @@ def test_self_checks_at_start_in_log_and_diagnostics(served):
     assert log.count("depth self-check: 16UC1 depth values look like metres") == 1
     assert "publish 16UC1 in millimetres or 32FC1 in metres" in log
     assert node.alive()
+
+
+def test_target_frame_without_depth_is_warned_and_answers_still_come(served):
+    harness, node, camera, _, _ = served
+    assert harness.reconfigure(target_frame="base_link", depth_topic="")
+    harness.wait_for(lambda: "target_frame 'base_link' is set but depth_topic is empty: there are no 3D positions "
+                             "to give in it" in node.log(), 30, "the warning")
+    harness.stamps_from_now()
+    harness.publish_frames(13)
+    status, result, _ = harness.ask("red square", max_frames=2)
+    assert status == GoalStatus.STATUS_SUCCEEDED and result.grounding.points
+    assert not any(p.has_position or p.has_target_position for p in result.grounding.points)
+    d = harness.wait_diag(lambda d: d["state"] == "active", 30)
+    assert "target_frame" not in d and "depth_received" not in d

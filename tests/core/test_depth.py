@@ -267,3 +267,8 @@ def test_positions_survive_the_json_form():
                                                         GroundedPoint(1, 9.0, 3.0, 2, "cup")])
     back = grounding_from_dict(grounding_to_dict(g))
     assert [p.position for p in back.points] == [(0.1, -0.2, 1.5), None]
+    g.target_frame, g.points[0] = "base_link", GroundedPoint(1, 2.0, 3.0, 1, "cup", position=(0.1, -0.2, 1.5),
+                                                             target_position=(1.0, 2.0, 0.5))
+    back = grounding_from_dict(grounding_to_dict(g))
+    assert back.target_frame == "base_link"
+    assert [p.target_position for p in back.points] == [(1.0, 2.0, 0.5), None]

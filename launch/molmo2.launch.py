@@ -36,6 +36,10 @@ ARGUMENTS = {
                                         "empty: the params file's (default: off)"),
     "camera_info_topic": ("camera_info_topic", str, "CameraInfo of the camera (empty: camera_info "
                                                     "beside camera_topic)"),
+    "target_frame": ("target_frame", str, "frame 3D positions are also given in, through tf2 (e.g. base_link, "
+                                          "odom, map; needs depth_topic)"),
+    "tracked_tf_frames": ("tracked_tf_frames", _bool, "true: tracked objects with 3D as TF frames "
+                                                      "<node>_<label>_<id>"),
 }
 
 

@@ -20,27 +20,38 @@ def msg_dir() -> Path:
     return Path(get_package_share_directory("molmo2_ros")) / "msg"
 
 
-# GroundedPoint and TrackedObject before they carried 3D positions (has_position,
-# position): to read recordings made then that hold no message definitions.
-_BEFORE_3D = {
+# GroundedPoint and TrackedObject as they were before, newest first: to read recordings
+# made then that hold no message definitions. Before target positions they had no
+# has_target_position/target_position; before 3D positions, no has_position/position either.
+_BEFORE_TARGET = {
     "GroundedPoint": "builtin_interfaces/Time stamp\nfloat32 x\nfloat32 y\nint32 object_id\n"
-                     "string label\nfloat32 score\n",
+                     "string label\nfloat32 score\nbool has_position\ngeometry_msgs/Point position\n",
     "TrackedObject": "int32 object_id\nstring label\nfloat32 x\nfloat32 y\n"
                      "builtin_interfaces/Time anchor_stamp\nbuiltin_interfaces/Duration age\n"
-                     "float32 confidence\nbool lost\n",
+                     "float32 confidence\nbool lost\nbool has_position\ngeometry_msgs/Point position\n",
+}
+PAST_LAYOUTS = {
+    "before target positions": _BEFORE_TARGET,
+    "before 3D positions": {
+        "GroundedPoint": "builtin_interfaces/Time stamp\nfloat32 x\nfloat32 y\nint32 object_id\n"
+                         "string label\nfloat32 score\n",
+        "TrackedObject": "int32 object_id\nstring label\nfloat32 x\nfloat32 y\n"
+                         "builtin_interfaces/Time anchor_stamp\nbuiltin_interfaces/Duration age\n"
+                         "float32 confidence\nbool lost\n",
+    },
 }
 
 
-def typestore(before_3d: bool = False):
-    """rosbags' Jazzy types plus molmo2_ros/msg/* (from their .msg text; with `before_3d`,
-    as they were before points carried 3D positions)."""
+def typestore(layout: str = ""):
+    """rosbags' Jazzy types plus molmo2_ros/msg/* (from their .msg text; with `layout`, a
+    key of PAST_LAYOUTS, as they were then)."""
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
     store = get_typestore(Stores.ROS2_JAZZY)
+    past = PAST_LAYOUTS[layout] if layout else {}
     types = {}
     for path in sorted(msg_dir().glob("*.msg")):
-        text = _BEFORE_3D.get(path.stem, path.read_text()) if before_3d else path.read_text()
-        types.update(get_types_from_msg(text, f"molmo2_ros/msg/{path.stem}"))
+        types.update(get_types_from_msg(past.get(path.stem, path.read_text()), f"molmo2_ros/msg/{path.stem}"))
     store.register(types)
     return store
 

@@ -34,7 +34,8 @@ BELOW = {
 # ament_index_python (a file index, no middleware) may be used anywhere.
 ROS_PACKAGES = {"rclpy", "launch", "launch_ros", "builtin_interfaces", "std_msgs",
                 "sensor_msgs", "geometry_msgs", "visualization_msgs", "diagnostic_msgs", "lifecycle_msgs",
-                "rcl_interfaces", "action_msgs"}
+                "rcl_interfaces", "action_msgs", "tf2_ros", "tf2_msgs", "tf2_py", "tf2_geometry_msgs",
+                "message_filters", "vision_msgs"}
 
 
 def layer_of(module: str) -> str | None:
@@ -115,7 +116,7 @@ def test_the_check_catches_injected_bad_imports(tmp_path):
 # The node's parts: each gets what it uses through its constructor. The rclpy node it is
 # given is for rclpy's own API (entities, logger, clock, names), never to reach the
 # node's other parts or state.
-PARTS = ("ingest", "serving", "outputs", "depth_input")
+PARTS = ("ingest", "serving", "outputs", "depth_input", "robot_frames", "standard_messages")
 
 
 def reach_throughs(root: Path, node_api: set[str]) -> list[str]:

@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from molmo2_ros.bag_types import stamp_ns, typestore
+from molmo2_ros.bag_types import PAST_LAYOUTS, stamp_ns, typestore
 from molmo2_ros.core.grounding import NS, TASK_CODES, Task
 
 RESULTS_TOPIC = "/molmo2_grounding/grounding"   # the default node's results
@@ -65,15 +65,16 @@ def grounding_rows(bag: Path, results_topic: str, image_topic: str, recording: s
             raise ValueError(f"no topic {results_topic!r} in {bag} "
                              f"(topics: {sorted({c.topic for c in reader.connections})})")
         # A bag with message definitions decodes with its own (any version of ours); one
-        # without them with this version's, else with the one before 3D positions.
-        stores = [reader.typestore, typestore(before_3d=True)]
+        # without them with this version's, else with an earlier one's (PAST_LAYOUTS).
+        stores = [reader.typestore] + [typestore(layout) for layout in PAST_LAYOUTS]
         for n, (conn, _, raw) in enumerate(reader.messages(connections=conns)):
             msg = _decode(stores, raw, conn.msgtype)
             if msg is None:
                 raise ValueError(
                     f"message {n} on {results_topic} in {bag} does not decode as {conn.msgtype}: the bag "
                     "has no message definitions and it fits neither this molmo2_ros's messages nor "
-                    "those before 3D positions; convert it with the molmo2_ros version that recorded it")
+                    f"those {' nor those '.join(PAST_LAYOUTS)}; convert it with the molmo2_ros version that "
+                    "recorded it")
             stamps = [stamp_ns(t) for t in msg.frame_stamps]
             task = TASK_CODES[msg.task]
             if task is Task.TRACK:

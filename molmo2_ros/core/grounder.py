@@ -156,6 +156,7 @@ def grounding_to_dict(g: Grounding) -> dict[str, Any]:
         "stamp_ns": g.stamp_ns,
         "frame_stamps_ns": list(g.frame_stamps_ns),
         "frame_id": g.frame_id,
+        "target_frame": g.target_frame,
         "model": g.model,
         "backend": g.backend,
         "timings": dataclasses.asdict(g.timings),
@@ -171,7 +172,7 @@ def grounding_from_dict(d: dict[str, Any]) -> Grounding:
                 for t in d.get("tracks", [])],
         answer=d.get("answer", ""), warnings=list(d.get("warnings", [])),
         frame_stamps_ns=list(d.get("frame_stamps_ns", [])), frame_id=d.get("frame_id", ""),
-        model=d.get("model", ""), backend=d.get("backend", ""),
+        target_frame=d.get("target_frame", ""), model=d.get("model", ""), backend=d.get("backend", ""),
         timings=Timings(**d.get("timings", {})),
     )
 
@@ -181,6 +182,8 @@ def _point_to_dict(p: GroundedPoint) -> dict[str, Any]:
          "label": p.label, "score": None if math.isnan(p.score) else p.score}
     if p.position is not None:  # metres, optical frame (depth input)
         d["position"] = list(p.position)
+    if p.target_position is not None:  # metres, the grounding's target_frame (tf2)
+        d["target_position"] = list(p.target_position)
     return d
 
 
@@ -189,4 +192,6 @@ def _point_from_dict(d: dict[str, Any]) -> GroundedPoint:
     return GroundedPoint(stamp_ns=int(d["stamp_ns"]), x=float(d["x"]), y=float(d["y"]),
                          object_id=int(d["object_id"]), label=d.get("label", ""),
                          score=math.nan if score is None else float(score),
-                         position=tuple(float(v) for v in d["position"]) if d.get("position") else None)
+                         position=tuple(float(v) for v in d["position"]) if d.get("position") else None,
+                         target_position=tuple(float(v) for v in d["target_position"])
+                         if d.get("target_position") else None)

@@ -53,6 +53,9 @@ class GroundedPoint:
     # (x, y, z) in metres in the camera's optical frame, from a registered depth image
     # (molmo2_ros.core.depth); None when unknown.
     position: tuple[float, float, float] | None = None
+    # The same place in the answer's `target_frame` (tf2 at this point's stamp,
+    # molmo2_ros.core.rigid_transform); None without one or without its transform.
+    target_position: tuple[float, float, float] | None = None
 
 
 @dataclass
@@ -85,6 +88,7 @@ class Grounding:
     warnings: list[str] = field(default_factory=list)
     frame_stamps_ns: list[int] = field(default_factory=list)
     frame_id: str = ""
+    target_frame: str = ""      # the frame of the points' target_position ("" = none)
     model: str = ""
     backend: str = ""
     timings: Timings = field(default_factory=Timings)

@@ -44,6 +44,7 @@ class TrackedObject:
     confidence: float       # in [0, 1]; 0 when lost
     lost: bool              # x/y are the last good position, not the current one
     position: tuple[float, float, float] | None = None   # metres, optical frame (depth input)
+    target_position: tuple[float, float, float] | None = None   # in TrackedObjects.target_frame
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class TrackedObjects:
     query: str              # the query whose answer is propagated
     answer_id: str          # the caller's id of the answer the objects come from ("" = none)
     objects: tuple[TrackedObject, ...]
+    target_frame: str = ""  # the frame of the objects' target_position ("" = none)
 
 
 @dataclass

@@ -11,6 +11,9 @@ over max_image_pixels or depth_buffer_mb (refused before decoding), a CameraInfo
 NaN/inf/zero intrinsics or a distortion that does not fit its model are dropped, counted
 (/diagnostics) and logged at most once per THROTTLE_S for each kind; a refused CameraInfo
 stops 3D until a good one comes (3D from an older calibration would be silently wrong).
+
+Start-up self-checks (depth units against values, frame_ids, camera info size) are
+logged once each and kept for /diagnostics, so a misconfigured camera shows at start.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from molmo2_ros.core.depth import (NS, CameraModel, DepthBuffer, DepthLookup, depth_from_compressed,
-                                   depth_from_image, locate, same_aspect, with_positions)
+                                   depth_from_image, locate, same_aspect, units_problem, with_positions)
 from molmo2_ros.core.grounding import Frame, Grounding
 from molmo2_ros.core.image_conversion import ImageTooLarge
 from molmo2_ros.core.propagation import TrackedObjects
@@ -74,6 +77,11 @@ class DepthInput:
         self._warned: dict[str, float] = {}   # kind of warning -> when it was last logged
         self._tracked_lock = threading.Lock()
         self._waiting: deque = deque()        # camera-rate objects waiting for their frame's depth image
+        # Start-up self-checks (see `_self_check`): what each found, and whether the depth
+        # units could be judged yet (not before a depth image with valid pixels).
+        self.self_checks: dict[str, str] = {}
+        self._units_judged = False
+        self._depth_size: tuple[int, int] | None = None
 
     # --- subscriptions ----------------------------------------------------------------
     def start(self, qos, event_callbacks) -> None:
@@ -132,22 +140,38 @@ class DepthInput:
         self.last_error = warning
         if warning:
             self._warn(warning)
+        height, width = image.pixels.shape
+        self._depth_size = (width, height)
+        if not self._units_judged:
+            problem = units_problem(image)
+            self._units_judged = problem is not None
+            if problem:
+                self._self_check("depth_units", f"{problem} (else every depth is out of depth_min..depth_max "
+                                                "or wrong by a factor of 1000)")
         with self._tracked_lock:
             self._release_tracked_locked()
         colour = self._colour
         if colour is not None:  # refused at lookup; said here already, once in a while
             frame_id, size = colour
             if image.frame_id != frame_id:
-                self._refuse(f"depth frame_id {image.frame_id!r} is not the colour camera's {frame_id!r} "
-                             "(depth must be registered to the colour camera)")
-            elif not same_aspect(image.pixels.shape[::-1], size):
-                height, width = image.pixels.shape
-                self._refuse(f"depth size {width}x{height} has another aspect ratio than the "
+                self._refuse("depth_frame_id", f"depth frame_id {image.frame_id!r} is not the colour camera's "
+                             f"{frame_id!r} (depth must be registered to the colour camera)")
+            elif not same_aspect((width, height), size):
+                self._refuse("depth_size", f"depth size {width}x{height} has another aspect ratio than the "
                              f"colour image {size[0]}x{size[1]} (not registered to it?)")
 
-    def _refuse(self, why: str) -> None:
+    def _refuse(self, check: str, why: str) -> None:
         self.last_error = why
+        self._self_check(check, f"{why}: points get no 3D position")
         self._warn(f"{why}: points get no 3D position")
+
+    def _self_check(self, check: str, finding: str) -> None:
+        """A start-up self-check that failed: logged once and kept for /diagnostics
+        (depth_self_checks), so a misconfigured camera is seen at start, not guessed from
+        far-off or missing 3D positions."""
+        if check not in self.self_checks:
+            self.self_checks[check] = finding
+            self._node.get_logger().warning(f"depth self-check: {finding}")
 
     def _on_info(self, msg: CameraInfo) -> None:
         try:
@@ -157,10 +181,30 @@ class DepthInput:
             self.camera, self.camera_error = None, str(exc)
             self.camera_refused += 1
             self._warn(f"camera info refused: {exc}: points get no 3D position until a usable one arrives")
+            return
+        if self._colour is not None:
+            self._check_camera_info(self.camera, *self._colour)
 
     def _no_camera(self) -> str:
         """Why there is no camera model."""
         return f"camera info refused ({self.camera_error})" if self.camera_error else "no camera info received"
+
+    def _check_camera_info(self, camera: CameraModel, frame_id: str, size: tuple[int, int]) -> None:
+        """The camera info against the colour images (and the depth images) it describes."""
+        if camera.frame_id and camera.frame_id != frame_id:
+            self._self_check("camera_info_frame_id", f"camera info frame_id {camera.frame_id!r} is not the "
+                             f"colour camera's {frame_id!r}: points get no 3D position")
+        info_size = (camera.width, camera.height)
+        if info_size in (size, self._depth_size):
+            return
+        sizes = f"the colour image's {size[0]}x{size[1]}" + (
+            f" nor the depth image's {self._depth_size[0]}x{self._depth_size[1]}" if self._depth_size else "")
+        if same_aspect(info_size, size):
+            self._self_check("camera_info_size", f"camera info size {info_size[0]}x{info_size[1]} is neither "
+                             f"{sizes}: it is scaled to the colour image; check it is this camera's calibration")
+        else:
+            self._self_check("camera_info_size", f"camera info size {info_size[0]}x{info_size[1]} is neither "
+                             f"{sizes} and has another aspect ratio: points get no 3D position")
 
     # --- lookups ----------------------------------------------------------------------
     def want(self, stamp_ns: int, frame_id: str, source_size: tuple[int, int]) -> None:
@@ -231,4 +275,5 @@ class DepthInput:
                 "depth_too_large": str(self.too_large), "depth_refused": str(self.buffer.refused),
                 "camera_info": "yes" if self.camera is not None else "refused" if self.camera_error else "no",
                 "camera_info_refused": str(self.camera_refused), "camera_info_error": self.camera_error,
-                "depth_last_error": self.last_error}
+                "depth_last_error": self.last_error,
+                "depth_self_checks": "; ".join(self.self_checks.values()) or "ok"}

@@ -138,6 +138,8 @@ class CameraIngest:
             log.warning(f"dropped a camera frame: {decision.reason}", throttle_duration_sec=2.0)
         elif decision.outcome is Ingest.RESET:
             log.warning(decision.reason)
+        if pipeline.robot_frames is not None:
+            pipeline.robot_frames.saw_camera(msg.header.frame_id)
         depth = pipeline.depth
         if depth is not None and decision.keep:
             depth.want(stamp_ns, msg.header.frame_id, rgb(max_side)[1])  # converted already

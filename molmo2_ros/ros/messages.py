@@ -7,7 +7,7 @@ the frame it lies in. Pixels stay in the original camera image.
 from __future__ import annotations
 
 from builtin_interfaces.msg import Duration, Time
-from geometry_msgs.msg import Point
+from geometry_msgs.msg import Point, PointStamped
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
@@ -54,17 +54,30 @@ def position_to_msg(position) -> tuple[bool, Point]:
     return True, Point(x=float(position[0]), y=float(position[1]), z=float(position[2]))
 
 
-def point_to_msg(point: GroundedPoint) -> GroundedPointMsg:
+def target_to_msg(position, target_frame: str, stamp_ns: int) -> tuple[bool, PointStamped]:
+    """(has_target_position, geometry_msgs/PointStamped in `target_frame` at `stamp_ns`)."""
+    has, point = position_to_msg(position)
+    msg = PointStamped(point=point)
+    msg.header.frame_id = target_frame
+    msg.header.stamp = to_time(stamp_ns)
+    return has, msg
+
+
+def point_to_msg(point: GroundedPoint, target_frame: str = "") -> GroundedPointMsg:
     has_position, position = position_to_msg(point.position)
+    has_target, target = target_to_msg(point.target_position, target_frame, point.stamp_ns)
     return GroundedPointMsg(stamp=to_time(point.stamp_ns), x=float(point.x), y=float(point.y),
                             object_id=int(point.object_id), label=point.label,
-                            score=float(point.score), has_position=has_position, position=position)
+                            score=float(point.score), has_position=has_position, position=position,
+                            has_target_position=has_target, target_position=target)
 
 
 def point_from_msg(msg: GroundedPointMsg) -> GroundedPoint:
     position = (msg.position.x, msg.position.y, msg.position.z) if msg.has_position else None
+    target = msg.target_position.point
     return GroundedPoint(stamp_ns=from_time(msg.stamp), x=msg.x, y=msg.y,
-                         object_id=msg.object_id, label=msg.label, score=msg.score, position=position)
+                         object_id=msg.object_id, label=msg.label, score=msg.score, position=position,
+                         target_position=(target.x, target.y, target.z) if msg.has_target_position else None)
 
 
 def grounding_to_msg(grounding: Grounding, query_id: str) -> GroundingMsg:
@@ -74,8 +87,9 @@ def grounding_to_msg(grounding: Grounding, query_id: str) -> GroundingMsg:
     msg.query_id = query_id
     msg.query = grounding.query
     msg.task = TASK_TO_MSG[Task(grounding.task)]
-    msg.points = [point_to_msg(p) for p in grounding.points]
-    msg.tracks = [TrackMsg(id=int(t.id), label=t.label, points=[point_to_msg(p) for p in t.points])
+    msg.points = [point_to_msg(p, grounding.target_frame) for p in grounding.points]
+    msg.tracks = [TrackMsg(id=int(t.id), label=t.label, points=[point_to_msg(p, grounding.target_frame)
+                                                                for p in t.points])
                   for t in grounding.tracks]
     msg.count = -1 if grounding.count is None else int(grounding.count)
     msg.frame_stamps = [to_time(s) for s in grounding.frame_stamps_ns]
@@ -97,6 +111,7 @@ def partial_to_msgs(partial: PartialAnswer) -> tuple[list[GroundedPointMsg], lis
 
 
 def grounding_from_msg(msg: GroundingMsg) -> Grounding:
+    targets = {p.target_position.header.frame_id for p in msg.points if p.has_target_position}
     return Grounding(
         task=TASK_FROM_MSG[msg.task], query=msg.query,
         points=[point_from_msg(p) for p in msg.points],
@@ -105,7 +120,8 @@ def grounding_from_msg(msg: GroundingMsg) -> Grounding:
         count=None if msg.count < 0 else msg.count,
         answer=msg.answer, warnings=list(msg.warnings),
         frame_stamps_ns=[from_time(s) for s in msg.frame_stamps],
-        frame_id=msg.header.frame_id, model=msg.model, backend=msg.backend,
+        frame_id=msg.header.frame_id, target_frame=targets.pop() if targets else "",
+        model=msg.model, backend=msg.backend,
         timings=Timings(queue_wait=from_duration(msg.queue_wait),
                         preprocess=from_duration(msg.preprocess),
                         generation=from_duration(msg.generation)))
@@ -120,11 +136,12 @@ def tracked_to_msg(snap: TrackedObjects, frame_id: str) -> TrackedObjectArray:
     objects = []
     for o in snap.objects:
         has_position, position = position_to_msg(o.position)
+        has_target, target = target_to_msg(o.target_position, snap.target_frame, snap.stamp_ns)
         objects.append(TrackedObjectMsg(
             object_id=int(o.object_id), label=o.label, x=float(o.x), y=float(o.y),
             anchor_stamp=to_time(o.anchor_stamp_ns), age=to_duration(o.age_s),
             confidence=float(o.confidence), lost=bool(o.lost), has_position=has_position,
-            position=position))
+            position=position, has_target_position=has_target, target_position=target))
     msg.objects = objects
     return msg
 
@@ -136,19 +153,26 @@ _PALETTE = [(0.9, 0.2, 0.2), (0.2, 0.8, 0.3), (0.2, 0.4, 0.95), (0.95, 0.85, 0.2
 def grounding_markers(grounding: Grounding, image_size: tuple[int, int], ns: str = "molmo2",
                       lifetime_s: float = 0.0) -> MarkerArray:
     """RViz markers: a labelled dot per point (per track: at its latest point) and a
-    line along each track's path, in the camera's optical frame (x right, y down, z
-    forward).
+    line along each track's path.
 
-    A point with a 3D position (depth input) is drawn there. One without lies on an
-    image plane 1 m in front of the camera, scaled so the image is 1 m wide:
-    (u, v) -> ((u - w/2) / w, (v - h/2) / w, 1).
+    A point with a target-frame position (target_frame, tf2) is drawn there, in that
+    frame; one with only a 3D position (depth input), there in the camera's optical frame
+    (x right, y down, z forward). One without lies on an image plane 1 m in front of the
+    camera, scaled so the image is 1 m wide: (u, v) -> ((u - w/2) / w, (v - h/2) / w, 1).
+    A track's line is in the target frame when all its points have a position there.
     """
     width, height = image_size
     scale = 1.0 / max(width, 1)
+    target = grounding.target_frame
 
-    def place(p: GroundedPoint) -> Point:
+    def xyz(position) -> Point:
+        return Point(x=float(position[0]), y=float(position[1]), z=float(position[2]))
+
+    def place(p: GroundedPoint, in_target: bool) -> Point:
+        if in_target:
+            return xyz(p.target_position)
         if p.position is not None:
-            return Point(x=float(p.position[0]), y=float(p.position[1]), z=float(p.position[2]))
+            return xyz(p.position)
         return Point(x=(p.x - width / 2) * scale, y=(p.y - height / 2) * scale, z=1.0)
 
     def colour(object_id: int) -> ColorRGBA:
@@ -159,9 +183,9 @@ def grounding_markers(grounding: Grounding, image_size: tuple[int, int], ns: str
     markers = [Marker(action=Marker.DELETEALL, ns=ns)]
     markers[0].header.frame_id = grounding.frame_id
 
-    def marker(kind: int, mid: int) -> Marker:
+    def marker(kind: int, mid: int, in_target: bool) -> Marker:
         m = Marker(ns=ns, id=mid, type=kind, action=Marker.ADD)
-        m.header.frame_id = grounding.frame_id
+        m.header.frame_id = target if in_target else grounding.frame_id
         m.header.stamp = header_stamp
         m.pose.orientation.w = 1.0
         m.lifetime = to_duration(lifetime_s)
@@ -170,13 +194,17 @@ def grounding_markers(grounding: Grounding, image_size: tuple[int, int], ns: str
     # Tracks: a dot at each track's latest point and a line along its path.
     dots = [t.points[-1] for t in grounding.tracks if t.points] if grounding.tracks else grounding.points
     for i, p in enumerate(dots):
-        sphere = marker(Marker.SPHERE, 2 * i + 1)
-        sphere.pose.position = place(p)
+        in_target = bool(target) and p.target_position is not None
+        sphere = marker(Marker.SPHERE, 2 * i + 1, in_target)
+        sphere.pose.position = place(p, in_target)
         sphere.scale.x = sphere.scale.y = sphere.scale.z = 0.02
         sphere.color = colour(p.object_id)
-        text = marker(Marker.TEXT_VIEW_FACING, 2 * i + 2)
-        text.pose.position = place(p)
-        text.pose.position.y -= 0.03
+        text = marker(Marker.TEXT_VIEW_FACING, 2 * i + 2, in_target)
+        text.pose.position = place(p, in_target)
+        if in_target:   # the label above the dot: z is up in a robot's frames (REP 103) ...
+            text.pose.position.z += 0.03
+        else:           # ... and y is down in the optical frame
+            text.pose.position.y -= 0.03
         text.scale.z = 0.03
         text.color = colour(p.object_id)
         text.text = f"{p.object_id}: {p.label}" if p.label else str(p.object_id)
@@ -184,8 +212,9 @@ def grounding_markers(grounding: Grounding, image_size: tuple[int, int], ns: str
     for track in grounding.tracks:
         if len(track.points) < 2:
             continue
-        line = marker(Marker.LINE_STRIP, 10_000 + track.id)
-        line.points = [place(p) for p in track.points]
+        in_target = bool(target) and all(p.target_position is not None for p in track.points)
+        line = marker(Marker.LINE_STRIP, 10_000 + track.id, in_target)
+        line.points = [place(p, in_target) for p in track.points]
         line.scale.x = 0.005
         line.color = colour(track.id)
         markers.append(line)

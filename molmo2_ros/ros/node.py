@@ -35,6 +35,7 @@ from molmo2_ros.ros.depth_input import DepthInput
 from molmo2_ros.ros.ingest import CameraIngest, image_qos, make_propagator, make_window
 from molmo2_ros.ros.outputs import Diagnostics, Outputs, subscription_events
 from molmo2_ros.ros.pipeline import Pipeline
+from molmo2_ros.ros.robot_frames import RobotFrames
 from molmo2_ros.ros.serving import QueryServing
 from molmo2_ros.ros.settings import PARAMETERS, Applies, Param, Rebuilds, Settings, resolve_window, validate
 
@@ -185,10 +186,23 @@ class GroundingNode(LifecycleNode):
         p.settings, p.window_source, p.backend = settings, window_source, backend
         p.window, p.propagator = make_window(settings), make_propagator(settings)
         p.depth = DepthInput(self, settings) if settings.depth_topic else None
+        p.robot_frames = self._robot_frames(settings)
         self.outputs.open()
         self.diagnostics.open(settings.diagnostics_period)
         if settings.query:
             self.serving.set_topic_query(settings.query)
+
+    def _robot_frames(self, settings: Settings) -> RobotFrames | None:
+        """tf2 for target_frame, which needs 3D positions (depth_topic) to transform."""
+        if not settings.target_frame:
+            return None
+        if not settings.depth_topic:
+            self.get_logger().warning(f"target_frame {settings.target_frame!r} is set but depth_topic is empty: "
+                                      "there are no 3D positions to give in it")
+            return None
+        frames = RobotFrames(self, settings.target_frame, settings.transform_tolerance)
+        frames.report_at_configure()
+        return frames
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         p = self.pipeline
@@ -252,6 +266,9 @@ class GroundingNode(LifecycleNode):
         self.outputs.close()
         self.diagnostics.close()
         p = self.pipeline
+        if p.robot_frames is not None:
+            p.robot_frames.close()
+            p.robot_frames = None
         p.settings, p.window, p.propagator, p.depth = None, None, None, None
         self.serving.forget_topic_query()
 

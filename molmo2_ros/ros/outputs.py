@@ -1,8 +1,10 @@
 """What the node publishes: each result (~/grounding, ~/answer; ~/markers and
 ~/debug_image only while someone subscribes) with the tracks re-anchored on it, the
 camera-rate ~/tracked_objects, the continuous query's streamed answer so far
-(~/partial_grounding) (lifecycle publishers: silent unless active), /diagnostics (also
-while inactive: it says so), and the warning on a QoS mismatch.
+(~/partial_grounding) (lifecycle publishers: silent unless active), the standard messages
+beside them (standard_messages), /diagnostics (also while inactive: it says so), and the
+warning on a QoS mismatch. With target_frame, 3D positions are also given in it
+(robot_frames) before anything is published.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from molmo2_ros.ros.image_messages import rgb_to_image
 from molmo2_ros.ros.messages import grounding_markers, grounding_to_msg, to_time, tracked_to_msg
 from molmo2_ros.ros.pipeline import Pipeline
 from molmo2_ros.ros.query_worker import Query
+from molmo2_ros.ros.standard_messages import StandardOutputs
 
 try:  # Jazzy and later
     from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
@@ -75,6 +78,8 @@ class Outputs:
         self._markers_pub = publisher(MarkerArray, "~/markers", RESULTS_QOS)
         self._tracked_pub = publisher(TrackedObjectArray, "~/tracked_objects", RESULTS_QOS)
         self._partial_pub = publisher(GroundingMsg, "~/partial_grounding", RESULTS_QOS)
+        tf_prefix = node.get_name() if self._pipeline.settings.tracked_tf_frames else ""
+        self._standard = StandardOutputs(publisher, RESULTS_QOS, tf_prefix)
 
     def close(self) -> None:
         for made in self._publishers:
@@ -88,9 +93,12 @@ class Outputs:
         depth = self._pipeline.depth
         if depth is not None:
             grounding = depth.place(grounding, query.frames)
+        if self._pipeline.robot_frames is not None:
+            grounding = self._pipeline.robot_frames.place(grounding, query.frames)
         msg = grounding_to_msg(grounding, query.query_id)
         self._grounding_pub.publish(msg)
         self._answer_pub.publish(String(data=grounding.answer))
+        self._standard.results(grounding)
         newest = query.frames[-1]
         if self._markers_pub.get_subscription_count() > 0:
             self._markers_pub.publish(grounding_markers(grounding, newest.source_size))
@@ -134,7 +142,10 @@ class Outputs:
 
     def tracked(self, snap: TrackedObjects, frame_id: str) -> None:
         """The propagated objects on one camera frame (the camera callback)."""
+        if self._pipeline.robot_frames is not None:
+            snap = self._pipeline.robot_frames.place_tracked(snap, frame_id)
         self._tracked_pub.publish(tracked_to_msg(snap, frame_id))
+        self._standard.tracked(snap, frame_id)
 
 
 class Diagnostics:
@@ -191,6 +202,8 @@ class Diagnostics:
         server = getattr(backend, "diagnostics", None)   # a server backend: its URL and health
         if server is not None:
             values.update(server())
+        if pipeline.robot_frames is not None:
+            values.update(pipeline.robot_frames.diagnostics())
         if not pipeline.active:
             level, message = DiagnosticStatus.WARN, "not active"
         elif values.get("server_health", "ok") != "ok":

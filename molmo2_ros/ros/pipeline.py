@@ -1,5 +1,5 @@
 """What the node's parts share: the validated settings, the loaded backend and the
-camera's buffers (frame window, track propagator, depth input).
+camera's buffers (frame window, track propagator, depth input) and tf2 (robot frames).
 
 Only the node writes it, as it configures, applies live parameter changes, deactivates
 and cleans up; the parts (ingest, serving, outputs) read it when they need it and are
@@ -18,6 +18,7 @@ from molmo2_ros.ros.settings import Settings
 if TYPE_CHECKING:  # the depth input is an rclpy part, and the backends load torch
     from molmo2_ros.core.backend import Backend
     from molmo2_ros.ros.depth_input import DepthInput
+    from molmo2_ros.ros.robot_frames import RobotFrames
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Pipeline:
     window: FrameWindow | None = None         # rebuilt when a window parameter changes
     propagator: TrackPropagator | None = None  # rebuilt when a tracking parameter changes
     depth: DepthInput | None = None           # with depth_topic
+    robot_frames: RobotFrames | None = None   # with target_frame (and depth_topic)
     active: bool = False
 
     @property

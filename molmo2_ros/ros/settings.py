@@ -205,6 +205,15 @@ PARAMETERS: dict[str, Param] = {
     "depth_buffer_mb": Param(128.0, "memory bound of the depth image buffer (MiB); one depth image larger "
                              "than it is refused before decoding", CONFIGURE,
                              lo=0.01, hi=MAX_BUFFER_MB),
+    # The robot's frames (tf2) and TF output
+    "target_frame": Param("", "frame every 3D position is also given in (e.g. base_link, odom, map), through "
+                          "tf2 at the stamp of the frame the point lies in; empty: the camera's optical frame only",
+                          CONFIGURE),
+    "transform_tolerance": Param(0.1, "seconds a lookup waits for the transform at a frame's stamp to arrive; "
+                                 "then the point keeps only its camera-frame position", CONFIGURE,
+                                 lo=0.0, hi=10.0, unit="s"),
+    "tracked_tf_frames": Param(False, "broadcast each camera-rate tracked object with a 3D position as the TF "
+                               "frame <node>_<label>_<id>, child of the camera frame", CONFIGURE),
 }
 DEFAULTS = {name: p.default for name, p in PARAMETERS.items()}
 # Conditions between parameters: (names, holds(values), wording).

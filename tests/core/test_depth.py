@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from molmo2_ros.core.depth import (CameraModel, DepthBuffer, DepthImage, DepthLookup, depth_from_compressed,
-                                   depth_from_image, locate, robust_depth, with_positions)
+                                   depth_from_image, locate, robust_depth, units_problem, with_positions)
 from molmo2_ros.core.grounding import GroundedPoint, Grounding, Task, Track
 from molmo2_ros.sim.depth_scene import DepthScene, default_camera
 from molmo2_ros.sim.shapes_world import make_clip
@@ -120,6 +120,21 @@ def test_compressed_depth_png_16uc1_32fc1_quantised_and_plain_png():
         depth_from_compressed(rvl, 1)
     with pytest.raises(ValueError, match="not a single-channel 16-bit PNG"):
         depth_from_compressed(compressed_depth_msg("16UC1; compressedDepth png", b"not a png"), 1)
+
+
+def test_depth_units_against_values_self_check():
+    """16UC1 is millimetres and 32FC1 metres: values that look like the other unit are
+    named with the fix; an image with no valid pixel cannot tell."""
+    metres_as_16uc1 = np.full((40, 40), 2, np.uint16)          # 2 m written as 2
+    mm_as_32fc1 = np.full((40, 40), 1500.0, np.float32)        # 1.5 m written as 1500
+    assert "16UC1 depth values look like metres" in units_problem(DepthImage(0, "c", metres_as_16uc1, 1e-3))
+    assert "publish 16UC1 in millimetres or 32FC1 in metres" in units_problem(DepthImage(0, "c", metres_as_16uc1,
+                                                                                         1e-3))
+    assert "32FC1 depth values look like millimetres" in units_problem(DepthImage(0, "c", mm_as_32fc1, 1.0))
+    assert units_problem(DepthImage(0, "c", np.full((40, 40), 1500, np.uint16), 1e-3)) == ""
+    assert units_problem(DepthImage(0, "c", np.full((40, 40), 1.5, np.float32), 1.0)) == ""
+    assert units_problem(DepthImage(0, "c", np.zeros((40, 40), np.uint16), 1e-3)) is None
+    assert units_problem(DepthImage(0, "c", np.full((40, 40), np.nan, np.float32), 1.0)) is None
 
 
 def test_robust_depth_is_the_median_of_valid_values_only():
@@ -255,6 +270,11 @@ def test_positions_survive_the_json_form():
                                                         GroundedPoint(1, 9.0, 3.0, 2, "cup")])
     back = grounding_from_dict(grounding_to_dict(g))
     assert [p.position for p in back.points] == [(0.1, -0.2, 1.5), None]
+    g.target_frame, g.points[0] = "base_link", GroundedPoint(1, 2.0, 3.0, 1, "cup", position=(0.1, -0.2, 1.5),
+                                                             target_position=(1.0, 2.0, 0.5))
+    back = grounding_from_dict(grounding_to_dict(g))
+    assert back.target_frame == "base_link"
+    assert [p.target_position for p in back.points] == [(1.0, 2.0, 0.5), None]
 
 
 # --- hostile input (issue 28) -------------------------------------------------------------

@@ -10,7 +10,7 @@ import sys
 import time
 
 from builtin_interfaces.msg import Duration, Time
-from geometry_msgs.msg import Point
+from geometry_msgs.msg import Point, PointStamped
 from std_msgs.msg import Header
 
 from molmo2_ros.action import Ground
@@ -20,13 +20,20 @@ from molmo2_ros.msg import GroundedPoint, Grounding, Track, TrackedObject, Track
 NAN = float("nan")
 
 
+def _in_base_link(stamp: Time, point: Point) -> PointStamped:
+    return PointStamped(header=Header(frame_id="base_link", stamp=stamp), point=point)
+
+
 def _point(i: int) -> GroundedPoint:
-    """Even i: with a 3D position; odd i: flagged without one (NaN)."""
+    """Even i: with a 3D position, also in base_link; odd i: flagged without one (NaN)."""
     has = i % 2 == 0
-    return GroundedPoint(stamp=Time(sec=1700000000 + i, nanosec=250_000_000 * i),
-                         x=12.5 + i, y=480.25 - i, object_id=i + 1, label=f"red block {i}",
+    stamp = Time(sec=1700000000 + i, nanosec=250_000_000 * i)
+    nowhere = Point(x=NAN, y=NAN, z=NAN)
+    return GroundedPoint(stamp=stamp, x=12.5 + i, y=480.25 - i, object_id=i + 1, label=f"red block {i}",
                          score=0.5 + 0.125 * i, has_position=has,
-                         position=Point(x=0.125 * i - 0.3, y=-0.0625, z=1.5 + i) if has else Point(x=NAN, y=NAN, z=NAN))
+                         position=Point(x=0.125 * i - 0.3, y=-0.0625, z=1.5 + i) if has else nowhere,
+                         has_target_position=has,
+                         target_position=_in_base_link(stamp, Point(x=2.5 + i, y=0.25, z=0.75) if has else nowhere))
 
 
 def _grounding() -> Grounding:
@@ -50,7 +57,9 @@ def _tracked_objects() -> TrackedObjectArray:
     objects = [TrackedObject(object_id=7, label="person in blue", x=320.5, y=240.0,
                              anchor_stamp=Time(sec=1700000001, nanosec=7),
                              age=Duration(sec=0, nanosec=800_000_000), confidence=0.75,
-                             lost=False, has_position=True, position=Point(x=0.25, y=-0.5, z=2.75)),
+                             lost=False, has_position=True, position=Point(x=0.25, y=-0.5, z=2.75),
+                             has_target_position=True,
+                             target_position=_in_base_link(Time(sec=5, nanosec=6), Point(x=3.0, y=0.5, z=0.25))),
                TrackedObject(object_id=8, label="cup", x=1.0, y=2.0, lost=True, has_position=False,
                              position=Point(x=NAN, y=NAN, z=NAN))]
     return TrackedObjectArray(header=Header(frame_id="cam", stamp=Time(sec=5, nanosec=6)),

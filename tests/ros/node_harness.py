@@ -133,6 +133,11 @@ class Harness:
         self._next_stamp += round(step_s * 1e9)
         return self._next_stamp
 
+    def stamps_from_now(self, lag_s: float = 0.3) -> None:
+        """Continue the stamps from the wall clock less `lag_s` (never backwards), so that
+        transforms another process stamps with its clock cover the frames' stamps."""
+        self._next_stamp = max(self._next_stamp, time.time_ns() - round(lag_s * 1e9))
+
     def frame(self, i: int, size=(160, 120)) -> np.ndarray:
         width, height = size
         image = np.full((height, width, 3), 200, np.uint8)

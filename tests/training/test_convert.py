@@ -13,7 +13,7 @@ from sensor_msgs.msg import Image
 from molmo2_ros.core.grounding import GroundedPoint, Grounding, Task
 from molmo2_ros.ros.messages import grounding_to_msg, to_time
 from molmo2_ros.training.config import Data, TinyInit, TrainConfig
-from molmo2_ros.bag_types import typestore
+from molmo2_ros.bag_types import PAST_LAYOUTS, typestore
 from molmo2_ros.training.convert import RESULTS_TOPIC, convert
 from molmo2_ros.training.dataset import LoadStats, load_examples
 from molmo2_ros.sim.shapes_world import make_clip
@@ -91,12 +91,12 @@ def test_bag_to_manifest_to_training(tmp_path):
     assert (final / "model.safetensors").is_file()
 
 
-def write_bag_before_3d(path, storage, clip, *, definitions: bool = True, garbage: bool = False):
-    """The node's answer as recorded before points carried 3D positions: serialised with
-    the old GroundedPoint layout (by rosbags, from the old .msg text)."""
+def write_old_bag(path, storage, clip, layout: str, *, definitions: bool = True, garbage: bool = False):
+    """The node's answer as recorded by an earlier version (`layout`, a key of PAST_LAYOUTS):
+    serialised with that GroundedPoint layout (by rosbags, from the old .msg text)."""
     import sqlite3
 
-    old = typestore(before_3d=True)
+    old = typestore(layout)
     T = old.types
     sampled = clip.stamps_ns[0:20:5]
     obj = clip.objects[5][0]
@@ -105,8 +105,11 @@ def write_bag_before_3d(path, storage, clip, *, definitions: bool = True, garbag
         return T["builtin_interfaces/msg/Time"](sec=ns // 10**9, nanosec=ns % 10**9)
 
     zero = T["builtin_interfaces/msg/Duration"](sec=0, nanosec=0)
-    point = T["molmo2_ros/msg/GroundedPoint"](stamp=time(sampled[1]), x=obj.cx, y=obj.cy, object_id=1,
-                                              label=obj.label, score=float("nan"))
+    kind = T["molmo2_ros/msg/GroundedPoint"]
+    since_3d = {"has_position": False, "position": T["geometry_msgs/msg/Point"](x=0.0, y=0.0, z=0.0)} \
+        if "has_position" in kind.__dataclass_fields__ else {}
+    point = kind(stamp=time(sampled[1]), x=obj.cx, y=obj.cy, object_id=1, label=obj.label, score=float("nan"),
+                 **since_3d)
     msg = T["molmo2_ros/msg/Grounding"](
         header=T["std_msgs/msg/Header"](stamp=time(sampled[-1]), frame_id="camera"), query_id="q1",
         query=obj.label, task=0, points=[point], tracks=[], count=-1, frame_stamps=[time(s) for s in sampled],
@@ -130,17 +133,18 @@ def write_bag_before_3d(path, storage, clip, *, definitions: bool = True, garbag
     return sampled, obj
 
 
-def test_bags_recorded_before_3d_positions_convert_or_are_refused_clearly(tmp_path):
+@pytest.mark.parametrize("layout", list(PAST_LAYOUTS))
+def test_bags_recorded_by_earlier_versions_convert_or_are_refused_clearly(tmp_path, layout):
     clip = make_clip(4, n_frames=20, fps=CAMERA_HZ, size=(160, 120), n_objects=2, start_ns=T0)
     for name, storage, definitions in (("mcap", StoragePlugin.MCAP, True),
                                        ("sqlite_without_definitions", StoragePlugin.SQLITE3, False)):
-        sampled, obj = write_bag_before_3d(tmp_path / name, storage, clip, definitions=definitions)
+        sampled, obj = write_old_bag(tmp_path / name, storage, clip, layout, definitions=definitions)
         manifest = tmp_path / f"{name}.jsonl"
         assert convert(tmp_path / name, "/camera/image_raw", manifest, results_topic="/molmo2/grounding").kept == 1
         row = json.loads(manifest.read_text())
         assert row["points"] == [{"stamp_ns": sampled[1], "id": 1, "x": pytest.approx(obj.cx),
                                   "y": pytest.approx(obj.cy)}]
-    write_bag_before_3d(tmp_path / "cut", StoragePlugin.SQLITE3, clip, definitions=False, garbage=True)
+    write_old_bag(tmp_path / "cut", StoragePlugin.SQLITE3, clip, layout, definitions=False, garbage=True)
     with pytest.raises(ValueError, match="does not decode as molmo2_ros/msg/Grounding: the bag has no message "
                                          "definitions"):
         convert(tmp_path / "cut", "/camera/image_raw", tmp_path / "cut.jsonl", results_topic="/molmo2/grounding")

@@ -30,7 +30,7 @@ from molmo2_ros.ros.standard_messages import tf_frame_name
 
 sys.path.insert(0, str(Path(__file__).parent))
 from node_harness import NODE, Harness, NodeProcess, write_params  # noqa: E402
-from test_depth_node import DEPTH_TOPIC, FRAME, SIZE, TOPIC, DepthCamera, position  # noqa: E402
+from depth_camera import DEPTH_TOPIC, FRAME, SIZE, TOPIC, DepthCamera, position  # noqa: E402
 
 PUBLISHER = Path(__file__).parent / "transform_publisher.py"
 

@@ -201,3 +201,47 @@ def bench_backend(backend, *, frames: int = 8, decode_steps: int = 32, repeats: 
             "prefill": round(base["prefill_ms"] / result["prefill_ms"], 3),
             "decode": round(result["decode_tokens_per_s"] / base["decode_tokens_per_s"], 3)}
     return result
+
+
+def resident_bytes() -> int:
+    """This process's resident set (VmRSS of /proc/self/status, Linux)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmRSS in /proc/self/status (resident memory is measured on Linux)")
+
+
+def measure_memory(folder, *, runtime: str = "onnxruntime", device: str | None = "cpu",
+                   threads: int | None = None) -> dict:
+    """Load the folder's engines in this process and put the memory the load took next to the
+    plan's figure for the folder (memory_plan.folder_estimate): resident memory for ONNX
+    Runtime on CPU, device memory (free memory before - after, which sees every allocator) on
+    CUDA. The libraries are imported before the first reading, so only the load counts."""
+    import onnxruntime  # noqa: F401 - imported before the baseline reading
+    import torch
+    import transformers  # noqa: F401
+
+    from molmo2_ros.backends import memory_plan
+    from molmo2_ros.backends.factory import make_backend
+
+    plan = memory_plan.folder_estimate(folder)
+    on_gpu = runtime == "tensorrt" or str(device).startswith("cuda")
+    if on_gpu:
+        torch.cuda.init()
+
+    def reading() -> int:
+        return -torch.cuda.mem_get_info()[0] if on_gpu else resident_bytes()
+
+    before = reading()
+    kw = {"device": device, "threads": threads} if runtime == "onnxruntime" else {}
+    backend = make_backend(runtime, None, engine_dir=folder, **kw)
+    try:
+        measured = reading() - before
+    finally:
+        backend.close()
+    gb = memory_plan.GB
+    return {"folder": str(folder), "runtime": runtime, "memory": "device" if on_gpu else "resident",
+            "planned_at_load_gb": round(plan["at_load"] / gb, 4), "measured_gb": round(measured / gb, 4),
+            "measured_vs_planned": round(measured / plan["at_load"], 3),
+            "plan_gb": {k: round(v / gb, 4) for k, v in plan.items()}}

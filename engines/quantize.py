@@ -21,9 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+# int4 needs finer blocks than int8 to keep the answers (docs/engines.md); the memory plan counts the same
+from molmo2_ros.backends.memory_plan import DEFAULT_BLOCK_SIZE
+
 QUANTIZE_OPSET = 21           # DequantizeLinear with block_size and int4 weights
 SCHEMES = {"int8": 127, "int4": 7}   # symmetric: int8 -127..127, int4 -7..7
-DEFAULT_BLOCK_SIZE = {"int8": 128, "int4": 32}   # int4 needs finer blocks to keep the answers (docs/engines.md)
 TWO_GB = 2 << 30
 
 

@@ -36,8 +36,10 @@ def _molmo2(hidden: int, mlp: int) -> dict:
 
 
 PUBLISHED = {"Molmo2-4B": _molmo2(2560, 9728), "Molmo2-8B": _molmo2(4096, 12288)}
-# bytes per quantisable LM weight: the integers plus one fp16 scale per block (engines.quantize)
-WEIGHT_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1 + 2 / 128, "int4": 0.5 + 2 / 32}
+# weight-only formats: bits per integer and the default block of one scale (engines.quantize)
+INTEGER_BITS = {"int8": 8, "int4": 4}
+DEFAULT_BLOCK_SIZE = {"int8": 128, "int4": 32}
+DENSE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 # (name, memory in GB, GB kept for the OS, ROS and the CUDA context). Jetson memory is shared with the CPU.
 DEVICES = (("Orin Nano 8GB", 8, 2.5), ("Orin NX 16GB", 16, 3.0), ("24GB desktop GPU", 24, 1.0),
            ("AGX Orin 32GB", 32, 3.0), ("AGX Orin 64GB", 64, 3.0), ("Thor 128GB", 128, 4.0))
@@ -83,16 +85,32 @@ def prompt_tokens(config: dict, frames: int) -> int:
     return frames * per_frame + PROMPT_TEXT_TOKENS
 
 
-def estimate(config: dict, weights: str, window: Window, *, activation_bytes: int = 2) -> dict[str, float]:
-    """Bytes by part for `weights` in fp32/fp16/bf16/int8/int4 (the LM's; vision stays fp16,
-    or fp32 with fp32 weights) over `window`."""
+def weight_bytes(weights: str, dense: int, block_size: int | None = None) -> float:
+    """Bytes per quantisable LM weight: `dense` for fp32/fp16/bf16; for int8/int4 the integer
+    plus one scale (in the graphs' float type, `dense` bytes) per block."""
+    if weights in DENSE_BYTES:
+        return float(DENSE_BYTES[weights])
+    return INTEGER_BITS[weights] / 8 + dense / (block_size or DEFAULT_BLOCK_SIZE[weights])
+
+
+def kv_cache_bytes(config: dict, capacity: int, dense: int) -> int:
+    """The cache the runners preallocate: key and value per layer, [kv_heads, capacity, head_dim]."""
+    t = config["text_config"]
+    hd = t.get("head_dim") or t["hidden_size"] // t["num_attention_heads"]
+    return 2 * t["num_hidden_layers"] * t["num_key_value_heads"] * hd * capacity * dense
+
+
+def estimate(config: dict, weights: str, window: Window, *, activation_bytes: int = 2, dense: int | None = None,
+             block_size: int | None = None) -> dict[str, float]:
+    """Bytes by part for `weights` in fp32/fp16/bf16/int8/int4 (the LM's) over `window`; `dense`
+    is the bytes of everything else (vision, norms, scales, KV cache): default fp32 with fp32
+    weights, else fp16."""
     t, v = config["text_config"], config["vision_config"]
     counts = parameter_counts(config)
-    dense = 4 if weights == "fp32" else 2
+    dense = dense or (4 if weights == "fp32" else 2)
     seq = prompt_tokens(config, window.frames)
     capacity = seq + window.max_new_tokens
-    hd = t.get("head_dim") or t["hidden_size"] // t["num_attention_heads"]
-    kv_cache = 2 * t["num_hidden_layers"] * t["num_key_value_heads"] * hd * capacity * dense
+    kv_cache = kv_cache_bytes(config, capacity, dense)
     # one layer's prefill at a time: fp32 scores + their cast, q/k/v/MLP intermediates, residual stream
     prefill = (t["num_attention_heads"] * seq * seq * (4 + activation_bytes)
                + seq * (3 * t["intermediate_size"] + 6 * t["hidden_size"]) * dense
@@ -101,7 +119,7 @@ def estimate(config: dict, weights: str, window: Window, *, activation_bytes: in
     patches = (size // v["patch_size"]) ** 2
     vision_act = window.frames * (v["num_attention_heads"] * patches * patches * 4
                                   + patches * (v["intermediate_size"] + 6 * v["hidden_size"]) * dense)
-    return {"weights_lm": counts["lm_linear"] * WEIGHT_BYTES[weights] + counts["lm_norms"] * dense,
+    return {"weights_lm": counts["lm_linear"] * weight_bytes(weights, dense, block_size) + counts["lm_norms"] * dense,
             "weights_vision": counts["vision"] * dense, "kv_cache": kv_cache,
             "activations_prefill": prefill, "activations_vision": vision_act,
             "prompt_tokens": seq, "kv_capacity": capacity}
@@ -167,3 +185,21 @@ def _plan_for_backend(backend, frames: int, max_new_tokens: int) -> tuple[str, s
         if plan["total_gb"] * GB > free:
             return "warning", line + f"; MORE than the {free / GB:.2f} GB free on {device}: expect out-of-memory"
     return "info", line
+
+
+def folder_estimate(folder: str | Path) -> dict[str, float]:
+    """Bytes an engine folder's backend holds once loaded, before its first query: the weights
+    in the folder's format (LM once: one graph/engine serves prefill and decode) and the KV
+    cache the runners preallocate (`max_prompt + max_new_tokens` slots); `at_load` is their
+    sum. `molmo2-engines plan --measure` holds it against the memory a real load takes."""
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    settings = json.loads((folder / "manifest.json").read_text())["export"]["settings"]
+    dense = DENSE_BYTES[settings["precision"]]
+    weights = settings.get("quantize") or settings["precision"]
+    counts = parameter_counts(config)
+    parts = {"weights_lm": counts["lm_linear"] * weight_bytes(weights, dense, settings.get("block_size"))
+             + counts["lm_norms"] * dense,
+             "weights_vision": counts["vision"] * dense,
+             "kv_cache": kv_cache_bytes(config, settings["max_prompt"] + settings["max_new_tokens"], dense)}
+    return {**parts, "at_load": sum(parts.values())}

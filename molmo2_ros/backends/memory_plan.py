@@ -40,6 +40,12 @@ PUBLISHED = {"Molmo2-4B": _molmo2(2560, 9728), "Molmo2-8B": _molmo2(4096, 12288)
 INTEGER_BITS = {"int8": 8, "int4": 4}
 DEFAULT_BLOCK_SIZE = {"int8": 128, "int4": 32}
 DENSE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+# What a loaded backend holds beyond weights and KV cache, independent of the model's size:
+# sessions, thread pool, allocator arenas, processor and tokenizer. ONNX Runtime CPU: measured
+# 45-55 MB on the medium model in fp32, INT8 and INT4 alike (docs/engines.md), with weight
+# pre-packing off (the backend's default; on, it adds a second copy of the weights). TensorRT:
+# not measured here (no GPU); its execution contexts' activation memory is the plan's activations.
+RUNTIME_BYTES = {"onnxruntime": 50e6, "tensorrt": 0.0}
 # (name, memory in GB, GB kept for the OS, ROS and the CUDA context). Jetson memory is shared with the CPU.
 DEVICES = (("Orin Nano 8GB", 8, 2.5), ("Orin NX 16GB", 16, 3.0), ("24GB desktop GPU", 24, 1.0),
            ("AGX Orin 32GB", 32, 3.0), ("AGX Orin 64GB", 64, 3.0), ("Thor 128GB", 128, 4.0))
@@ -139,8 +145,8 @@ def fits(total: float) -> dict[str, str]:
     return out
 
 
-def describe(name: str, config: dict, weights: str, window: Window) -> dict:
-    parts = estimate(config, weights, window)
+def describe(name: str, config: dict, weights: str, window: Window, *, dense: int | None = None) -> dict:
+    parts = estimate(config, weights, window, dense=dense)
     total = total_bytes(parts)
     return {"model": name, "weights": weights, "frames": window.frames, "max_new_tokens": window.max_new_tokens,
             **{k: (round(v / GB, 3) if k.startswith(("weights", "kv", "activations")) else v)
@@ -172,10 +178,12 @@ def _plan_for_backend(backend, frames: int, max_new_tokens: int) -> tuple[str, s
         config = json.loads((Path(folder) / "config.json").read_text())
         settings = json.loads((Path(folder) / "manifest.json").read_text())["export"]["settings"]
         weights = settings.get("quantize") or settings["precision"]
+        dense = DENSE_BYTES[settings["precision"]]
     else:
         config = backend.model.config.to_dict()
         weights = {"torch.float32": "fp32", "torch.float16": "fp16"}.get(str(backend.dtype), "bf16")
-    plan = describe(getattr(backend, "model_id", "model"), config, weights, Window(frames, max_new_tokens))
+        dense = DENSE_BYTES[weights]
+    plan = describe(getattr(backend, "model_id", "model"), config, weights, Window(frames, max_new_tokens), dense=dense)
     line = plan_line(plan)
     device = "cuda" if backend.name == "tensorrt" else str(getattr(getattr(backend, "runner", backend), "device", ""))
     if device.startswith("cuda"):
@@ -187,11 +195,12 @@ def _plan_for_backend(backend, frames: int, max_new_tokens: int) -> tuple[str, s
     return "info", line
 
 
-def folder_estimate(folder: str | Path) -> dict[str, float]:
-    """Bytes an engine folder's backend holds once loaded, before its first query: the weights
-    in the folder's format (LM once: one graph/engine serves prefill and decode) and the KV
-    cache the runners preallocate (`max_prompt + max_new_tokens` slots); `at_load` is their
-    sum. `molmo2-engines plan --measure` holds it against the memory a real load takes."""
+def folder_estimate(folder: str | Path, runtime: str = "onnxruntime") -> dict[str, float]:
+    """Bytes an engine folder's backend holds once loaded and warmed up: the weights in the
+    folder's format (LM once: one graph/engine serves prefill and decode), the KV cache the
+    runners preallocate (`max_prompt + max_new_tokens` slots) and the runtime's own fixed cost
+    (RUNTIME_BYTES); `at_load` is their sum. `molmo2-engines plan --measure` holds it against
+    the memory a real load takes (docs/engines.md: plan vs measured)."""
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text())
     settings = json.loads((folder / "manifest.json").read_text())["export"]["settings"]
@@ -201,5 +210,6 @@ def folder_estimate(folder: str | Path) -> dict[str, float]:
     parts = {"weights_lm": counts["lm_linear"] * weight_bytes(weights, dense, settings.get("block_size"))
              + counts["lm_norms"] * dense,
              "weights_vision": counts["vision"] * dense,
-             "kv_cache": kv_cache_bytes(config, settings["max_prompt"] + settings["max_new_tokens"], dense)}
+             "kv_cache": kv_cache_bytes(config, settings["max_prompt"] + settings["max_new_tokens"], dense),
+             "runtime": RUNTIME_BYTES[runtime]}
     return {**parts, "at_load": sum(parts.values())}

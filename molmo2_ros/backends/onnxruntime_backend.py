@@ -180,11 +180,12 @@ class OnnxRuntimeBackend(GraphBackend):
     name = "onnxruntime"
 
     def __init__(self, engine_dir: str | Path, *, device: str | None = None, source_hash: str | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, prepack: bool = False):
         from molmo2_ros.backends import engine_folder as manifest
 
         data = manifest.check_folder(engine_dir, runtime="onnxruntime", source_hash=source_hash)
         self.providers = resolve_providers(device)
         settings = data["export"]["settings"]
-        runner = OrtRunner(engine_dir, self.providers, threads, settings["max_prompt"] + settings["max_new_tokens"])
+        runner = OrtRunner(engine_dir, self.providers, threads, settings["max_prompt"] + settings["max_new_tokens"],
+                           prepack=prepack)
         super().__init__(engine_dir, runner, data, preprocess_device=runner.device)

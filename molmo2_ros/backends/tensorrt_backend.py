@@ -125,11 +125,13 @@ class TrtRunner:
             # prefill's cache: one empty slot (masked out); decode's image features: one unused row
             self.empty_past = torch.zeros((1, kv_heads, 1, head_dim), dtype=kv_dtype, device="cuda")
             self.empty_mask = torch.zeros((1, 1), dtype=torch.int64, device="cuda")
-            self.decode_feeds = decode.bind_inputs({
-                "input_ids": self.token, "attention_mask": torch.ones((1, 1), dtype=torch.int64, device="cuda"),
-                "position_ids": self.position, "mm_token_type_ids": torch.zeros((1, 1), dtype=torch.int64, device="cuda"),
-                "image_features": torch.zeros((1, hidden), dtype=decode.dtypes["image_features"], device="cuda"),
-                "past_mask": self.cache.mask, **dict(zip(past_names, self.cache.past))})
+            one_token = {"input_ids": self.token, "position_ids": self.position,
+                         "attention_mask": torch.ones((1, 1), dtype=torch.int64, device="cuda"),
+                         "mm_token_type_ids": torch.zeros((1, 1), dtype=torch.int64, device="cuda"),
+                         "image_features": torch.zeros((1, hidden), dtype=decode.dtypes["image_features"],
+                                                       device="cuda")}
+            self.decode_feeds = decode.bind_inputs({**one_token, "past_mask": self.cache.mask,
+                                                    **dict(zip(past_names, self.cache.past))})
             self.decode_outputs = decode.new_outputs()
         new_names = [n for n in decode.outputs if n.startswith("new.")]
         for name, tensor in zip(new_names, self.cache.new):   # the step writes straight into the cache's `new`

@@ -226,7 +226,8 @@ def test_lm_engine_gets_a_prefill_and_a_decode_profile(tiny_export_dir, tmp_path
     assert [p.shapes for p in built.profiles] == [profiles["prefill"], profiles["decode"]]
     assert set(built.profiles[0].shapes) == set(_graph_inputs(tiny_export_dir / "lm.onnx"))
     assert (tmp_path / "lm.plan").read_bytes() == b"stand-in engine"
-    broken = {"prefill": profiles["prefill"], "decode": {k: v for k, v in profiles["decode"].items() if k != "past_mask"}}
+    decode = {k: v for k, v in profiles["decode"].items() if k != "past_mask"}
+    broken = {"prefill": profiles["prefill"], "decode": decode}
     with pytest.raises(ValueError, match="profile 'decode' of lm.onnx has no shapes for \\['past_mask'\\]"):
         build_engine(StandInTensorRT, tiny_export_dir / "lm.onnx", tmp_path / "lm.plan", broken, workspace_gb=1,
                      timing_cache=tmp_path / "timing.cache", progress=lambda m: None)

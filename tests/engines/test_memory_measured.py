@@ -42,7 +42,8 @@ def test_one_lm_graph_and_the_measured_load_is_reported(tiny_export_dir):
     result = _measure(tiny_export_dir)
     assert result["memory"] == "resident" and result["measured_gb"] > 0
     assert result["planned_at_load_gb"] == round(plan["at_load"] / memory_plan.GB, 4)
-    assert result["measured_vs_planned"] == pytest.approx(result["measured_gb"] / result["planned_at_load_gb"], rel=0.05)
+    ratio = result["measured_gb"] / result["planned_at_load_gb"]
+    assert result["measured_vs_planned"] == pytest.approx(ratio, rel=0.05)
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +59,9 @@ def test_medium_model_memory_after_load_is_the_plan(medium_model_dir, tmp_path, 
     from molmo2_ros.engines.cli import main
 
     out = tmp_path / "engines"
+    flags = ["--quantize", quantize] if quantize else []
     assert main(["export", "--model", str(medium_model_dir), "--out", str(out), "--max-frames", "8",
-                 "--max-prompt", "1024", "--max-new-tokens", "64"] + (["--quantize", quantize] if quantize else [])) == 0
+                 "--max-prompt", "1024", "--max-new-tokens", "64", *flags]) == 0
     plan = memory_plan.folder_estimate(out)
     on_disk = _lm_graph_bytes(out)
     print(f"{quantize or 'fp32'}: lm.onnx {on_disk / 1e6:.1f} MB, planned LM weights {plan['weights_lm'] / 1e6:.1f} MB")

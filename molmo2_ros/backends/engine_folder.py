@@ -2,9 +2,11 @@
 every exported graph and built engine, and the checks against it.
 
 `manifest.json` in an engine folder has an "export" section (written by `export`: ONNX
-files with size + sha256, export settings, source checkpoint and its hash, versions) and,
-once built, a "tensorrt" section (engine files with size + sha256, TensorRT and CUDA
-versions, GPU name and compute capability, precision, profiles). A folder that does not
+files with size + sha256, the layout -- vision.onnx and one lm.onnx for prefill and decode,
+each with its weights in `<graph>.data` --, export settings, source checkpoint and its hash,
+versions) and, once built, a "tensorrt" section (engine files with size + sha256, TensorRT
+and CUDA versions, GPU name and compute capability, precision, each engine's profiles in
+index order). A folder that does not
 match the machine or the requested checkpoint is refused with an `EngineMismatch` whose
 message names each mismatch and the command that rebuilds it.
 """

@@ -175,7 +175,11 @@ class OrtRunner:
 
 
 class OnnxRuntimeBackend(GraphBackend):
-    """Backend protocol (molmo2_ros.core.backend) over ONNX Runtime sessions."""
+    """Backend protocol (molmo2_ros.core.backend) over ONNX Runtime sessions.
+
+    `prepack=False` (default) turns off ONNX Runtime's CPU weight pre-packing: it reads every
+    mapped weight at load and, with INT4 graphs, keeps packed copies beside them (measured,
+    docs/engines.md "Plan vs measured"); `True` trades that memory for packed GEMMs."""
 
     name = "onnxruntime"
 

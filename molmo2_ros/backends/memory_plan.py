@@ -43,7 +43,7 @@ DENSE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 # What a loaded backend holds beyond weights and KV cache, independent of the model's size:
 # sessions, thread pool, allocator arenas, processor and tokenizer. ONNX Runtime CPU: measured
 # 45-55 MB on the medium model in fp32, INT8 and INT4 alike (docs/engines.md), with weight
-# pre-packing off (the backend's default; on, it adds a second copy of the weights). TensorRT:
+# pre-packing off (the backend's default; on, INT4 measured 25 MB more, fp32 the same). TensorRT:
 # not measured here (no GPU); its execution contexts' activation memory is the plan's activations.
 RUNTIME_BYTES = {"onnxruntime": 50e6, "tensorrt": 0.0}
 # (name, memory in GB, GB kept for the OS, ROS and the CUDA context). Jetson memory is shared with the CPU.
@@ -99,6 +99,12 @@ def weight_bytes(weights: str, dense: int, block_size: int | None = None) -> flo
     return INTEGER_BITS[weights] / 8 + dense / (block_size or DEFAULT_BLOCK_SIZE[weights])
 
 
+def lm_weight_bytes(config: dict, weights: str, dense: int, block_size: int | None = None) -> float:
+    """The language model's weights once: quantisable weights in `weights`, norms in `dense`."""
+    counts = parameter_counts(config)
+    return counts["lm_linear"] * weight_bytes(weights, dense, block_size) + counts["lm_norms"] * dense
+
+
 def kv_cache_bytes(config: dict, capacity: int, dense: int) -> int:
     """The cache the runners preallocate: key and value per layer, [kv_heads, capacity, head_dim]."""
     t = config["text_config"]
@@ -106,8 +112,8 @@ def kv_cache_bytes(config: dict, capacity: int, dense: int) -> int:
     return 2 * t["num_hidden_layers"] * t["num_key_value_heads"] * hd * capacity * dense
 
 
-def estimate(config: dict, weights: str, window: Window, *, activation_bytes: int = 2, dense: int | None = None,
-             block_size: int | None = None) -> dict[str, float]:
+def estimate(config: dict, weights: str, window: Window, *, activation_bytes: int = 2,
+             dense: int | None = None) -> dict[str, float]:
     """Bytes by part for `weights` in fp32/fp16/bf16/int8/int4 (the LM's) over `window`; `dense`
     is the bytes of everything else (vision, norms, scales, KV cache): default fp32 with fp32
     weights, else fp16."""
@@ -125,7 +131,7 @@ def estimate(config: dict, weights: str, window: Window, *, activation_bytes: in
     patches = (size // v["patch_size"]) ** 2
     vision_act = window.frames * (v["num_attention_heads"] * patches * patches * 4
                                   + patches * (v["intermediate_size"] + 6 * v["hidden_size"]) * dense)
-    return {"weights_lm": counts["lm_linear"] * weight_bytes(weights, dense, block_size) + counts["lm_norms"] * dense,
+    return {"weights_lm": lm_weight_bytes(config, weights, dense),
             "weights_vision": counts["vision"] * dense, "kv_cache": kv_cache,
             "activations_prefill": prefill, "activations_vision": vision_act,
             "prompt_tokens": seq, "kv_capacity": capacity}
@@ -183,7 +189,8 @@ def _plan_for_backend(backend, frames: int, max_new_tokens: int) -> tuple[str, s
         config = backend.model.config.to_dict()
         weights = {"torch.float32": "fp32", "torch.float16": "fp16"}.get(str(backend.dtype), "bf16")
         dense = DENSE_BYTES[weights]
-    plan = describe(getattr(backend, "model_id", "model"), config, weights, Window(frames, max_new_tokens), dense=dense)
+    plan = describe(getattr(backend, "model_id", "model"), config, weights, Window(frames, max_new_tokens),
+                    dense=dense)
     line = plan_line(plan)
     device = "cuda" if backend.name == "tensorrt" else str(getattr(getattr(backend, "runner", backend), "device", ""))
     if device.startswith("cuda"):
@@ -206,10 +213,8 @@ def folder_estimate(folder: str | Path, runtime: str = "onnxruntime") -> dict[st
     settings = json.loads((folder / "manifest.json").read_text())["export"]["settings"]
     dense = DENSE_BYTES[settings["precision"]]
     weights = settings.get("quantize") or settings["precision"]
-    counts = parameter_counts(config)
-    parts = {"weights_lm": counts["lm_linear"] * weight_bytes(weights, dense, settings.get("block_size"))
-             + counts["lm_norms"] * dense,
-             "weights_vision": counts["vision"] * dense,
+    parts = {"weights_lm": lm_weight_bytes(config, weights, dense, settings.get("block_size")),
+             "weights_vision": parameter_counts(config)["vision"] * dense,
              "kv_cache": kv_cache_bytes(config, settings["max_prompt"] + settings["max_new_tokens"], dense),
              "runtime": RUNTIME_BYTES[runtime]}
     return {**parts, "at_load": sum(parts.values())}

@@ -4,6 +4,8 @@ Runs the folder's graphs (ONNX Runtime, or TensorRT engines) on synthetic frames
 through the real processor, the same path the backends take; `--baseline` adds
 transformers' own generate on the source checkpoint, in the same process, with ratios;
 `--past 64,4096` adds the decode step time at those cache fills and their ratio.
+`measure_memory` (`molmo2-engines plan --measure DIR`) loads a folder and puts the memory it
+takes next to the memory plan's figure for it.
 """
 from __future__ import annotations
 

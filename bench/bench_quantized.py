@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 VARIANTS = {"fp32": [], "int8": ["--quantize", "int8"], "int4": ["--quantize", "int4"]}
-LM_GRAPHS = ("prefill.onnx", "decode.onnx")
+LM_GRAPHS = ("lm.onnx",)
 
 
 def export(model: str, out: Path, flags: list[str], max_prompt: int) -> Path:
@@ -39,7 +39,7 @@ def lm_sizes(folder: Path) -> dict:
                 in LM_GRAPHS)
     quantized = manifest.get("quantization", {})
     weights = {g: q["weight_bytes_after"] for g, q in quantized.items()}
-    return {"lm_file_bytes": files, "lm_weight_bytes": weights.get("prefill.onnx"),
+    return {"lm_file_bytes": files, "lm_weight_bytes": weights.get("lm.onnx"),
             "lm_weight_bytes_fp32": next(iter(quantized.values()), {}).get("weight_bytes_before")}
 
 

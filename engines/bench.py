@@ -4,6 +4,8 @@ Runs the folder's graphs (ONNX Runtime, or TensorRT engines) on synthetic frames
 through the real processor, the same path the backends take; `--baseline` adds
 transformers' own generate on the source checkpoint, in the same process, with ratios;
 `--past 64,4096` adds the decode step time at those cache fills and their ratio.
+`measure_memory` (`molmo2-engines plan --measure DIR`) loads a folder and puts the memory it
+takes next to the memory plan's figure for it.
 """
 from __future__ import annotations
 
@@ -201,3 +203,71 @@ def bench_backend(backend, *, frames: int = 8, decode_steps: int = 32, repeats: 
             "prefill": round(base["prefill_ms"] / result["prefill_ms"], 3),
             "decode": round(result["decode_tokens_per_s"] / base["decode_tokens_per_s"], 3)}
     return result
+
+
+def resident_bytes() -> int:
+    """This process's resident set (VmRSS of /proc/self/status, Linux)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmRSS in /proc/self/status (resident memory is measured on Linux)")
+
+
+def measure_memory(folder, *, runtime: str = "onnxruntime", device: str | None = "cpu",
+                   threads: int | None = None, prepack: bool = False) -> dict:
+    """Load the folder's engines in this process, answer one warm-up query (1 frame, 4 tokens,
+    as the node's `warmup` does) and put the memory that took next to the plan's figure for the
+    folder (memory_plan.folder_estimate): resident memory for ONNX Runtime on CPU, device
+    memory (free memory before - after, which sees every allocator) on CUDA. The warm-up
+    counts because ONNX Runtime maps the weights file and its pages become resident as the
+    first query reads them; the reading right after load is reported too. The libraries (and
+    the modules the processor pulls in, ~0.2 GB of code here) are loaded before the first
+    reading, so only the engines, the KV cache and a processor instance count."""
+    import onnxruntime  # noqa: F401 - imported before the baseline reading
+    import torch
+    from transformers import AutoProcessor
+
+    from molmo2_ros.backends import memory_plan
+    from molmo2_ros.backends.factory import make_backend
+
+    AutoProcessor.from_pretrained(str(folder))   # its imports, not a measured part of the engines
+
+    plan = memory_plan.folder_estimate(folder, runtime)
+    on_gpu = runtime == "tensorrt" or str(device).startswith("cuda")
+    if on_gpu:
+        torch.cuda.init()
+
+    def reading() -> int:
+        return -torch.cuda.mem_get_info()[0] if on_gpu else resident_bytes()
+
+    before = reading()
+    kw = {"device": device, "threads": threads, "prepack": prepack} if runtime == "onnxruntime" else {}
+    backend = make_backend(runtime, None, engine_dir=folder, **kw)
+    try:
+        loaded = reading() - before
+        backend.generate(synthetic_frames(1), "Point to the person.", max_new_tokens=4)
+        held = reading() - before
+        measured = held if on_gpu else _return_freed_heap(reading) - before
+    finally:
+        backend.close()
+    gb = memory_plan.GB
+    return {"folder": str(folder), "runtime": runtime, "memory": "device" if on_gpu else "resident",
+            "prepack": prepack if runtime == "onnxruntime" else None,
+            "planned_at_load_gb": round(plan["at_load"] / gb, 4), "measured_gb": round(measured / gb, 4),
+            "measured_vs_planned": round(measured / plan["at_load"], 3),
+            "measured_before_warmup_gb": round(loaded / gb, 4), "measured_with_freed_heap_gb": round(held / gb, 4),
+            "plan_gb": {k: round(v / gb, 4) for k, v in plan.items()}}
+
+
+def _return_freed_heap(reading) -> int:
+    """The reading after glibc returns freed heap to the OS (malloc_trim): what the warm-up
+    query allocated and freed (dequantized weights in flight, activations) is the plan's
+    activation share, not memory the loaded engines hold. Without glibc: the plain reading."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    return reading()

@@ -61,12 +61,14 @@ def _inspect(args) -> int:
 
 
 def _summary(export: dict) -> str:
+    from molmo2_ros.backends.engine_folder import LM_FILE
+
     settings = export["settings"]
     line = f"graphs: {settings['precision']}, KV capacity {settings['max_prompt'] + settings['max_new_tokens']}"
     scheme = settings.get("quantize")
     if not scheme:
         return line + ", weights not quantized"
-    record = export.get("quantization", {}).get("prefill.onnx", {})
+    record = export.get("quantization", {}).get(LM_FILE, {})
     before, after = record.get("weight_bytes_before"), record.get("weight_bytes_after")
     ratio = f" = {after / before:.3f}x" if before and after else ""
     return (line + f", weights {scheme} (block {record.get('block_size')}, {record.get('weights_quantized')} LM "
@@ -75,6 +77,20 @@ def _summary(export: dict) -> str:
 
 def _plan(args) -> int:
     from molmo2_ros.backends import memory_plan
+
+    if args.measure:
+        from molmo2_ros.engines.bench import measure_memory
+        from molmo2_ros.backends.engine_folder import check_folder
+
+        check_folder(args.measure, runtime="onnxruntime")
+        result = measure_memory(args.measure, runtime=args.runtime, device=args.device, threads=args.threads,
+                                prepack=args.prepack)
+        print(json.dumps(result))
+        print(f"{result['runtime']}: {result['memory']} memory after load and a warm-up query "
+              f"{result['measured_gb']:.3f} GB, plan "
+              f"{result['planned_at_load_gb']:.3f} GB (weights + KV cache) = {result['measured_vs_planned']:.2f}x",
+              file=sys.stderr)
+        return 0
 
     window = memory_plan.Window(frames=args.frames, max_new_tokens=args.max_new_tokens)
     plans = []
@@ -156,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=16, help="frames in the window (the node's max_frames)")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--measure", metavar="DIR",
+                   help="load the engine folder DIR and print its measured memory next to the plan's figure for it")
+    p.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "tensorrt"], help="with --measure")
+    p.add_argument("--device", default="cpu", help="with --measure, onnxruntime: cpu, cuda or auto")
+    p.add_argument("--threads", type=int, help="with --measure, onnxruntime: intra-op threads")
+    p.add_argument("--prepack", action="store_true",
+                   help="with --measure, onnxruntime CPU: let it pre-pack weights (faster GEMMs, a second copy)")
     p.set_defaults(func=_plan)
 
     p = sub.add_parser("bench", help="vision ms/frame, prefill ms, decode tokens/s as JSON")

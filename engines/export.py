@@ -1,16 +1,15 @@
-"""Export a Molmo2 checkpoint to three ONNX graphs in one self-contained folder.
+"""Export a Molmo2 checkpoint to two ONNX graphs in one self-contained folder; every weight
+exists once (on disk and, loaded, in memory).
 
 - `vision.onnx`: ViT + attention-pooling adapter. pixel_values [crops, patches, patch_dim]
   (crops = image crops or video frames) and pooling [tokens, pool] (int64, -1 = padding)
   -> features [tokens, text_hidden]. Every token row is returned; the host drops the
   all-padding rows (`valid_tokens`) instead of a data-dependent NonZero/GatherND in the graph.
-- `prefill.onnx`: input_ids, image_features, attention_mask, position_ids,
-  mm_token_type_ids -> last-position logits + present KV per layer. The graph embeds the
-  ids and *adds* the image features to the `<im_patch>` embeddings in order (as
-  transformers' `masked_scatter` of embed + feature does), and builds the prefix-LM mask
-  itself: causal OR (both tokens are vision tokens), keys restricted to attention_mask.
-- `decode.onnx`: one token over a preallocated KV cache (filled slots given by attention_mask)
-  -> logits + the token's new KV, which the runner writes into the cache (plain causal).
+- `lm.onnx`: the language model for both phases (LanguageModelGraph): new tokens + image
+  features + the KV cache in, last-position logits + the new tokens' KV out, sequence length
+  and cache capacity dynamic. Prefill runs the prompt over an empty one-slot cache, decode one
+  token over the runner's preallocated cache. Two graphs (prefill, decode) would each carry
+  a copy of the weights, which an edge device holding them twice cannot afford.
 
 The processor/tokenizer files, config.json and a manifest (molmo2_ros.backends.engine_folder) are written
 beside the graphs. All graphs are traced with batch 2 so batch stays dynamic.
@@ -27,11 +26,12 @@ import torch
 from torch import nn
 
 from molmo2_ros.backends import engine_folder
-from molmo2_ros.backends.engine_folder import DECODE_FILE, GRAPH_FILES, PREFILL_FILE, VISION_FILE
+from molmo2_ros.backends.engine_folder import GRAPH_FILES, LM_FILE, VISION_FILE
 from molmo2_ros.backends.trained_window import WINDOW_FILE
 
 OPSET = 17
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+LM_TOKEN_INPUTS = ("input_ids", "attention_mask", "position_ids", "mm_token_type_ids")
 
 
 @dataclass
@@ -103,78 +103,36 @@ class VisionGraph(nn.Module):
         return self.adapter.image_projector(pooled.squeeze(1))
 
 
-class _LanguageModelGraph(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.embed = model.model.language_model.embed_tokens
-        self.lm = model.model.language_model
-        self.lm_head = model.lm_head
-        self.num_layers = len(self.lm.layers)
-
-    def _run(self, embeds, mask, position_ids, cache):
-        out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
-                      past_key_values=cache, use_cache=True)
-        logits = self.lm_head(out.last_hidden_state[:, -1, :]).float()
-        present = []
-        for layer in out.past_key_values.layers:
-            present += [layer.keys, layer.values]
-        return (logits, *present)
+CACHED_ATTENTION = "molmo2_cached_attention"
 
 
-class PrefillGraph(_LanguageModelGraph):
-    def __init__(self, model):
-        super().__init__(model)
-        self.image_patch_id = model.config.image_patch_id
-        self.text_config = model.config.text_config
+def cached_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Attention of `seq` new tokens over a KV buffer plus themselves, without copying the buffer.
 
-    def forward(self, input_ids, image_features, attention_mask, position_ids, mm_token_type_ids):
-        from transformers import DynamicCache
-
-        embeds = self.embed(input_ids)
-        batch, seq, hidden = embeds.shape
-        dtype = embeds.dtype
-        # features go to the <im_patch> tokens in row-major order, added to their embedding
-        is_patch = (input_ids == self.image_patch_id).reshape(-1)
-        order = (torch.cumsum(is_patch.to(torch.int64), 0) - 1).clamp(min=0)
-        added = image_features.to(dtype)[order] * is_patch.to(dtype)[:, None]
-        embeds = embeds + added.reshape(batch, seq, hidden)
-
-        positions = torch.arange(seq, device=input_ids.device)
-        causal = positions[None, :] <= positions[:, None]
-        vision = mm_token_type_ids == 1
-        allowed = (causal[None] | (vision[:, :, None] & vision[:, None, :])) & attention_mask.bool()[:, None, :]
-        # every query keeps itself, so padded rows stay finite (real tokens never see them)
-        allowed = allowed | (positions[None, :] == positions[:, None])[None]
-        mask = torch.where(allowed, 0.0, _min_value(dtype)).to(dtype)[:, None]
-        return self._run(embeds, mask, position_ids, DynamicCache(config=self.text_config))
-
-
-STATIC_KV_ATTENTION = "molmo2_static_kv"
-
-
-def static_kv_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """One decode step over a preallocated KV cache without copying it.
-
-    `module.static_kv` holds the layer's cache buffers [batch, kv_heads, capacity, head_dim]
-    (graph inputs); `key`/`value` are the new token's. The scores over the buffer (masked to
-    its valid slots by `attention_mask`) and the score of the new key share one fp32 softmax,
-    as eager attention over concat(past, new) computes; grouped heads are matched by
-    reshaping the query, never by repeating (copying) the cache."""
+    `module.static_kv` holds the layer's buffer [batch, kv_heads, capacity, head_dim] (graph
+    inputs); `key`/`value` are the new tokens' [batch, kv_heads, seq, head_dim]. The scores over
+    the buffer and over the new keys share one fp32 softmax (eager attention over
+    concat(past, new) computes the same), masked by `attention_mask` [batch, 1, seq, capacity +
+    seq]. Grouped heads are matched by reshaping the query, never by repeating (copying) the
+    cache. Prefill passes a one-slot masked buffer; decode passes the whole preallocated cache
+    and one token, so a decode step costs the same at any fill."""
     past_key, past_value = module.static_kv
-    batch, heads, _, head_dim = query.shape
+    batch, heads, seq, head_dim = query.shape
     kv_heads = past_key.shape[1]
-    q = query.reshape(batch, kv_heads, heads // kv_heads, head_dim)
-    past_scores = torch.matmul(q, past_key.transpose(2, 3)) * scaling + attention_mask
-    new_scores = (q * key).sum(-1, keepdim=True) * scaling
-    weights = torch.softmax(torch.cat([past_scores, new_scores], dim=-1), dim=-1, dtype=torch.float32)
-    weights = weights.to(query.dtype)
-    out = torch.matmul(weights[..., :-1], past_value) + weights[..., -1:] * value
-    return out.reshape(batch, heads, 1, head_dim).transpose(1, 2), None
+    q = query.reshape(batch, kv_heads, heads // kv_heads, seq, head_dim)
+    past_scores = torch.matmul(q, past_key[:, :, None].transpose(3, 4))
+    new_scores = torch.matmul(q, key[:, :, None].transpose(3, 4))
+    scores = torch.cat([past_scores, new_scores], dim=-1) * scaling + attention_mask[:, :, None]
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    capacity = past_key.shape[2]
+    out = (torch.matmul(weights[..., :capacity], past_value[:, :, None])
+           + torch.matmul(weights[..., capacity:], value[:, :, None]))
+    return out.reshape(batch, heads, seq, head_dim).transpose(1, 2), None
 
 
 class _NewKV:
-    """The cache object the decoder layers update: it keeps each layer's new key/value
-    (the graph's outputs) and hands them on unchanged to `static_kv_attention`."""
+    """The cache object the decoder layers update: it keeps each layer's new keys/values
+    (the graph's outputs) and hands them on unchanged to `cached_attention`."""
 
     def __init__(self, num_layers: int):
         self.new = [None] * num_layers
@@ -184,27 +142,58 @@ class _NewKV:
         return key, value
 
 
-class DecodeGraph(_LanguageModelGraph):
-    """One token over a preallocated cache: in `input_ids` [batch, 1], `attention_mask`
-    [batch, capacity] (1 = a filled cache slot), `position_ids` [batch, 1], `past.*`
-    [batch, kv_heads, capacity, head_dim]; out `logits` and the token's `new.*` key/value
-    [batch, kv_heads, 1, head_dim], which the runner writes into the cache at its slot.
-    Nothing in the graph is sized by the number of filled slots, so a step costs the same
-    at any cache fill."""
+class LanguageModelGraph(nn.Module):
+    """The one language-model graph, serving prefill and decode (every LM weight once).
 
-    def forward(self, input_ids, attention_mask, position_ids, *past):
+    In: `input_ids`, `attention_mask`, `position_ids`, `mm_token_type_ids` [batch, seq] (the new
+    tokens), `image_features` [vision_tokens, hidden], `past_mask` [batch, capacity] (1 = a filled
+    cache slot) and `past.*` [batch, kv_heads, capacity, head_dim]. Out: last-position `logits`
+    and the new tokens' `new.*` key/value [batch, kv_heads, seq, head_dim], which the runner
+    writes into its cache. The ids are embedded in the graph and the image features *added* to
+    the `<im_patch>` embeddings in order (as transformers' `masked_scatter` of embed + feature
+    does). The new tokens attend to the filled slots and among themselves with the prefix-LM
+    mask: causal OR (both tokens vision), keys restricted to `attention_mask`.
+
+    Prefill: the prompt, a one-slot empty cache (past_mask 0). Decode: one token, the
+    preallocated cache; nothing is sized by the number of filled slots."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.embed = model.model.language_model.embed_tokens
+        self.lm = model.model.language_model
+        self.lm_head = model.lm_head
+        self.num_layers = len(self.lm.layers)
+        self.image_patch_id = model.config.image_patch_id
+
+    def forward(self, input_ids, image_features, attention_mask, position_ids, mm_token_type_ids, past_mask, *past):
         from transformers import AttentionInterface
 
-        AttentionInterface.register(STATIC_KV_ATTENTION, static_kv_attention)
+        AttentionInterface.register(CACHED_ATTENTION, cached_attention)
         lm = self.lm
         hidden = self.embed(input_ids)
-        mask = torch.where(attention_mask.bool(), 0.0, _min_value(hidden.dtype)).to(hidden.dtype)[:, None, None, :]
+        batch, seq, width = hidden.shape
+        dtype = hidden.dtype
+        # features go to the <im_patch> tokens in row-major order, added to their embedding
+        is_patch = (input_ids == self.image_patch_id).reshape(-1)
+        order = (torch.cumsum(is_patch.to(torch.int64), 0) - 1).clamp(min=0)
+        added = image_features.to(dtype)[order] * is_patch.to(dtype)[:, None]
+        hidden = hidden + added.reshape(batch, seq, width)
+
+        positions = torch.arange(seq, device=input_ids.device)
+        causal = positions[None, :] <= positions[:, None]
+        vision = mm_token_type_ids == 1
+        allowed = (causal[None] | (vision[:, :, None] & vision[:, None, :])) & attention_mask.bool()[:, None, :]
+        # every query keeps itself, so padded rows stay finite (real tokens never see them)
+        allowed = allowed | (positions[None, :] == positions[:, None])[None]
+        filled = past_mask.bool()[:, None, :].expand(batch, seq, past_mask.shape[1])
+        mask = torch.where(torch.cat([filled, allowed], dim=-1), 0.0, _min_value(dtype)).to(dtype)[:, None]
+
         rotary = {"scaled": lm.rotary_emb(hidden, position_ids=position_ids),
                   "unscaled": lm.rotary_emb_unscaled(hidden, position_ids=position_ids)}
         cache = _NewKV(self.num_layers)
         config = lm.config
         previous = config._attn_implementation
-        config._attn_implementation = STATIC_KV_ATTENTION
+        config._attn_implementation = CACHED_ATTENTION
         try:
             for i, layer in enumerate(lm.layers):
                 layer.self_attn.static_kv = (past[2 * i], past[2 * i + 1])
@@ -229,7 +218,7 @@ def load_for_export(model_dir: str | Path, precision: str = "fp32", device: str 
 
 def _export(module, args, path: Path, input_names, output_names, dynamic_axes, opset):
     """TorchScript-based torch.onnx export (several times faster than the dynamo exporter on
-    these graphs). Graphs over 2 GB get their weights in one `<name>.data` file beside them."""
+    these graphs). The weights go to one `<name>.data` file beside the graph."""
     with torch.no_grad():
         torch.onnx.export(module, args, str(path), input_names=input_names, output_names=output_names,
                           dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False,
@@ -238,16 +227,22 @@ def _export(module, args, path: Path, input_names, output_names, dynamic_axes, o
 
 
 def _gather_external_data(path: Path) -> None:
-    """The TorchScript exporter writes one file per weight for graphs over 2 GB; stream them
-    into a single `<name>.data` (no weights held in memory) so the folder stays tidy and the
-    manifest can hash it."""
+    """Put the graph's weights in one `<name>.data` file beside it. Reading the graph (the
+    manifest check, TensorRT's parser) then never reads the weights, and a check that loaded an
+    inline graph would leave its weights' worth of freed memory in the process (measured: the
+    ONNX Runtime backend's resident memory doubled). Graphs under 2 GB come out of the exporter
+    inline and are rewritten; over 2 GB it writes one file per weight, which are streamed into
+    the one file (no weights held in memory) so the folder stays tidy and the manifest can hash it."""
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
     target = path.name + ".data"
     external = [t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     sources = {entry.value for t in external for entry in t.external_data if entry.key == "location"}
-    if not sources or sources == {target}:
+    if not sources:
+        save_with_external_data(proto, path)
+        return
+    if sources == {target}:
         return
     tmp = path.parent / (target + ".tmp")
     offset = 0
@@ -269,6 +264,16 @@ def _gather_external_data(path: Path) -> None:
         (path.parent / name).unlink(missing_ok=True)
 
 
+def save_with_external_data(proto, path: Path) -> None:
+    """Save `proto` (weights loaded) at `path` with every weight in one `<name>.data` beside it,
+    replacing an old one."""
+    import onnx
+
+    data = path.parent / (path.name + ".data")
+    data.unlink(missing_ok=True)
+    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
+
+
 def export_vision(model, path: Path, opset: int = OPSET) -> None:
     cfg = model.config.vision_config
     patches = cfg.num_position_embeddings
@@ -287,45 +292,32 @@ def _text_dims(model):
     return cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size
 
 
-def export_prefill(model, path: Path, opset: int = OPSET) -> None:
-    num_layers, _, _, hidden = _text_dims(model)
+def export_language_model(model, path: Path, opset: int = OPSET) -> None:
+    """Trace LanguageModelGraph with batch 2, a 12-token prompt holding vision tokens and a
+    9-slot cache 5 slots full, so batch, seq and capacity all stay dynamic."""
+    num_layers, kv_heads, head_dim, hidden = _text_dims(model)
     device, dtype = model.device, model.dtype
-    patch = model.config.image_patch_id
-    seq = 12
+    seq, capacity = 12, 9
     input_ids = torch.randint(0, 100, (2, seq), device=device)
     mm = torch.zeros(2, seq, dtype=torch.int64, device=device)
-    input_ids[:, 3:7] = patch
+    input_ids[:, 3:7] = model.config.image_patch_id
     mm[:, 3:7] = 1
     attention_mask = torch.ones(2, seq, dtype=torch.int64, device=device)
     attention_mask[1, :2] = 0
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0) + 5
     features = torch.randn(8, hidden, device=device, dtype=dtype)
-    present = kv_names(num_layers, "present")
-    axes = {"input_ids": {0: "batch", 1: "seq"}, "image_features": {0: "vision_tokens"},
-            "attention_mask": {0: "batch", 1: "seq"}, "position_ids": {0: "batch", 1: "seq"},
-            "mm_token_type_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch"}}
-    axes.update({name: {0: "batch", 2: "seq"} for name in present})
-    _export(PrefillGraph(model), (input_ids, features, attention_mask, position_ids, mm), path,
-            ["input_ids", "image_features", "attention_mask", "position_ids", "mm_token_type_ids"],
-            ["logits", *present], axes, opset)
-
-
-def export_decode(model, path: Path, opset: int = OPSET) -> None:
-    num_layers, kv_heads, head_dim, _ = _text_dims(model)
-    device, dtype = model.device, model.dtype
-    capacity, filled = 12, 9
-    input_ids = torch.randint(0, 100, (2, 1), device=device)
-    attention_mask = torch.zeros(2, capacity, dtype=torch.int64, device=device)
-    attention_mask[:, :filled] = 1
-    position_ids = torch.full((2, 1), filled, dtype=torch.int64, device=device)
+    past_mask = torch.zeros(2, capacity, dtype=torch.int64, device=device)
+    past_mask[:, :5] = 1
     past = [torch.randn(2, kv_heads, capacity, head_dim, device=device, dtype=dtype) for _ in range(2 * num_layers)]
     past_names, new = kv_names(num_layers, "past"), kv_names(num_layers, "new")
-    axes = {"input_ids": {0: "batch"}, "attention_mask": {0: "batch", 1: "capacity"},
-            "position_ids": {0: "batch"}, "logits": {0: "batch"}}
+    axes = {name: {0: "batch", 1: "seq"} for name in LM_TOKEN_INPUTS}
+    axes.update({"image_features": {0: "vision_tokens"}, "past_mask": {0: "batch", 1: "capacity"},
+                 "logits": {0: "batch"}})
     axes.update({name: {0: "batch", 2: "capacity"} for name in past_names})
-    axes.update({name: {0: "batch"} for name in new})
-    _export(DecodeGraph(model), (input_ids, attention_mask, position_ids, *past), path,
-            ["input_ids", "attention_mask", "position_ids", *past_names], ["logits", *new], axes, opset)
+    axes.update({name: {0: "batch", 2: "seq"} for name in new})
+    _export(LanguageModelGraph(model), (input_ids, features, attention_mask, position_ids, mm, past_mask, *past), path,
+            ["input_ids", "image_features", "attention_mask", "position_ids", "mm_token_type_ids", "past_mask",
+             *past_names], ["logits", *new], axes, opset)
 
 
 def export_model(model, processor, out_dir: str | Path, settings: ExportSettings, *, source: str,
@@ -337,7 +329,7 @@ def export_model(model, processor, out_dir: str | Path, settings: ExportSettings
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timings, quantization = {}, {}
-    for name, fn in ((VISION_FILE, export_vision), (PREFILL_FILE, export_prefill), (DECODE_FILE, export_decode)):
+    for name, fn in ((VISION_FILE, export_vision), (LM_FILE, export_language_model)):
         progress(f"exporting {name} ...")
         start = time.perf_counter()
         fn(model, out / name, settings.opset)
@@ -386,6 +378,7 @@ def write_export_manifest(folder: Path, *, settings: dict, source: str, source_h
         "export": {
             "created": engine_folder.now(),
             "files": engine_folder.describe_files(folder, list(GRAPH_FILES)),
+            "layout": engine_folder.LAYOUT,
             "settings": settings,
             "source": source,
             "source_hash": source_hash,

@@ -310,8 +310,7 @@ def main(argv=None) -> int:
         vision_params = sum(p.numel() for n, p in model.named_parameters() if "language_model" not in n
                             and not n.startswith("lm_head"))
         lm_ratio = (sum(p.numel() for p in model.parameters()) - vision_params) / vision_params
-        for name, fn in ((export.VISION_FILE, export.export_vision), (export.PREFILL_FILE, export.export_prefill),
-                         (export.DECODE_FILE, export.export_decode)):
+        for name, fn in ((export.VISION_FILE, export.export_vision), (export.LM_FILE, export.export_language_model)):
             # a language-model graph takes about (its weights / the vision weights) x the vision export
             estimate = 10.0 if name == export.VISION_FILE else seconds[export.VISION_FILE] * lm_ratio
             if report.left() < estimate + 15:

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+# int4 needs finer blocks than int8 to keep the answers (docs/engines.md); the memory plan counts the same
+from molmo2_ros.backends.memory_plan import DEFAULT_BLOCK_SIZE
+
 QUANTIZE_OPSET = 21           # DequantizeLinear with block_size and int4 weights
 SCHEMES = {"int8": 127, "int4": 7}   # symmetric: int8 -127..127, int4 -7..7
-DEFAULT_BLOCK_SIZE = {"int8": 128, "int4": 32}   # int4 needs finer blocks to keep the answers (docs/engines.md)
-TWO_GB = 2 << 30
 
 
 def quantize_weight(weight: np.ndarray, scheme: str, block_size: int, axis: int) -> tuple[np.ndarray, np.ndarray]:
@@ -72,6 +73,8 @@ def quantize_graph(path: Path, scheme: str, block_size: int | None = None) -> di
     import onnx
     from onnx import helper, numpy_helper, version_converter
 
+    from molmo2_ros.engines.export import save_with_external_data
+
     if scheme not in SCHEMES:
         raise ValueError(f"quantization must be one of {', '.join(SCHEMES)}, got {scheme!r}")
     block_size = block_size or DEFAULT_BLOCK_SIZE[scheme]
@@ -99,19 +102,8 @@ def quantize_graph(path: Path, scheme: str, block_size: int | None = None) -> di
     nodes = dq_nodes + list(graph.node)
     del graph.node[:]
     graph.node.extend(nodes)
-    _save(model, path)
+    save_with_external_data(model, path)
     return {"scheme": scheme, "block_size": block_size, "weights_quantized": len(dq_nodes),
             "weights_kept": len(kept), "weight_bytes_before": before, "weight_bytes_after": after}
 
 
-def _save(model, path: Path) -> None:
-    """Inline below 2 GB, else one `<graph>.data` file beside it (replacing the old one)."""
-    import onnx
-
-    data = path.parent / (path.name + ".data")
-    data.unlink(missing_ok=True)
-    if sum(len(t.raw_data) for t in model.graph.initializer) < TWO_GB:
-        onnx.save_model(model, str(path))
-    else:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data.name)

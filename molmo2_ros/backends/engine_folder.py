@@ -2,9 +2,11 @@
 every exported graph and built engine, and the checks against it.
 
 `manifest.json` in an engine folder has an "export" section (written by `export`: ONNX
-files with size + sha256, export settings, source checkpoint and its hash, versions) and,
-once built, a "tensorrt" section (engine files with size + sha256, TensorRT and CUDA
-versions, GPU name and compute capability, precision, profiles). A folder that does not
+files with size + sha256, the layout -- vision.onnx and one lm.onnx for prefill and decode,
+each with its weights in `<graph>.data` --, export settings, source checkpoint and its hash,
+versions) and, once built, a "tensorrt" section (engine files with size + sha256, TensorRT
+and CUDA versions, GPU name and compute capability, precision, each engine's profiles in
+index order). A folder that does not
 match the machine or the requested checkpoint is refused with an `EngineMismatch` whose
 message names each mismatch and the command that rebuilds it.
 """
@@ -17,11 +19,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 VISION_FILE = "vision.onnx"
-PREFILL_FILE = "prefill.onnx"
-DECODE_FILE = "decode.onnx"
-GRAPH_FILES = (VISION_FILE, PREFILL_FILE, DECODE_FILE)
+LM_FILE = "lm.onnx"
+GRAPH_FILES = (VISION_FILE, LM_FILE)
 MANIFEST_FILE = "manifest.json"
-SCHEMA = 2   # 2: decode graph over a preallocated KV cache (new.* outputs); quantization recorded
+# 2: prefill.onnx + decode.onnx (a copy of the LM weights in each), decode over a preallocated cache;
+# 3: one lm.onnx for both phases, so every weight exists once
+SCHEMA = 3
+TWO_GRAPH_FILES = ("prefill.onnx", "decode.onnx")   # schema 2's LM graphs, refused by name
+LAYOUT = {"graphs": {VISION_FILE: "vision tower + adapter", LM_FILE: "language model, prefill and decode"},
+          "lm_phases": {"prefill": "the prompt over an empty one-slot cache (past_mask 0)",
+                        "decode": "one token over the preallocated cache (past_mask = filled slots)"}}
 
 
 class EngineMismatch(RuntimeError):
@@ -130,8 +137,12 @@ def read_manifest(folder: str | Path) -> dict:
         raise EngineMismatch(f"{path}: not a molmo2_ros engine manifest (schema {SCHEMA}). "
                              f"{export_command(folder, None)}")
     if data["schema"] != SCHEMA:
+        two_graphs = any(name in data["export"].get("files", {}) for name in TWO_GRAPH_FILES)
+        why = ("it holds the old two-graph layout (prefill.onnx and decode.onnx, each with a copy of the "
+               "language model's weights); this molmo2_ros runs one lm.onnx for both phases"
+               if two_graphs else "the graphs' contract changed")
         raise EngineMismatch(f"{path}: engine folder of schema {data['schema']}, this molmo2_ros reads schema "
-                             f"{SCHEMA} (the graphs' contract changed). {export_command(folder, data)}")
+                             f"{SCHEMA}: {why}. {export_command(folder, data)}")
     return data
 
 
@@ -197,11 +208,11 @@ def graph_problems(folder: Path, settings: dict) -> list[str]:
     """The LM graph's float type and Q/DQ nodes must be what the manifest says."""
     import onnx
 
-    path = folder / PREFILL_FILE
+    path = folder / LM_FILE
     try:
         graph = onnx.load(str(path), load_external_data=False).graph
     except Exception as exc:  # noqa: BLE001 - protobuf raises its own DecodeError types
-        return [f"{PREFILL_FILE} is not a readable ONNX graph ({type(exc).__name__})"]
+        return [f"{LM_FILE} is not a readable ONNX graph ({type(exc).__name__})"]
     types = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16"}
     features = next((i for i in graph.input if i.name == "image_features"), None)
     precision = types.get(features.type.tensor_type.elem_type) if features is not None else None

@@ -1,10 +1,11 @@
-"""The preallocated KV cache the exported decode graph reads (molmo2_ros.engines.export).
+"""The preallocated KV cache the exported language-model graph reads when it decodes
+(molmo2_ros.engines.export).
 
 One torch tensor per layer and kind, [1, kv_heads, capacity, head_dim], on the runner's
-device, allocated once and bound once to the decode graph (ONNX Runtime IO binding or
+device, allocated once and bound once to the decode run of the graph (ONNX Runtime IO binding or
 TensorRT tensor addresses). The prefill's KV is copied in once per prompt; after each
 decode step the graph's `new.*` key/value (one slot) is written at the next free slot and
-`mask` (the decode graph's `attention_mask`, 1 = filled) grows by one. Nothing is
+`mask` (the graph's `past_mask`, 1 = filled) grows by one. Nothing is
 concatenated or reallocated per step, so a step costs the same at any fill.
 """
 from __future__ import annotations

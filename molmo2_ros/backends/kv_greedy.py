@@ -1,8 +1,9 @@
 """Greedy decoding with an explicit KV cache over exported Molmo2 graphs.
 
 The ONNX Runtime and TensorRT backends share this loop; they differ only in the
-`GraphRunner` that executes the three graphs (molmo2_ros.engines.export): vision, prefill, decode
-(over the runner's preallocated cache, backends.kv_cache).
+`GraphRunner` that executes the exported graphs (molmo2_ros.engines.export): vision, and the
+one language-model graph run as prefill and as decode (over the runner's preallocated cache,
+backends.kv_cache).
 It reproduces `generate(do_sample=False)`: positions `cumsum(attention_mask) - 1`, the
 whole prompt (every frame's vision tokens in one bidirectional block) in one prefill
 call, then one token per decode step, stopping at EOS or `max_new_tokens`.

@@ -36,8 +36,16 @@ def _molmo2(hidden: int, mlp: int) -> dict:
 
 
 PUBLISHED = {"Molmo2-4B": _molmo2(2560, 9728), "Molmo2-8B": _molmo2(4096, 12288)}
-# bytes per quantisable LM weight: the integers plus one fp16 scale per block (engines.quantize)
-WEIGHT_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1 + 2 / 128, "int4": 0.5 + 2 / 32}
+# weight-only formats: bits per integer and the default block of one scale (engines.quantize)
+INTEGER_BITS = {"int8": 8, "int4": 4}
+DEFAULT_BLOCK_SIZE = {"int8": 128, "int4": 32}
+DENSE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+# What a loaded backend holds beyond weights and KV cache, independent of the model's size:
+# sessions, thread pool, allocator arenas, processor and tokenizer. ONNX Runtime CPU: measured
+# 45-55 MB on the medium model in fp32, INT8 and INT4 alike (docs/engines.md), with weight
+# pre-packing off (the backend's default; on, INT4 measured 25 MB more, fp32 the same). TensorRT:
+# not measured here (no GPU); its execution contexts' activation memory is the plan's activations.
+RUNTIME_BYTES = {"onnxruntime": 50e6, "tensorrt": 0.0}
 # (name, memory in GB, GB kept for the OS, ROS and the CUDA context). Jetson memory is shared with the CPU.
 DEVICES = (("Orin Nano 8GB", 8, 2.5), ("Orin NX 16GB", 16, 3.0), ("24GB desktop GPU", 24, 1.0),
            ("AGX Orin 32GB", 32, 3.0), ("AGX Orin 64GB", 64, 3.0), ("Thor 128GB", 128, 4.0))
@@ -83,16 +91,38 @@ def prompt_tokens(config: dict, frames: int) -> int:
     return frames * per_frame + PROMPT_TEXT_TOKENS
 
 
-def estimate(config: dict, weights: str, window: Window, *, activation_bytes: int = 2) -> dict[str, float]:
-    """Bytes by part for `weights` in fp32/fp16/bf16/int8/int4 (the LM's; vision stays fp16,
-    or fp32 with fp32 weights) over `window`."""
+def weight_bytes(weights: str, dense: int, block_size: int | None = None) -> float:
+    """Bytes per quantisable LM weight: `dense` for fp32/fp16/bf16; for int8/int4 the integer
+    plus one scale (in the graphs' float type, `dense` bytes) per block."""
+    if weights in DENSE_BYTES:
+        return float(DENSE_BYTES[weights])
+    return INTEGER_BITS[weights] / 8 + dense / (block_size or DEFAULT_BLOCK_SIZE[weights])
+
+
+def lm_weight_bytes(config: dict, weights: str, dense: int, block_size: int | None = None) -> float:
+    """The language model's weights once: quantisable weights in `weights`, norms in `dense`."""
+    counts = parameter_counts(config)
+    return counts["lm_linear"] * weight_bytes(weights, dense, block_size) + counts["lm_norms"] * dense
+
+
+def kv_cache_bytes(config: dict, capacity: int, dense: int) -> int:
+    """The cache the runners preallocate: key and value per layer, [kv_heads, capacity, head_dim]."""
+    t = config["text_config"]
+    hd = t.get("head_dim") or t["hidden_size"] // t["num_attention_heads"]
+    return 2 * t["num_hidden_layers"] * t["num_key_value_heads"] * hd * capacity * dense
+
+
+def estimate(config: dict, weights: str, window: Window, *, activation_bytes: int = 2,
+             dense: int | None = None) -> dict[str, float]:
+    """Bytes by part for `weights` in fp32/fp16/bf16/int8/int4 (the LM's) over `window`; `dense`
+    is the bytes of everything else (vision, norms, scales, KV cache): default fp32 with fp32
+    weights, else fp16."""
     t, v = config["text_config"], config["vision_config"]
     counts = parameter_counts(config)
-    dense = 4 if weights == "fp32" else 2
+    dense = dense or (4 if weights == "fp32" else 2)
     seq = prompt_tokens(config, window.frames)
     capacity = seq + window.max_new_tokens
-    hd = t.get("head_dim") or t["hidden_size"] // t["num_attention_heads"]
-    kv_cache = 2 * t["num_hidden_layers"] * t["num_key_value_heads"] * hd * capacity * dense
+    kv_cache = kv_cache_bytes(config, capacity, dense)
     # one layer's prefill at a time: fp32 scores + their cast, q/k/v/MLP intermediates, residual stream
     prefill = (t["num_attention_heads"] * seq * seq * (4 + activation_bytes)
                + seq * (3 * t["intermediate_size"] + 6 * t["hidden_size"]) * dense
@@ -101,7 +131,7 @@ def estimate(config: dict, weights: str, window: Window, *, activation_bytes: in
     patches = (size // v["patch_size"]) ** 2
     vision_act = window.frames * (v["num_attention_heads"] * patches * patches * 4
                                   + patches * (v["intermediate_size"] + 6 * v["hidden_size"]) * dense)
-    return {"weights_lm": counts["lm_linear"] * WEIGHT_BYTES[weights] + counts["lm_norms"] * dense,
+    return {"weights_lm": lm_weight_bytes(config, weights, dense),
             "weights_vision": counts["vision"] * dense, "kv_cache": kv_cache,
             "activations_prefill": prefill, "activations_vision": vision_act,
             "prompt_tokens": seq, "kv_capacity": capacity}
@@ -121,8 +151,8 @@ def fits(total: float) -> dict[str, str]:
     return out
 
 
-def describe(name: str, config: dict, weights: str, window: Window) -> dict:
-    parts = estimate(config, weights, window)
+def describe(name: str, config: dict, weights: str, window: Window, *, dense: int | None = None) -> dict:
+    parts = estimate(config, weights, window, dense=dense)
     total = total_bytes(parts)
     return {"model": name, "weights": weights, "frames": window.frames, "max_new_tokens": window.max_new_tokens,
             **{k: (round(v / GB, 3) if k.startswith(("weights", "kv", "activations")) else v)
@@ -157,10 +187,13 @@ def _plan_for_backend(backend, frames: int, max_new_tokens: int) -> tuple[str, s
         config = json.loads((Path(folder) / "config.json").read_text())
         settings = json.loads((Path(folder) / "manifest.json").read_text())["export"]["settings"]
         weights = settings.get("quantize") or settings["precision"]
+        dense = DENSE_BYTES[settings["precision"]]
     else:
         config = backend.model.config.to_dict()
         weights = {"torch.float32": "fp32", "torch.float16": "fp16"}.get(str(backend.dtype), "bf16")
-    plan = describe(getattr(backend, "model_id", "model"), config, weights, Window(frames, max_new_tokens))
+        dense = DENSE_BYTES[weights]
+    plan = describe(getattr(backend, "model_id", "model"), config, weights, Window(frames, max_new_tokens),
+                    dense=dense)
     line = plan_line(plan)
     device = "cuda" if backend.name == "tensorrt" else str(getattr(getattr(backend, "runner", backend), "device", ""))
     if device.startswith("cuda"):
@@ -170,3 +203,21 @@ def _plan_for_backend(backend, frames: int, max_new_tokens: int) -> tuple[str, s
         if plan["total_gb"] * GB > free:
             return "warning", line + f"; MORE than the {free / GB:.2f} GB free on {device}: expect out-of-memory"
     return "info", line
+
+
+def folder_estimate(folder: str | Path, runtime: str = "onnxruntime") -> dict[str, float]:
+    """Bytes an engine folder's backend holds once loaded and warmed up: the weights in the
+    folder's format (LM once: one graph/engine serves prefill and decode), the KV cache the
+    runners preallocate (`max_prompt + max_new_tokens` slots) and the runtime's own fixed cost
+    (RUNTIME_BYTES); `at_load` is their sum. `molmo2-engines plan --measure` holds it against
+    the memory a real load takes (docs/engines.md: plan vs measured)."""
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    settings = json.loads((folder / "manifest.json").read_text())["export"]["settings"]
+    dense = DENSE_BYTES[settings["precision"]]
+    weights = settings.get("quantize") or settings["precision"]
+    parts = {"weights_lm": lm_weight_bytes(config, weights, dense, settings.get("block_size")),
+             "weights_vision": parameter_counts(config)["vision"] * dense,
+             "kv_cache": kv_cache_bytes(config, settings["max_prompt"] + settings["max_new_tokens"], dense),
+             "runtime": RUNTIME_BYTES[runtime]}
+    return {**parts, "at_load": sum(parts.values())}

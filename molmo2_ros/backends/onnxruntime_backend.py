@@ -50,18 +50,21 @@ def _session(ort, path: Path, options, providers):
 
 
 class OrtRunner:
-    """molmo2_ros.engines.export graphs in ONNX Runtime sessions (kv_greedy.GraphRunner).
+    """molmo2_ros.engines.export graphs in ONNX Runtime sessions (kv_greedy.GraphRunner): one
+    session for the vision graph, one for the language-model graph that serves prefill and
+    decode, so each weight is loaded once.
 
     Every tensor the graphs exchange is a torch tensor on the provider's device, bound by
     address (IO binding): vision features go to the prefill without leaving the device, and
-    the decode graph is bound once to the preallocated KV cache (backends.kv_cache) and to
+    the decode binding is made once, over the preallocated KV cache (backends.kv_cache) and
     fixed token/position/logits buffers, so a step moves only the logits to the host."""
 
-    def __init__(self, folder: str | Path, providers: Sequence[str], threads: int | None, capacity: int):
+    def __init__(self, folder: str | Path, providers: Sequence[str], threads: int | None, capacity: int, *,
+                 prepack: bool = False):
         import onnxruntime as ort
         import torch
 
-        from molmo2_ros.backends.engine_folder import DECODE_FILE, PREFILL_FILE, VISION_FILE
+        from molmo2_ros.backends.engine_folder import LM_FILE, VISION_FILE
         from molmo2_ros.backends.kv_cache import StaticKVCache
 
         folder = Path(folder)
@@ -69,27 +72,38 @@ class OrtRunner:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        if not prepack:
+            options.add_session_config_entry("session.disable_prepacking", "1")
         self.torch = torch
         self.device = "cuda" if providers[0] == CUDA else "cpu"
         self.torch_device = torch.device("cuda", 0) if self.device == "cuda" else torch.device("cpu")
         self.vision_session = _session(ort, folder / VISION_FILE, options, providers)
-        self.prefill_session = _session(ort, folder / PREFILL_FILE, options, providers)
-        self.decode_session = _session(ort, folder / DECODE_FILE, options, providers)
-        types = {i.name: i.type for s in (self.vision_session, self.prefill_session, self.decode_session)
+        self.lm_session = _session(ort, folder / LM_FILE, options, providers)
+        types = {i.name: i.type for s in (self.vision_session, self.lm_session)
                  for i in [*s.get_inputs(), *s.get_outputs()]}
         for name in ("features", "image_features", "past.0.key"):
             if types[name] not in _NUMPY:
                 raise ValueError(f"ONNX Runtime runs fp32/fp16 graphs; {name} is {types[name]}")
         self.feature_dtype = self._torch_dtype(types["features"])
         self.image_feature_dtype = self._torch_dtype(types["image_features"])
-        past = self.decode_session.get_inputs()[3]
-        num_layers = (len(self.decode_session.get_inputs()) - 3) // 2
+        self.past_names = [i.name for i in self.lm_session.get_inputs() if i.name.startswith("past.")]
+        self.new_names = [o.name for o in self.lm_session.get_outputs() if o.name.startswith("new.")]
+        past = next(i for i in self.lm_session.get_inputs() if i.name == self.past_names[0])
         self.capacity = capacity
-        self.cache = StaticKVCache(torch, num_layers=num_layers, kv_heads=past.shape[1], head_dim=past.shape[3],
-                                   capacity=capacity, dtype=self._torch_dtype(past.type), device=self.torch_device)
-        vocab = self.decode_session.get_outputs()[0].shape[1]
+        kv_dtype = self._torch_dtype(past.type)
+        self.cache = StaticKVCache(torch, num_layers=len(self.past_names) // 2, kv_heads=past.shape[1],
+                                   head_dim=past.shape[3], capacity=capacity, dtype=kv_dtype, device=self.torch_device)
+        # prefill's cache: one empty slot (masked out), so the prompt attends only to itself
+        self.empty_past = torch.zeros((1, past.shape[1], 1, past.shape[3]), dtype=kv_dtype, device=self.torch_device)
+        self.empty_mask = torch.zeros((1, 1), dtype=torch.int64, device=self.torch_device)
+        vocab = self.lm_session.get_outputs()[0].shape[1]
+        hidden = next(i for i in self.lm_session.get_inputs() if i.name == "image_features").shape[1]
         self.token = torch.zeros((1, 1), dtype=torch.int64, device=self.torch_device)
         self.position = torch.zeros((1, 1), dtype=torch.int64, device=self.torch_device)
+        self.one = torch.ones((1, 1), dtype=torch.int64, device=self.torch_device)
+        self.text = torch.zeros((1, 1), dtype=torch.int64, device=self.torch_device)   # mm_token_type_ids 0
+        # a decode step adds no image features: one zero row the graph never selects
+        self.no_features = torch.zeros((1, hidden), dtype=self.image_feature_dtype, device=self.torch_device)
         self.logits = torch.zeros((1, vocab), dtype=torch.float32, device=self.torch_device)
         self.decode_binding = self._decode_binding()
 
@@ -102,15 +116,15 @@ class OrtRunner:
         bind(name, self.device, 0, numpy_type, tuple(tensor.shape), tensor.data_ptr())
 
     def _decode_binding(self):
-        binding = self.decode_session.io_binding()
-        for name, tensor in (("input_ids", self.token), ("attention_mask", self.cache.mask),
-                             ("position_ids", self.position)):
+        binding = self.lm_session.io_binding()
+        for name, tensor in (("input_ids", self.token), ("image_features", self.no_features),
+                             ("attention_mask", self.one), ("position_ids", self.position),
+                             ("mm_token_type_ids", self.text), ("past_mask", self.cache.mask),
+                             *zip(self.past_names, self.cache.past)):
             self._bind(binding, name, tensor)
-        for node, tensor in zip(self.decode_session.get_inputs()[3:], self.cache.past):
-            self._bind(binding, node.name, tensor)
         self._bind(binding, "logits", self.logits, output=True)
-        for node, tensor in zip(self.decode_session.get_outputs()[1:], self.cache.new):
-            self._bind(binding, node.name, tensor, output=True)
+        for name, tensor in zip(self.new_names, self.cache.new):
+            self._bind(binding, name, tensor, output=True)
         return binding
 
     def _run(self, session, binding) -> None:
@@ -132,42 +146,50 @@ class OrtRunner:
 
     def prefill(self, input_ids, image_features, attention_mask, position_ids, mm_token_type_ids):
         torch = self.torch
-        binding = self.prefill_session.io_binding()
+        binding = self.lm_session.io_binding()
         for name, value in (("input_ids", input_ids), ("attention_mask", attention_mask),
                             ("position_ids", position_ids), ("mm_token_type_ids", mm_token_type_ids)):
             binding.bind_cpu_input(name, np.ascontiguousarray(value, dtype=np.int64))
         self._bind(binding, "image_features", image_features)
         batch, seq = input_ids.shape
+        self._bind(binding, "past_mask", self.empty_mask)
+        for name in self.past_names:
+            self._bind(binding, name, self.empty_past)
         _, kv_heads, _, head_dim = self.cache.past[0].shape
         logits = torch.empty((batch, self.logits.shape[1]), dtype=torch.float32, device=self.torch_device)
         present = [torch.empty((batch, kv_heads, seq, head_dim), dtype=self.cache.past[0].dtype,
                                device=self.torch_device) for _ in self.cache.past]
         self._bind(binding, "logits", logits, output=True)
-        for node, tensor in zip(self.prefill_session.get_outputs()[1:], present):
-            self._bind(binding, node.name, tensor, output=True)
-        self._run(self.prefill_session, binding)
+        for name, tensor in zip(self.new_names, present):
+            self._bind(binding, name, tensor, output=True)
+        self._run(self.lm_session, binding)
         self.cache.load(present, attention_mask)
         return logits.cpu().numpy()
 
     def decode(self, token, position):
         self.token.fill_(token)
         self.position.fill_(position)
-        self._run(self.decode_session, self.decode_binding)
+        self._run(self.lm_session, self.decode_binding)
         self.cache.append()
         return self.logits.cpu().numpy().copy()
 
 
 class OnnxRuntimeBackend(GraphBackend):
-    """Backend protocol (molmo2_ros.core.backend) over ONNX Runtime sessions."""
+    """Backend protocol (molmo2_ros.core.backend) over ONNX Runtime sessions.
+
+    `prepack=False` (default) turns off ONNX Runtime's CPU weight pre-packing: it reads every
+    mapped weight at load and, with INT4 graphs, keeps packed copies beside them (measured,
+    docs/engines.md "Plan vs measured"); `True` trades that memory for packed GEMMs."""
 
     name = "onnxruntime"
 
     def __init__(self, engine_dir: str | Path, *, device: str | None = None, source_hash: str | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, prepack: bool = False):
         from molmo2_ros.backends import engine_folder as manifest
 
         data = manifest.check_folder(engine_dir, runtime="onnxruntime", source_hash=source_hash)
         self.providers = resolve_providers(device)
         settings = data["export"]["settings"]
-        runner = OrtRunner(engine_dir, self.providers, threads, settings["max_prompt"] + settings["max_new_tokens"])
+        runner = OrtRunner(engine_dir, self.providers, threads, settings["max_prompt"] + settings["max_new_tokens"],
+                           prepack=prepack)
         super().__init__(engine_dir, runner, data, preprocess_device=runner.device)

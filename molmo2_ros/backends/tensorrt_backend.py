@@ -38,17 +38,22 @@ def _deserialize(runtime, path: Path):
     return engine
 
 
-class _Engine:
-    """One deserialized engine with its execution context."""
+class _Context:
+    """An execution context of a deserialized engine, fixed to one optimisation profile."""
 
-    def __init__(self, trt, torch, runtime, path: Path):
-        self.trt, self.torch = trt, torch
-        self.engine = _deserialize(runtime, path)
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        self.dtypes = {n: _torch_dtype(trt, torch, self.engine.get_tensor_dtype(n)) for n in names}
+    def __init__(self, trt, torch, engine, profile: int, stream):
+        self.trt, self.torch, self.engine = trt, torch, engine
+        strategy = getattr(trt, "ExecutionContextAllocationStrategy", None)
+        # ON_PROFILE_CHANGE sizes the context's activation memory for its own profile (TensorRT 10+);
+        # the default would give the decode context the prefill profile's size as well
+        self.context = (engine.create_execution_context(strategy.ON_PROFILE_CHANGE) if strategy is not None
+                        else engine.create_execution_context())
+        if profile:   # a new context starts on profile 0
+            self.context.set_optimization_profile_async(profile, stream.cuda_stream)
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.dtypes = {n: _torch_dtype(trt, torch, engine.get_tensor_dtype(n)) for n in names}
 
     def bind_inputs(self, feeds: dict) -> list:
         """Shapes and addresses of the inputs (numpy or torch); returns the device tensors,
@@ -80,54 +85,65 @@ class _Engine:
 
 
 class TrtRunner:
-    """TensorRT engines on the GPU (kv_greedy.GraphRunner).
+    """TensorRT engines on the GPU (kv_greedy.GraphRunner): `vision.plan`, and `lm.plan` with
+    one execution context per optimisation profile (prefill = 0, decode = 1) over the one
+    deserialized engine, so the language model's weights are on the device once.
 
     Everything runs on one CUDA stream: the torch work between engines (dropping padding
     rows of the features, writing new KV into the cache) is issued on the stream the
     engines run on, so no engine reads a buffer before torch has written it. The decode
-    engine's shapes and tensor addresses (preallocated cache, token, position, logits) are
-    set once; a step launches the engine and copies the logits out."""
+    context's shapes and tensor addresses (preallocated cache, token, position, logits) are
+    set once; a step launches it and copies the logits out."""
 
     def __init__(self, folder: str | Path, capacity: int):
         import tensorrt as trt
         import torch
 
-        from molmo2_ros.backends.engine_folder import DECODE_FILE, PREFILL_FILE, VISION_FILE
+        from molmo2_ros.backends.engine_folder import LM_FILE, VISION_FILE
         from molmo2_ros.backends.kv_cache import StaticKVCache
-        from molmo2_ros.backends.tensorrt_build import ENGINE_FILES
+        from molmo2_ros.backends.tensorrt_build import ENGINE_FILES, LM_PROFILES
 
         folder = Path(folder)
         self.torch = torch
-        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.vision_engine = _Engine(trt, torch, self.runtime, folder / ENGINE_FILES[VISION_FILE])
-        self.prefill_engine = _Engine(trt, torch, self.runtime, folder / ENGINE_FILES[PREFILL_FILE])
-        self.decode_engine = _Engine(trt, torch, self.runtime, folder / ENGINE_FILES[DECODE_FILE])
         self.stream = torch.cuda.Stream()
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.vision_engine = _deserialize(self.runtime, folder / ENGINE_FILES[VISION_FILE])
+        self.lm_engine = _deserialize(self.runtime, folder / ENGINE_FILES[LM_FILE])
+        self.vision_context = _Context(trt, torch, self.vision_engine, 0, self.stream)
+        self.prefill_context = _Context(trt, torch, self.lm_engine, LM_PROFILES.index("prefill"), self.stream)
+        decode = self.decode_context = _Context(trt, torch, self.lm_engine, LM_PROFILES.index("decode"), self.stream)
         self.capacity = capacity
-        decode = self.decode_engine
-        past_names = decode.inputs[3:]
-        past_shape = decode.engine.get_tensor_shape(past_names[0])
-        kv_heads, head_dim = past_shape[1], past_shape[3]
+        past_names = [n for n in decode.inputs if n.startswith("past.")]
+        _, kv_heads, _, head_dim = self.lm_engine.get_tensor_shape(past_names[0])
+        hidden = self.lm_engine.get_tensor_shape("image_features")[1]
+        kv_dtype = decode.dtypes[past_names[0]]
         with torch.cuda.stream(self.stream):
             self.cache = StaticKVCache(torch, num_layers=len(past_names) // 2, kv_heads=kv_heads, head_dim=head_dim,
-                                       capacity=capacity, dtype=decode.dtypes[past_names[0]], device="cuda")
+                                       capacity=capacity, dtype=kv_dtype, device="cuda")
             self.token = torch.zeros((1, 1), dtype=torch.int64, device="cuda")
             self.position = torch.zeros((1, 1), dtype=torch.int64, device="cuda")
-            self.decode_feeds = decode.bind_inputs({
-                "input_ids": self.token, "attention_mask": self.cache.mask, "position_ids": self.position,
-                **dict(zip(past_names, self.cache.past))})
+            # prefill's cache: one empty slot (masked out); decode's image features: one unused row
+            self.empty_past = torch.zeros((1, kv_heads, 1, head_dim), dtype=kv_dtype, device="cuda")
+            self.empty_mask = torch.zeros((1, 1), dtype=torch.int64, device="cuda")
+            one_token = {"input_ids": self.token, "position_ids": self.position,
+                         "attention_mask": torch.ones((1, 1), dtype=torch.int64, device="cuda"),
+                         "mm_token_type_ids": torch.zeros((1, 1), dtype=torch.int64, device="cuda"),
+                         "image_features": torch.zeros((1, hidden), dtype=decode.dtypes["image_features"],
+                                                       device="cuda")}
+            self.decode_feeds = decode.bind_inputs({**one_token, "past_mask": self.cache.mask,
+                                                    **dict(zip(past_names, self.cache.past))})
             self.decode_outputs = decode.new_outputs()
-        new_names = [n for n in decode.outputs if n != "logits"]
+        new_names = [n for n in decode.outputs if n.startswith("new.")]
         for name, tensor in zip(new_names, self.cache.new):   # the step writes straight into the cache's `new`
             decode.context.set_tensor_address(name, tensor.data_ptr())
-        self.prefill_present = [n for n in self.prefill_engine.outputs if n != "logits"]
+        self.past_names, self.new_names = past_names, new_names
 
     def vision(self, pixel_values, pooling, valid_tokens):
         torch = self.torch
         with torch.cuda.stream(self.stream):
-            keep = self.vision_engine.bind_inputs({"pixel_values": pixel_values, "pooling": pooling})
-            out = self.vision_engine.new_outputs()
-            self.vision_engine.run(self.stream)
+            keep = self.vision_context.bind_inputs({"pixel_values": pixel_values, "pooling": pooling})
+            out = self.vision_context.new_outputs()
+            self.vision_context.run(self.stream)
             features = out["features"][torch.from_numpy(np.asarray(valid_tokens)).to("cuda")]
         self.stream.synchronize()
         del keep
@@ -135,14 +151,15 @@ class TrtRunner:
 
     def prefill(self, input_ids, image_features, attention_mask, position_ids, mm_token_type_ids):
         torch = self.torch
-        engine = self.prefill_engine
+        context = self.prefill_context
         with torch.cuda.stream(self.stream):
-            keep = engine.bind_inputs({"input_ids": input_ids, "image_features": image_features,
-                                       "attention_mask": attention_mask, "position_ids": position_ids,
-                                       "mm_token_type_ids": mm_token_type_ids})
-            out = engine.new_outputs()
-            engine.run(self.stream)
-            self.cache.load([out[n] for n in self.prefill_present], attention_mask)
+            keep = context.bind_inputs({"input_ids": input_ids, "image_features": image_features,
+                                        "attention_mask": attention_mask, "position_ids": position_ids,
+                                        "mm_token_type_ids": mm_token_type_ids, "past_mask": self.empty_mask,
+                                        **{name: self.empty_past for name in self.past_names}})
+            out = context.new_outputs()
+            context.run(self.stream)
+            self.cache.load([out[n] for n in self.new_names], attention_mask)
             logits = out["logits"].float().cpu().numpy()   # .cpu() waits for the stream
         del keep
         return logits
@@ -151,7 +168,7 @@ class TrtRunner:
         with self.torch.cuda.stream(self.stream):
             self.token.fill_(token)
             self.position.fill_(position)
-            self.decode_engine.run(self.stream)
+            self.decode_context.run(self.stream)
             self.cache.append()
             return self.decode_outputs["logits"].float().cpu().numpy()
 

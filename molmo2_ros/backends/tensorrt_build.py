@@ -1,9 +1,12 @@
 """Build TensorRT engines from an exported folder with the TensorRT Python API.
 
-One engine per graph (`vision.plan`, `prefill.plan`, `decode.plan`), one optimisation
-profile each, sized from the export settings in the manifest (overridable), a timing
-cache kept in the folder per device (`timing_cache_name`) so rebuilds are fast, and progress printed
-per phase. The manifest gains a "tensorrt" section describing the engines and the
+One engine per graph: `vision.plan` with one optimisation profile, and `lm.plan` -- the
+language model, its weights once -- with two, `prefill` (profile 0: the prompt's length,
+a one-slot empty cache) and `decode` (profile 1: one token, the preallocated cache), the
+layout TensorRT-LLM uses for the same reason. Profiles are sized from the export settings
+in the manifest (overridable), a timing cache is kept in the folder per device
+(`timing_cache_name`) so rebuilds are fast, and progress is printed per phase. The manifest
+gains a "tensorrt" section describing the engines, their profiles in index order and the
 machine they were built on (engine_folder).
 
 Networks are strongly typed: the engines run in the precision the graphs were exported
@@ -20,9 +23,10 @@ import re
 import time
 from pathlib import Path
 
-from molmo2_ros.backends.engine_folder import DECODE_FILE, PREFILL_FILE, VISION_FILE
+from molmo2_ros.backends.engine_folder import LM_FILE, VISION_FILE
 
-ENGINE_FILES = {VISION_FILE: "vision.plan", PREFILL_FILE: "prefill.plan", DECODE_FILE: "decode.plan"}
+ENGINE_FILES = {VISION_FILE: "vision.plan", LM_FILE: "lm.plan"}
+LM_PROFILES = ("prefill", "decode")   # optimisation profile 0 and 1 of lm.plan
 BUILD_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 
 
@@ -35,7 +39,8 @@ def timing_cache_name(machine) -> str:
 
 
 def default_profiles(config: dict, settings: dict) -> dict:
-    """{graph file: {input name: [min, opt, max] shapes}} for the three graphs."""
+    """{graph file: {profile name: {input name: [min, opt, max] shapes}}}, profiles in index
+    order: vision.onnx one ("vision"), lm.onnx two (LM_PROFILES)."""
     vision, text = config["vision_config"], config["text_config"]
     patches = vision.get("num_position_embeddings") or (vision["image_size"][0] // vision["patch_size"]) ** 2
     patch_dim = vision["patch_size"] ** 2 * vision.get("num_channels", 3)
@@ -45,26 +50,26 @@ def default_profiles(config: dict, settings: dict) -> dict:
     batch = settings["max_batch"]
     prompt = settings["max_prompt"]
     total = prompt + settings["max_new_tokens"]
-    kv = [text["num_key_value_heads"], text["head_dim"]]
+    kv_heads, head_dim, hidden = text["num_key_value_heads"], text["head_dim"], text["hidden_size"]
     opt_prompt = max(1, prompt // 2)
+    past = [f"past.{i}.{kind}" for i in range(text["num_hidden_layers"]) for kind in ("key", "value")]
+    tokens_in = ("input_ids", "attention_mask", "position_ids", "mm_token_type_ids")
 
-    layers = text["num_hidden_layers"]
+    one_slot = [[1, kv_heads, 1, head_dim], [1, kv_heads, 1, head_dim], [batch, kv_heads, 1, head_dim]]
+    prefill = {name: [[1, 1], [1, opt_prompt], [batch, prompt]] for name in tokens_in}
+    prefill |= {"image_features": [[1, hidden], [opt_prompt, hidden], [batch * prompt, hidden]],
+                "past_mask": [[1, 1], [1, 1], [batch, 1]]} | {name: one_slot for name in past}
     # the runners preallocate `total` cache slots (backends.kv_cache): decode always sees that capacity
-    decode = {"input_ids": [[1, 1], [1, 1], [batch, 1]],
-              "attention_mask": [[1, 1], [1, total], [batch, total]],
-              "position_ids": [[1, 1], [1, 1], [batch, 1]]}
-    for i in range(layers):
-        for kind in ("key", "value"):
-            decode[f"past.{i}.{kind}"] = [[1, kv[0], 1, kv[1]], [1, kv[0], total, kv[1]], [batch, kv[0], total, kv[1]]]
+    decode = {name: [[1, 1], [1, 1], [batch, 1]] for name in tokens_in}
+    decode |= {"image_features": [[1, hidden], [1, hidden], [1, hidden]],
+               "past_mask": [[1, 1], [1, total], [batch, total]]}
+    decode |= {name: [[1, kv_heads, 1, head_dim], [1, kv_heads, total, head_dim], [batch, kv_heads, total, head_dim]]
+               for name in past}
     return {
-        VISION_FILE: {"pixel_values": [[1, patches, patch_dim], [opt_crops, patches, patch_dim],
-                                       [crops, patches, patch_dim]],
-                      "pooling": [[1, 1], [opt_crops * patches // 9, 9], [tokens, 16]]},
-        PREFILL_FILE: {name: [[1, 1], [1, opt_prompt], [batch, prompt]]
-                       for name in ("input_ids", "attention_mask", "position_ids", "mm_token_type_ids")}
-        | {"image_features": [[1, text["hidden_size"]], [opt_prompt, text["hidden_size"]],
-                              [batch * prompt, text["hidden_size"]]]},
-        DECODE_FILE: decode,
+        VISION_FILE: {"vision": {"pixel_values": [[1, patches, patch_dim], [opt_crops, patches, patch_dim],
+                                                  [crops, patches, patch_dim]],
+                                 "pooling": [[1, 1], [opt_crops * patches // 9, 9], [tokens, 16]]}},
+        LM_FILE: dict(zip(LM_PROFILES, (prefill, decode))),
     }
 
 
@@ -96,10 +101,11 @@ def _has_quantize_nodes(onnx_path: Path) -> bool:
     return any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node)
 
 
-def build_engine(trt, onnx_path: Path, engine_path: Path, profile_shapes: dict, *,
+def build_engine(trt, onnx_path: Path, engine_path: Path, profiles: dict, *,
                  workspace_gb: float, timing_cache: Path, progress=print) -> float:
-    """Parse `onnx_path` into a strongly typed network, build a serialized engine into
-    `engine_path`; return seconds."""
+    """Parse `onnx_path` into a strongly typed network, build a serialized engine with one
+    optimisation profile per entry of `profiles` ({name: {input: [min, opt, max]}}, index
+    order) into `engine_path`; return seconds."""
     start = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -110,15 +116,16 @@ def build_engine(trt, onnx_path: Path, engine_path: Path, profile_shapes: dict, 
         raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    profile = builder.create_optimization_profile()
     names = {network.get_input(i).name for i in range(network.num_inputs)}
-    missing = names - set(profile_shapes)
-    if missing:
-        raise ValueError(f"no profile for inputs {sorted(missing)} of {onnx_path.name}")
-    for name in sorted(names):
-        lo, opt, hi = profile_shapes[name]
-        profile.set_shape(name, tuple(lo), tuple(opt), tuple(hi))
-    config.add_optimization_profile(profile)
+    for profile_name, shapes in profiles.items():
+        missing = names - set(shapes)
+        if missing:
+            raise ValueError(f"profile {profile_name!r} of {onnx_path.name} has no shapes for {sorted(missing)}")
+        profile = builder.create_optimization_profile()
+        for name in sorted(names):
+            lo, opt, hi = shapes[name]
+            profile.set_shape(name, tuple(lo), tuple(opt), tuple(hi))
+        config.add_optimization_profile(profile)
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
     monitor = _progress_monitor(trt, progress)
@@ -134,7 +141,7 @@ def build_engine(trt, onnx_path: Path, engine_path: Path, profile_shapes: dict, 
 
 def build_engines(folder: str | Path, precision: str | None = None, *, profiles: dict | None = None,
                   workspace_gb: float = 8.0, progress=print) -> dict:
-    """Build all three engines in `folder` (an export folder) and record them in the manifest.
+    """Build both engines in `folder` (an export folder) and record them in the manifest.
 
     `precision` defaults to the export precision; fp32/fp16/bf16 must equal it (strongly
     typed build), int8/fp8 need Q/DQ-quantized graphs."""
@@ -165,7 +172,11 @@ def build_engines(folder: str | Path, precision: str | None = None, *, profiles:
     for graph, overrides in (profiles or {}).items():
         if graph not in shapes:
             raise ValueError(f"--profiles names unknown graph {graph!r}; graphs: {', '.join(shapes)}")
-        shapes[graph].update(overrides)
+        for profile, inputs in overrides.items():
+            if profile not in shapes[graph]:
+                raise ValueError(f"--profiles names unknown profile {profile!r} of {graph}; "
+                                 f"profiles: {', '.join(shapes[graph])}")
+            shapes[graph][profile].update(inputs)
     machine = manifest.probe_machine()
     timing_cache = folder / timing_cache_name(machine)
     seconds = {}
@@ -175,6 +186,9 @@ def build_engines(folder: str | Path, precision: str | None = None, *, profiles:
                                                   workspace_gb=workspace_gb, timing_cache=timing_cache,
                                                   progress=progress), 3)
         progress(f"built {engine_name} in {seconds[engine_name]:.1f} s")
+    # a list per engine: the position is the profile index the runtime selects
+    recorded = {ENGINE_FILES[graph]: [{"name": name, "shapes": inputs} for name, inputs in graph_profiles.items()]
+                for graph, graph_profiles in shapes.items()}
     return manifest.write_engine_manifest(folder, engine_files=list(ENGINE_FILES.values()), precision=precision,
-                                          profiles=shapes, machine=machine, build_seconds=seconds,
+                                          profiles=recorded, machine=machine, build_seconds=seconds,
                                           timing_cache=timing_cache.name)

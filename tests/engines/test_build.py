@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from molmo2_ros.backends.tensorrt_build import ENGINE_FILES, default_profiles
+from molmo2_ros.backends.tensorrt_build import ENGINE_FILES, LM_PROFILES, default_profiles
 
 
 def _graph_inputs(path):
@@ -18,25 +18,30 @@ def _graph_inputs(path):
 
 
 def test_profiles_cover_every_graph_input(tiny_export_dir):
-    """Every input of every graph gets [min, opt, max] of its rank, static dims kept,
-    min <= opt <= max, sized from the export settings."""
+    """Every input of every graph gets [min, opt, max] of its rank in every profile, static dims
+    kept, min <= opt <= max, sized from the export settings; the LM graph has a prefill and a
+    decode profile (in that index order) over the one graph."""
     config = json.loads((tiny_export_dir / "config.json").read_text())
     settings = json.loads((tiny_export_dir / "manifest.json").read_text())["export"]["settings"]
     profiles = default_profiles(config, settings)
     assert set(profiles) == set(ENGINE_FILES)
-    for graph, shapes in profiles.items():
+    assert list(profiles["lm.onnx"]) == list(LM_PROFILES) == ["prefill", "decode"]
+    for graph, graph_profiles in profiles.items():
         inputs = _graph_inputs(tiny_export_dir / graph)
-        assert set(shapes) == set(inputs), graph
-        for name, dims in inputs.items():
-            lo, opt, hi = (np.array(s) for s in shapes[name])
-            assert len(lo) == len(opt) == len(hi) == len(dims), (graph, name)
-            assert (lo <= opt).all() and (opt <= hi).all() and (lo >= 1).all(), (graph, name)
-            for axis, static in enumerate(dims):
-                if static:
-                    assert lo[axis] == opt[axis] == hi[axis] == static, (graph, name, axis)
-    assert profiles["prefill.onnx"]["input_ids"][2][1] == settings["max_prompt"]
-    assert profiles["decode.onnx"]["attention_mask"][2][1] == settings["max_prompt"] + settings["max_new_tokens"]
-    assert profiles["vision.onnx"]["pixel_values"][2][0] == max(settings["max_frames"], settings["max_crops"])
+        for profile, shapes in graph_profiles.items():
+            assert set(shapes) == set(inputs), (graph, profile)
+            for name, dims in inputs.items():
+                lo, opt, hi = (np.array(s) for s in shapes[name])
+                assert len(lo) == len(opt) == len(hi) == len(dims), (graph, profile, name)
+                assert (lo <= opt).all() and (opt <= hi).all() and (lo >= 1).all(), (graph, profile, name)
+                for axis, static in enumerate(dims):
+                    if static:
+                        assert lo[axis] == opt[axis] == hi[axis] == static, (graph, profile, name, axis)
+    prefill, decode = profiles["lm.onnx"]["prefill"], profiles["lm.onnx"]["decode"]
+    total = settings["max_prompt"] + settings["max_new_tokens"]
+    assert prefill["input_ids"][2][1] == settings["max_prompt"] and prefill["past.0.key"][2][2] == 1
+    assert decode["input_ids"][2][1] == 1 and decode["past_mask"][2][1] == decode["past.0.value"][2][2] == total
+    assert profiles["vision.onnx"]["vision"]["pixel_values"][2][0] == max(settings["max_frames"], settings["max_crops"])
 
 
 def test_int8_without_quantized_graphs_is_refused(tiny_export_dir):
@@ -112,3 +117,117 @@ def test_tensorrt_engines_decode_like_onnxruntime(engine_copy, synthetic_frames)
     expected = OnnxRuntimeBackend(engine_copy, device="cpu").generate(frames, "Point to it.", max_new_tokens=32)
     got = TensorRTBackend(engine_copy).generate(frames, "Point to it.", max_new_tokens=32)
     assert got.token_ids == expected.token_ids
+
+
+class StandInTensorRT:
+    """A stand-in for the `tensorrt` module (no TensorRT or GPU here), named as such: it records
+    the optimisation profiles `build_engine` adds. Its parser reads the real ONNX graph's inputs,
+    so the profiles are checked against the graph `build` would parse."""
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            pass
+
+    class NetworkDefinitionCreationFlag:
+        STRONGLY_TYPED = 1
+
+    class MemoryPoolType:
+        WORKSPACE = 0
+
+    class _Input:
+        def __init__(self, name):
+            self.name = name
+
+    class _Network:
+        def __init__(self):
+            self.inputs = []
+
+        @property
+        def num_inputs(self):
+            return len(self.inputs)
+
+        def get_input(self, i):
+            return StandInTensorRT._Input(self.inputs[i])
+
+    class OnnxParser:
+        def __init__(self, network, logger):
+            self.network = network
+
+        def parse_from_file(self, path):
+            self.network.inputs = list(_graph_inputs(path))
+            return True
+
+    class _Profile:
+        def __init__(self):
+            self.shapes = {}
+
+        def set_shape(self, name, lo, opt, hi):
+            self.shapes[name] = [list(lo), list(opt), list(hi)]
+
+    class _Cache:
+        def serialize(self):
+            return b"timing"
+
+    class _Config:
+        def __init__(self):
+            self.profiles = []
+
+        def set_memory_pool_limit(self, pool, size):
+            pass
+
+        def add_optimization_profile(self, profile):
+            self.profiles.append(profile)
+            return len(self.profiles) - 1
+
+        def create_timing_cache(self, data):
+            return StandInTensorRT._Cache()
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            pass
+
+        def get_timing_cache(self):
+            return StandInTensorRT._Cache()
+
+    class Builder:
+        configs = []
+
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            return StandInTensorRT._Network()
+
+        def create_builder_config(self):
+            config = StandInTensorRT._Config()
+            StandInTensorRT.Builder.configs.append(config)
+            return config
+
+        def create_optimization_profile(self):
+            return StandInTensorRT._Profile()
+
+        def build_serialized_network(self, network, config):
+            return b"stand-in engine"
+
+
+def test_lm_engine_gets_a_prefill_and_a_decode_profile(tiny_export_dir, tmp_path):
+    """One lm.plan with two optimisation profiles over the one graph, in index order prefill (0),
+    decode (1), each covering every input of lm.onnx (stand-in TensorRT, see above)."""
+    from molmo2_ros.backends.tensorrt_build import build_engine
+
+    config = json.loads((tiny_export_dir / "config.json").read_text())
+    settings = json.loads((tiny_export_dir / "manifest.json").read_text())["export"]["settings"]
+    profiles = default_profiles(config, settings)["lm.onnx"]
+    StandInTensorRT.Builder.configs.clear()
+    build_engine(StandInTensorRT, tiny_export_dir / "lm.onnx", tmp_path / "lm.plan", profiles, workspace_gb=1,
+                 timing_cache=tmp_path / "timing.cache", progress=lambda m: None)
+    (built,) = StandInTensorRT.Builder.configs
+    assert [p.shapes for p in built.profiles] == [profiles["prefill"], profiles["decode"]]
+    assert set(built.profiles[0].shapes) == set(_graph_inputs(tiny_export_dir / "lm.onnx"))
+    assert (tmp_path / "lm.plan").read_bytes() == b"stand-in engine"
+    decode = {k: v for k, v in profiles["decode"].items() if k != "past_mask"}
+    broken = {"prefill": profiles["prefill"], "decode": decode}
+    with pytest.raises(ValueError, match="profile 'decode' of lm.onnx has no shapes for \\['past_mask'\\]"):
+        build_engine(StandInTensorRT, tiny_export_dir / "lm.onnx", tmp_path / "lm.plan", broken, workspace_gb=1,
+                     timing_cache=tmp_path / "timing.cache", progress=lambda m: None)

@@ -75,7 +75,7 @@ def test_other_checkpoint_hash(built_folder):
 
 @pytest.mark.parametrize("damage", ["corrupt", "truncated", "missing"])
 def test_damaged_engine_file(built_folder, damage):
-    path = built_folder / ENGINE_FILES["prefill.onnx"]
+    path = built_folder / ENGINE_FILES["lm.onnx"]
     data = bytearray(path.read_bytes())
     if damage == "corrupt":
         data[100] ^= 0xFF
@@ -85,8 +85,8 @@ def test_damaged_engine_file(built_folder, damage):
     else:
         path.unlink()
     message = _refusal(built_folder)
-    expected = {"corrupt": "prefill.plan is corrupt", "truncated": "prefill.plan is 640 bytes, manifest says 1280",
-                "missing": "missing file prefill.plan"}[damage]
+    expected = {"corrupt": "lm.plan is corrupt", "truncated": "lm.plan is 640 bytes, manifest says 1280",
+                "missing": "missing file lm.plan"}[damage]
     assert expected in message and "molmo2-engines build" in message
 
 
@@ -94,7 +94,7 @@ def test_damaged_engine_file(built_folder, damage):
 def test_damaged_onnx_graph_refused_by_onnxruntime_backend(engine_copy, damage):
     from molmo2_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
 
-    path = engine_copy / "decode.onnx"
+    path = engine_copy / "lm.onnx"
     data = bytearray(path.read_bytes())
     if damage == "corrupt":
         data[len(data) // 2] ^= 0xFF
@@ -105,7 +105,7 @@ def test_damaged_onnx_graph_refused_by_onnxruntime_backend(engine_copy, damage):
         path.unlink()
     with pytest.raises(EngineMismatch) as info:
         OnnxRuntimeBackend(engine_copy, device="cpu")
-    assert "decode.onnx" in str(info.value) and "molmo2-engines export --model" in str(info.value)
+    assert "lm.onnx" in str(info.value) and "molmo2-engines export --model" in str(info.value)
 
 
 def test_missing_or_unreadable_manifest(engine_copy):
@@ -214,14 +214,15 @@ def test_graph_onnxruntime_cannot_load_is_one_message(engine_copy, tmp_path, cap
     infer exits 1 and bench exits 2 with one line naming the file, never a traceback."""
     from molmo2_ros.engines.cli import main as engines_main
 
-    (engine_copy / "decode.onnx").write_bytes(b"not a protobuf" * 100)
+    # vision.onnx: the manifest check reads lm.onnx's header itself, so ONNX Runtime meets the bad vision graph
+    (engine_copy / "vision.onnx").write_bytes(b"not a protobuf" * 100)
     data = json.loads((engine_copy / "manifest.json").read_text())
     data["export"]["files"] = manifest.describe_files(engine_copy, list(manifest.GRAPH_FILES))
     (engine_copy / "manifest.json").write_text(json.dumps(data))
 
     proc = _infer_subprocess("--images", _png(tmp_path), "--backend", "onnxruntime", "--engine-dir", str(engine_copy))
     assert proc.returncode == 1
-    assert "decode.onnx: ONNX Runtime cannot load this graph (InvalidProtobuf" in proc.stderr
+    assert "vision.onnx: ONNX Runtime cannot load this graph (InvalidProtobuf" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert engines_main(["bench", str(engine_copy), "--device", "cpu", "--frames", "1"]) == 2
     assert "ONNX Runtime cannot load this graph" in capsys.readouterr().err
@@ -234,6 +235,36 @@ def test_older_schema_is_refused_with_the_export_command(engine_copy):
     path.write_text(json.dumps(data))
     message = _refusal(engine_copy, runtime="onnxruntime")
     assert "schema 1" in message and "molmo2-engines export --model" in message
+
+
+def test_two_graph_folder_is_refused_with_the_export_command_and_exit_2(engine_copy, capsys):
+    """A folder of the previous layout (schema 2: prefill.onnx and decode.onnx, a copy of the LM
+    weights in each) is refused by the backend and by the CLI (exit 2), naming the layout and
+    the re-export command."""
+    import shutil
+
+    from molmo2_ros.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from molmo2_ros.engines.cli import main
+
+    for old in ("prefill.onnx", "decode.onnx"):
+        shutil.copy(engine_copy / "lm.onnx", engine_copy / old)
+    (engine_copy / "lm.onnx").unlink()
+    path = engine_copy / "manifest.json"
+    data = json.loads(path.read_text())
+    data["schema"] = 2
+    data["export"].pop("layout")
+    data["export"]["files"] = manifest.describe_files(engine_copy, ["vision.onnx", "prefill.onnx", "decode.onnx"])
+    path.write_text(json.dumps(data))
+    with pytest.raises(EngineMismatch) as info:
+        OnnxRuntimeBackend(engine_copy, device="cpu")
+    for text in ("schema 2", "two-graph layout (prefill.onnx and decode.onnx", "one lm.onnx",
+                 f"Re-export with: molmo2-engines export --model {data['export']['source']} --out"):
+        assert text in str(info.value), text
+    for argv in (["inspect", str(engine_copy)], ["bench", str(engine_copy), "--frames", "1"],
+                 ["plan", "--measure", str(engine_copy)], ["build", str(engine_copy)]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "two-graph layout" in err and "molmo2-engines export --model" in err, argv
 
 
 def test_manifest_source_is_absolute(tiny_export_dir, tiny_model_dir):

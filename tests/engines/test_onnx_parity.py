@@ -92,7 +92,7 @@ def test_prefill_matches_pytorch_and_keeps_the_prefix_mask(synthetic_frames, hf_
 
 
 def test_prefill_batch_is_dynamic_and_left_padding_is_masked(synthetic_frames, processor, ort_backend):
-    """The prefill graph takes batch 2 (second row left-padded by 3) and gives each row the
+    """The LM graph's prefill takes batch 2 (second row left-padded by 3) and gives each row the
     batch-1 logits (run on the graph directly: the greedy loop itself decodes one prompt)."""
     from molmo2_ros.backends.kv_greedy import vision_arrays
 
@@ -104,9 +104,12 @@ def test_prefill_batch_is_dynamic_and_left_padding_is_masked(synthetic_frames, p
 
     def logits(ids, features, mask, mm):
         positions = np.clip(mask.cumsum(-1) - 1, 0, None)
-        return runner.prefill_session.run(["logits"], {
+        batch = ids.shape[0]
+        empty = np.zeros((batch, *runner.empty_past.shape[1:]), np.float32)   # prefill: one empty cache slot
+        return runner.lm_session.run(["logits"], {
             "input_ids": ids, "image_features": features, "attention_mask": mask, "position_ids": positions,
-            "mm_token_type_ids": mm})[0]
+            "mm_token_type_ids": mm, "past_mask": np.zeros((batch, 1), np.int64),
+            **{name: empty for name in runner.past_names}})[0]
 
     single = logits(ids, features, mask, mm)
     pad = 3  # row 0: the prompt plus 3 text tokens; row 1: the prompt left-padded by 3

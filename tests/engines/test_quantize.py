@@ -36,7 +36,7 @@ def test_lm_graphs_hold_blockwise_dequantize_linear_weights(quantized_dir):
     """Every LM weight (layers, lm_head, embedding) is an int8/int4 initializer behind an opset-21
     DequantizeLinear with block_size; the vision graph is left in the export precision."""
     scheme, folder = quantized_dir
-    for name in ("prefill.onnx", "decode.onnx"):
+    for name in ("lm.onnx",):
         model = onnx.load(str(folder / name))
         assert {o.domain: o.version for o in model.opset_import}.get("", 0) >= 21
         initializers = {t.name: t for t in model.graph.initializer}
@@ -62,7 +62,8 @@ def test_manifest_records_quantization_and_sizes(quantized_dir, capsys):
     scheme, folder = quantized_dir
     export = json.loads((folder / "manifest.json").read_text())["export"]
     assert export["settings"]["quantize"] == scheme
-    for graph in ("prefill.onnx", "decode.onnx"):
+    assert set(export["quantization"]) == {"lm.onnx"}
+    for graph in ("lm.onnx",):
         record = export["quantization"][graph]
         assert record["scheme"] == scheme and record["weights_quantized"] > 0 and record["weights_kept"] == 0
         ratio = record["weight_bytes_after"] / record["weight_bytes_before"]

@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SNAPSHOT = ROOT.parent / "shared" / "rosdistro-snapshot"
 # ROS packages a real ROS 2 install has but the PyPI wheels do not (so no ament index entry here).
 NOT_ON_PYPI = {"launch", "launch_ros", "launch_pytest", "launch_testing", "ament_index_python"}
+# Python modules whose ROS package has another name.
+ROS_PACKAGE_OF = {"tf2_ros": "tf2_ros_py"}
 # Third-party Python imports -> their rosdep keys (rosdep/python.yaml).
 ROSDEP_KEYS = {
     "numpy": "python3-numpy", "cv2": "python3-opencv", "yaml": "python3-yaml", "scipy": "python3-scipy",
@@ -29,7 +31,7 @@ ROSDEP_KEYS = {
 # Jetson, NVIDIA's wheels elsewhere (the TensorRT backend's README section), never a requirement.
 NO_ROSDEP_KEY = {"av": "av", "tokenizers": "tokenizers", "safetensors": "safetensors",
                  "accelerate": "accelerate", "peft": "peft", "onnx": "onnx", "ml_dtypes": "onnx",
-                 "tensorrt": None}
+                 "tensorrt": None, "torchcodec": "torchcodec"}
 # The package's own modules, and the test and bench helpers their modules import by file name.
 OURS = {"molmo2_ros", "engines", "training"} | {path.stem for folder in ("tests", "bench")
                                                 for path in (ROOT / folder).rglob("*.py")}
@@ -47,7 +49,7 @@ def imported_top_level(folder: Path) -> set[str]:
 
 
 def is_ros_package(name: str) -> bool:
-    index = Path(sys.prefix, "share", "ament_index", "resource_index", "packages", name)
+    index = Path(sys.prefix, "share", "ament_index", "resource_index", "packages", ROS_PACKAGE_OF.get(name, name))
     return name in NOT_ON_PYPI or index.exists()
 
 
@@ -64,7 +66,8 @@ def test_package_xml_is_valid_and_declares_what_the_code_imports():
     test = {d.name for d in package.test_depends}
     for folder, declared in (("molmo2_ros", run), ("engines", run), ("training", run),
                              ("launch", run), ("tests", run | test), ("bench", run | test)):
-        ros = {n for n in imported_top_level(ROOT / folder) if n != "molmo2_ros" and is_ros_package(n)}
+        ros = {ROS_PACKAGE_OF.get(n, n) for n in imported_top_level(ROOT / folder)
+               if n != "molmo2_ros" and is_ros_package(n)}
         assert ros <= declared, f"{folder} imports ROS packages missing from package.xml: {ros - declared}"
     assert {"rosidl_default_generators", "ament_cmake"} <= {d.name for d in package.buildtool_depends}
 
@@ -77,7 +80,7 @@ def test_every_python_import_has_its_rosdep_key_or_a_requirement(folders, scope)
     requirements = requirement_names("runtime.txt")
     if scope == "test":
         declared |= {d.name for d in package.test_depends}
-        requirements |= requirement_names("dev.txt")
+        requirements |= requirement_names("dev.txt", "serving.txt")
     third_party = {name for folder in folders for name in imported_top_level(ROOT / folder)
                    if name not in sys.stdlib_module_names and name not in OURS and not is_ros_package(name)}
     unknown = third_party - ROSDEP_KEYS.keys() - NO_ROSDEP_KEY.keys()

@@ -5,6 +5,7 @@ molmo2.launch.py`, then `ros2 action send_goal --feedback`, `ros2 topic pub/echo
 them. One node serves the whole module (tests run in file order and leave it active).
 """
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -209,7 +210,7 @@ def set_hostile(shell, names, value) -> None:
     """`ros2 param set` each of `names` to `value`: refused naming the parameter and why, or
     (a CLI that cannot even encode it, like 2**63) never sent."""
     for name in names:
-        out = shell.run(f"ros2 param set /molmo2_grounding {name} -- {value}", check=False)
+        out = shell.run(f"ros2 param set /molmo2_grounding {name} -- {shlex.quote(value)}", check=False)
         assert "Set parameter successful" in out or re.search(
             rf"Setting parameter failed: {name} (must be|is read|applies at|need)", out) or (
             value == str(2**63) and "Setting parameter" not in out), (name, value[:20], out[-2000:])

@@ -200,6 +200,11 @@ def test_moving_base_each_point_at_its_own_frames_stamp(served):
     moving = start_publisher(domain, "moving", "odom", "base_link", VELOCITY, T0, log=tmp / "moving.log")
     try:
         assert harness.reconfigure(target_frame="odom")
+        # the fresh TF buffer hears the moving transform only after discovery (seconds on a
+        # loaded machine): frames stamped before its first transform have none to be placed by
+        camera.publish(3)
+        harness.wait_diag(lambda d: d.get("target_frame") == "odom"
+                          and d.get("target_frame_reachable") == f"from {FRAME}: yes", 60, "odom reachable")
         g = ask(camera)
         answered_ns = time.time_ns()
         stamps = [from_time(p.stamp) for p in g.points]

@@ -88,6 +88,7 @@ class Grounding:
     warnings: list[str] = field(default_factory=list)
     frame_stamps_ns: list[int] = field(default_factory=list)
     frame_id: str = ""
+    camera: str = ""            # the camera's name in the node's `cameras` ("" = its only camera)
     target_frame: str = ""      # the frame of the points' target_position ("" = none)
     model: str = ""
     backend: str = ""

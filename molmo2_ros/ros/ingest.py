@@ -1,11 +1,13 @@
 """The node's camera ingest: every camera message is decoded (once per size it is needed
-at), offered to the frame window, which keeps frames at the model's sampling rate, and,
-kept or not, given to the track propagator, whose objects are then published for that
-frame. Runs on the camera callback; it never waits for inference.
+at), offered to its camera's frame window, which keeps frames at the model's sampling
+rate, and, kept or not, given to that camera's track propagator, whose objects are then
+published for that frame. Runs on the camera's callback; it never waits for inference
+nor for another camera.
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Callable
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -17,8 +19,8 @@ from molmo2_ros.core.frame_window import FrameWindow, Ingest
 from molmo2_ros.core.image_conversion import ImageTooLarge, compressed_to_rgb, image_to_rgb
 from molmo2_ros.core.propagation import TrackedObjects, TrackPropagator
 from molmo2_ros.ros.messages import from_time
-from molmo2_ros.ros.pipeline import Pipeline
-from molmo2_ros.ros.settings import Settings
+from molmo2_ros.ros.pipeline import Camera, Pipeline
+from molmo2_ros.ros.settings import Settings, subscribed_topic
 
 
 def make_window(settings: Settings) -> FrameWindow:
@@ -33,6 +35,19 @@ def make_propagator(settings: Settings) -> TrackPropagator:
         flow_max_side=settings.tracking_max_side, buffer_mb=settings.tracking_buffer_mb)
 
 
+def buffer_bounds(settings: Settings) -> dict[str, float]:
+    """The most host memory (MiB) one camera's buffers hold: the window (max_frames frames of
+    at most max_side x max_side, or max_image_pixels, RGB), the tracking buffer and the
+    depth buffer (their own bounds)."""
+    pixels = settings.max_side ** 2 if settings.max_side else settings.max_image_pixels
+    bounds = {"window": settings.max_frames * pixels * 3 / 2**20}
+    if settings.tracking_enable:
+        bounds["tracking"] = settings.tracking_buffer_mb
+    if settings.depth_topic:
+        bounds["depth"] = settings.depth_buffer_mb
+    return bounds
+
+
 def image_qos(settings: Settings) -> QoSProfile:
     """The camera's QoS (and the depth input's): keep last `image_depth`, reliability as set."""
     return QoSProfile(depth=settings.image_depth, history=HistoryPolicy.KEEP_LAST,
@@ -41,73 +56,102 @@ def image_qos(settings: Settings) -> QoSProfile:
                       else ReliabilityPolicy.BEST_EFFORT)
 
 
-class CameraIngest:
-    """The camera subscription: feeds the pipeline's window, propagator and depth input,
-    hands each frame's propagated objects to `on_tracked`, and counts what arrived and what
-    was dropped (its diagnostics, and the reason of an empty window). `node` is the rclpy
-    node the subscription belongs to (and logs)."""
+@dataclass
+class Counts:
+    """What one camera sent: for its diagnostics and the reason of an empty window."""
 
-    def __init__(self, node: Node, pipeline: Pipeline, on_tracked: Callable[[TrackedObjects, str], None]):
+    topic: str = ""
+    frames_in: int = 0                # camera messages received since the last diagnostics
+    frames_total: int = 0             # camera messages received in all
+    frames_since_activation: int = 0
+    frames_in_since: float = field(default_factory=time.monotonic)
+    activated_at: float = 0.0         # monotonic time of the subscription
+    last_frame_at: float = 0.0        # monotonic time of the newest message (0: none since activation)
+    bad_frames: int = 0
+    too_large_frames: int = 0
+    last_frame_error: str = ""        # since activation
+
+
+class CameraIngest:
+    """The camera subscriptions, one per camera of the pipeline, each in its own callback
+    group (one camera's callback never waits for another's): each feeds its camera's window,
+    propagator and depth input, hands each frame's propagated objects to `on_tracked`, and
+    counts what arrived and what was dropped (its diagnostics, and the reason of an empty
+    window). `node` is the rclpy node the subscriptions belong to (and logs)."""
+
+    def __init__(self, node: Node, pipeline: Pipeline, on_tracked: Callable[[Camera, TrackedObjects, str], None]):
         self._node = node
         self._pipeline = pipeline
         self._on_tracked = on_tracked
-        self._group = MutuallyExclusiveCallbackGroup()
-        self._sub = None
-        self._topic = ""
-        self.frames_in = 0            # camera messages received since the last diagnostics
-        self.frames_total = 0         # camera messages received in all
-        self.frames_since_activation = 0
-        self.frames_in_since = time.monotonic()
-        self.bad_frames = 0
-        self.too_large_frames = 0
-        self.last_frame_error = ""        # since activation
+        self._subs = []
+        self._counts: dict[str, Counts] = {}
 
-    def start(self, settings: Settings, qos: QoSProfile, event_callbacks) -> tuple[type, str]:
-        """Subscribe to the camera (activate); returns the message type and topic."""
-        topic, kind = settings.image_topic, Image
-        if settings.compressed:
-            kind = CompressedImage
-            topic = topic if topic.endswith("/compressed") else topic.rstrip("/") + "/compressed"
-        self._sub = self._node.create_subscription(kind, topic, self.on_image, qos, callback_group=self._group,
-                                                   event_callbacks=event_callbacks)
-        self._topic = self._node.resolve_topic_name(topic)
-        self.frames_since_activation = 0
-        self.last_frame_error = ""
-        return kind, topic
+    def start(self, event_callbacks) -> list[str]:
+        """Subscribe to every camera (activate); returns each subscription in words."""
+        said = []
+        for camera in self._pipeline.cameras.values():
+            s = camera.settings
+            kind = CompressedImage if s.compressed else Image
+            topic = subscribed_topic(s.image_topic, s.compressed)
+            self._subs.append(self._node.create_subscription(
+                kind, topic, lambda msg, camera=camera: self.on_image(camera, msg), image_qos(s),
+                callback_group=MutuallyExclusiveCallbackGroup(), event_callbacks=event_callbacks))
+            counts = self._counts.setdefault(camera.name, Counts())
+            counts.topic = self._node.resolve_topic_name(topic)
+            counts.frames_since_activation, counts.last_frame_error = 0, ""
+            counts.activated_at, counts.last_frame_at = time.monotonic(), 0.0
+            said.append(f"{camera.label + ': ' if camera.name else ''}{kind.__name__} on {counts.topic} ({s.image_reliability}, "
+                        f"depth {s.image_depth})")
+        return said
 
     def stop(self) -> None:
-        if self._sub is not None:
-            self._node.destroy_subscription(self._sub)
-            self._sub = None
+        for sub in self._subs:
+            self._node.destroy_subscription(sub)
+        self._subs = []
 
-    def rate(self, now: float) -> float:
-        """Camera messages per second since the last call."""
-        rate = self.frames_in / max(now - self.frames_in_since, 1e-6)
-        self.frames_in, self.frames_in_since = 0, now
-        return rate
+    def forget(self) -> None:
+        """Cleanup: the next configure may bring other cameras."""
+        self._counts = {}
 
-    def empty_window_reason(self) -> str:
-        """Why a query found no frames, as far as the camera can tell."""
-        reason = "no camera frames buffered yet"
-        if self.last_frame_error:
-            return reason + f" (last frame dropped: {self.last_frame_error})"
-        if self.frames_since_activation == 0:
-            return reason + f" (no frame has arrived on {self._topic} since activation)"
+    def empty_window_reason(self, camera: Camera) -> str:
+        """Why a query found no frames of `camera`, as far as the camera can tell."""
+        counts = self._counts.get(camera.name, Counts())
+        reason = f"no frames of {camera.label} buffered yet" if camera.name else "no camera frames buffered yet"
+        if counts.last_frame_error:
+            return reason + f" (last frame dropped: {counts.last_frame_error})"
+        if counts.frames_since_activation == 0:
+            return reason + f" (no frame has arrived on {counts.topic} since activation)"
         return reason
 
-    def diagnostics(self) -> dict[str, str]:
-        return {"ingest_rate_hz": f"{self.rate(time.monotonic()):.2f}", "frames_received": str(self.frames_total),
-                "frames_malformed": str(self.bad_frames), "frames_too_large": str(self.too_large_frames),
-                "last_frame_error": self.last_frame_error}
+    def stopped(self, camera: Camera) -> str:
+        """Why `camera` counts as stopped (silent for longer than camera_timeout since its
+        last message or since activation), or ""."""
+        timeout, counts = camera.settings.camera_timeout, self._counts.get(camera.name)
+        if not timeout or counts is None:
+            return ""
+        silent = time.monotonic() - (counts.last_frame_at or counts.activated_at)
+        if silent <= timeout:
+            return ""
+        since = "its last frame" if counts.last_frame_at else "activation"
+        return (f"{camera.label} stopped: nothing on {counts.topic} for {silent:.1f} s since {since} "
+                f"(camera_timeout {timeout:g} s)")
 
-    def on_image(self, msg) -> None:
-        self.frames_in += 1
-        self.frames_total += 1
-        self.frames_since_activation += 1
-        pipeline, log = self._pipeline, self._node.get_logger()
-        window, propagator, settings = pipeline.window, pipeline.propagator, pipeline.settings
-        if window is None or propagator is None or settings is None:
-            return
+    def diagnostics(self, camera: Camera) -> dict[str, str]:
+        counts, now = self._counts.get(camera.name, Counts()), time.monotonic()
+        rate = counts.frames_in / max(now - counts.frames_in_since, 1e-6)
+        counts.frames_in, counts.frames_in_since = 0, now
+        return {"ingest_rate_hz": f"{rate:.2f}", "frames_received": str(counts.frames_total),
+                "frames_malformed": str(counts.bad_frames), "frames_too_large": str(counts.too_large_frames),
+                "last_frame_error": counts.last_frame_error, "stopped": self.stopped(camera)}
+
+    def on_image(self, camera: Camera, msg) -> None:
+        counts = self._counts[camera.name]
+        counts.frames_in += 1
+        counts.frames_total += 1
+        counts.frames_since_activation += 1
+        counts.last_frame_at = time.monotonic()
+        log = self._node.get_logger()
+        window, propagator, settings = camera.window, camera.propagator, camera.settings
         max_side, max_pixels = settings.max_side, settings.max_image_pixels
         convert = compressed_to_rgb if isinstance(msg, CompressedImage) else image_to_rgb
         converted = {}
@@ -118,6 +162,7 @@ class CameraIngest:
                 converted[side] = convert(msg, side, max_pixels)
             return converted[side]
 
+        said = f"{camera.label}: " if camera.name else ""
         try:
             stamp_ns = from_time(msg.header.stamp)
             decision = window.add(stamp_ns, lambda: rgb(max_side), frame_id=msg.header.frame_id)
@@ -127,30 +172,30 @@ class CameraIngest:
             image, source_size = rgb(propagator.flow_max_side) if track else (None, None)
         except ValueError as exc:
             if isinstance(exc, ImageTooLarge):
-                self.too_large_frames += 1
+                counts.too_large_frames += 1
             else:
-                self.bad_frames += 1
-            self.last_frame_error = str(exc)
-            log.warning(f"dropped a camera frame: {exc}", throttle_duration_sec=2.0)
+                counts.bad_frames += 1
+            counts.last_frame_error = str(exc)
+            log.warning(f"{said}dropped a camera frame: {exc}", throttle_duration_sec=2.0)
             return
         if decision.outcome is Ingest.REJECTED:
-            self.last_frame_error = decision.reason
-            log.warning(f"dropped a camera frame: {decision.reason}", throttle_duration_sec=2.0)
+            counts.last_frame_error = decision.reason
+            log.warning(f"{said}dropped a camera frame: {decision.reason}", throttle_duration_sec=2.0)
         elif decision.outcome is Ingest.RESET:
-            log.warning(decision.reason)
-        if pipeline.robot_frames is not None:
-            pipeline.robot_frames.saw_camera(msg.header.frame_id)
-        depth = pipeline.depth
-        if depth is not None and decision.keep:
-            depth.want(stamp_ns, msg.header.frame_id, rgb(max_side)[1])  # converted already
+            log.warning(said + decision.reason)
+        robot_frames = self._pipeline.robot_frames
+        if robot_frames is not None:
+            robot_frames.saw_camera(msg.header.frame_id)
+        if camera.depth is not None and decision.keep:
+            camera.depth.want(stamp_ns, msg.header.frame_id, rgb(max_side)[1])  # converted already
         if track:
-            self._track(propagator, msg.header.frame_id, stamp_ns, image, source_size)
+            self._track(camera, msg.header.frame_id, stamp_ns, image, source_size)
 
-    def _track(self, propagator: TrackPropagator, frame_id: str, stamp_ns: int, image, source_size) -> None:
+    def _track(self, camera: Camera, frame_id: str, stamp_ns: int, image, source_size) -> None:
         """Carry the propagated objects onto this camera frame and publish them for it
         (once an answer has been anchored). Runs on the camera callback: flow for one
         frame only; latency compensation runs on the result path (Outputs.results)."""
-        log = self._node.get_logger()
+        log, propagator = self._node.get_logger(), camera.propagator
         try:
             warnings = propagator.add_frame(image, stamp_ns, source_size)
         except ValueError as exc:  # e.g. an image too small to track in; the window has it
@@ -160,8 +205,8 @@ class CameraIngest:
             log.warning(f"tracking: {warning}", throttle_duration_sec=2.0)
         snap = propagator.current()
         if snap.answer_id and snap.stamp_ns == stamp_ns:
-            depth = self._pipeline.depth
-            if depth is not None:   # with 3D, maybe once the frame's depth image is in
-                depth.tracked(snap, frame_id, source_size, self._on_tracked)
+            if camera.depth is not None:   # with 3D, maybe once the frame's depth image is in
+                camera.depth.tracked(snap, frame_id, source_size,
+                                     lambda snap, frame_id: self._on_tracked(camera, snap, frame_id))
             else:
-                self._on_tracked(snap, frame_id)
+                self._on_tracked(camera, snap, frame_id)

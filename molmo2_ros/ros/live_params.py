@@ -9,7 +9,7 @@ apply it; every other parameter applies at once (GroundingNode._apply).
 """
 from __future__ import annotations
 
-from molmo2_ros.ros.settings import PARAMETERS, Applies, Rebuilds, problems
+from molmo2_ros.ros.settings import PARAMETERS, Applies, Rebuilds, declaration, problems
 
 
 def named(applies: Applies) -> set[str]:
@@ -18,7 +18,7 @@ def named(applies: Applies) -> set[str]:
 
 def rebuilt(names: set[str]) -> set[Rebuilds]:
     """What a live change of `names` rebuilds."""
-    return {rebuilt for name in names for rebuilt in PARAMETERS[name].rebuilds}
+    return {rebuilt for name in names for rebuilt in declaration(name).rebuilds}
 
 
 def refusal(changes: dict, current: dict, node: str, state: str) -> str | None:
@@ -26,7 +26,7 @@ def refusal(changes: dict, current: dict, node: str, state: str) -> str | None:
     `node` in lifecycle `state` ("unconfigured", "inactive" or "active"), whose parameters
     are `current` now; None if they can."""
     for name in changes:
-        applies = PARAMETERS[name].applies
+        applies = declaration(name).applies
         if applies is Applies.START:
             return f"{name} is read when the node starts: restart it with -p {name}:=<value>"
         if applies is Applies.CONFIGURE and state != "unconfigured":

@@ -84,6 +84,7 @@ def grounding_to_msg(grounding: Grounding, query_id: str) -> GroundingMsg:
     msg = GroundingMsg()
     msg.header.frame_id = grounding.frame_id
     msg.header.stamp = to_time(grounding.stamp_ns)
+    msg.camera = grounding.camera
     msg.query_id = query_id
     msg.query = grounding.query
     msg.task = TASK_TO_MSG[Task(grounding.task)]
@@ -120,7 +121,7 @@ def grounding_from_msg(msg: GroundingMsg) -> Grounding:
         count=None if msg.count < 0 else msg.count,
         answer=msg.answer, warnings=list(msg.warnings),
         frame_stamps_ns=[from_time(s) for s in msg.frame_stamps],
-        frame_id=msg.header.frame_id, target_frame=targets.pop() if targets else "",
+        frame_id=msg.header.frame_id, camera=msg.camera, target_frame=targets.pop() if targets else "",
         model=msg.model, backend=msg.backend,
         timings=Timings(queue_wait=from_duration(msg.queue_wait),
                         preprocess=from_duration(msg.preprocess),

@@ -1,14 +1,15 @@
 """The `molmo2_grounding` lifecycle node: camera frames in, grounded answers out.
 
-configure: validate parameters, load the backend; activate: subscribe to the camera,
-start the inference worker and topic mode; deactivate: stop them and free the backend
+configure: validate parameters, load the backend (once, whatever the number of cameras),
+make each camera's buffers; activate: subscribe to the cameras, start the inference worker
+and topic mode; deactivate: stop them and free the backend
 (GPU memory); cleanup/shutdown: release everything. With `autostart` (default) the
 node configures and activates itself, so a plain run just works.
 
 The node is a thin adapter: the frame window, prompting, parsing, mapping and the
 camera-rate track propagation live in molmo2_ros.core. This module holds the lifecycle,
 the backend and the parameters, and wires the parts of the node, each with one job:
-ingest (camera -> frame window, tracking feed), serving (the action and topic mode;
+ingest (each camera -> its frame window, tracking feed), serving (the action and topic mode;
 inference runs on the QueryWorker thread, see its queue policy) and outputs (result
 messages, debug image, markers, tracked objects, diagnostics).
 Parameters, topics and QoS are documented in README.md and docs/node.md.
@@ -32,12 +33,13 @@ from molmo2_ros.core.grounder import ground
 from molmo2_ros.core.grounding import Frame, Task
 from molmo2_ros.ros import live_params
 from molmo2_ros.ros.depth_input import DepthInput
-from molmo2_ros.ros.ingest import CameraIngest, image_qos, make_propagator, make_window
+from molmo2_ros.ros.ingest import CameraIngest, buffer_bounds, image_qos, make_propagator, make_window
 from molmo2_ros.ros.outputs import Diagnostics, Outputs, subscription_events
-from molmo2_ros.ros.pipeline import Pipeline
+from molmo2_ros.ros.pipeline import Camera, Pipeline
 from molmo2_ros.ros.robot_frames import RobotFrames
 from molmo2_ros.ros.serving import QueryServing
-from molmo2_ros.ros.settings import PARAMETERS, Applies, Param, Rebuilds, Settings, resolve_window, validate
+from molmo2_ros.ros.settings import (CAMERA_FIELDS, PARAMETERS, Applies, Param, Rebuilds, Settings, camera_defaults,
+                                     camera_settings, declaration, resolve_window, validate)
 
 NODE_NAME = "molmo2_grounding"
 
@@ -59,7 +61,13 @@ class GroundingNode(LifecycleNode):
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
         for name, param in PARAMETERS.items():
-            self.declare_parameter(name, param.default, descriptor(name, param))
+            self.declare_parameter(name, list(param.default) if param.kind is tuple else param.default,
+                                   descriptor(name, param))
+        # Each camera's own parameters, for the cameras named at start.
+        self._camera_parameters: dict = {}
+        self._camera_parameters = camera_defaults(self.get_parameter("cameras").value, self._parameter_values())
+        for name, default in self._camera_parameters.items():
+            self.declare_parameter(name, default, descriptor(name, declaration(name)))
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.pipeline = Pipeline()
         self._model = ""                                 # resolved at configure, reloaded at activate
@@ -68,19 +76,23 @@ class GroundingNode(LifecycleNode):
         self.ingest = CameraIngest(self, self.pipeline, self.outputs.tracked)
         # The action server and ~/query, kept through every state.
         self.serving = QueryServing(self, self.pipeline, self.outputs.results, self.outputs.partial,
-                                    self.ingest.empty_window_reason)
-        self.diagnostics = Diagnostics(self, self.pipeline, [self.ingest.diagnostics, self.serving.diagnostics])
+                                    self.ingest.empty_window_reason, self.ingest.stopped)
+        self.diagnostics = Diagnostics(self, self.pipeline, [self.serving.diagnostics],
+                                       [self.ingest.diagnostics, self.serving.camera_diagnostics])
         if self.get_parameter("autostart").value is True:
             if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
                 self.trigger_activate()
 
     @property
     def executor_threads(self) -> int:
-        """Each waiting goal holds one executor thread; keep some for ingest and timers."""
-        return int(self.get_parameter("queue_size").value) + 4
+        """Each waiting goal holds one executor thread; keep some for timers, and one for
+        each camera's and each depth input's callbacks (none waits for another)."""
+        cameras = max(1, len(self._camera_parameters) // len(CAMERA_FIELDS))
+        return int(self.get_parameter("queue_size").value) + 2 + 2 * cameras
 
     def _parameter_values(self) -> dict:
-        return {name: self.get_parameter(name).value for name in PARAMETERS}
+        names = [*PARAMETERS, *self._camera_parameters]
+        return {name: self.get_parameter(name).value for name in names}
 
     # --- lifecycle ------------------------------------------------------------------
     def on_configure(self, state: State) -> TransitionCallbackReturn:
@@ -102,11 +114,12 @@ class GroundingNode(LifecycleNode):
         settings, source = resolve_window(declared, trained)
         self.get_logger().info(f"window: {settings.max_frames} frames, {settings.window_seconds:g} s at "
                                f"{settings.fps:g} fps, from {source}")
-        self._log_memory_plan(backend, settings)
+        cameras = camera_settings(settings, self._parameter_values())
+        self._log_memory_plan(backend, settings, cameras)
         self._warm_up(backend, settings)
         self._model, self._trained_window = model, trained
         try:
-            self._install(settings, source, backend)
+            self._install(settings, source, backend, cameras)
         except Exception as exc:  # a configure that fails always says why
             self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
             self._release()
@@ -153,11 +166,19 @@ class GroundingNode(LifecycleNode):
                                       "ERROR_BACKEND until it answers")
         return backend
 
-    def _log_memory_plan(self, backend: Backend, settings: Settings) -> None:
+    def _log_memory_plan(self, backend: Backend, settings: Settings, cameras: dict[str, Settings]) -> None:
+        """The model's memory (once, whatever the number of cameras), then every camera's
+        buffers in host memory."""
         from molmo2_ros.backends.memory_plan import plan_for_backend
 
         level, line = plan_for_backend(backend, frames=settings.max_frames, max_new_tokens=settings.max_new_tokens)
         getattr(self.get_logger(), level)(line)
+        bounds = {name or "the camera": buffer_bounds(s) for name, s in cameras.items()}
+        total = sum(sum(b.values()) for b in bounds.values())
+        each = "; ".join(f"{name}: " + ", ".join(f"{kind} {mb:.0f}" for kind, mb in b.items())
+                         for name, b in bounds.items())
+        self.get_logger().info(f"camera buffers (host memory, at most, MiB): {each}; total {total:.0f} MiB "
+                               f"for {len(cameras)} camera{'s' if len(cameras) > 1 else ''}")
 
     def _warm_up(self, backend: Backend, settings: Settings) -> None:
         """With `warmup` always (or auto, for a backend that compiles on first use), answer
@@ -180,23 +201,26 @@ class GroundingNode(LifecycleNode):
             return
         self.get_logger().info(f"warm-up: {n} blank frames answered in {time.monotonic() - started:.1f} s")
 
-    def _install(self, settings: Settings, window_source: str, backend: Backend) -> None:
-        """The configured pipeline: buffers, depth input, publishers, the initial query."""
+    def _install(self, settings: Settings, window_source: str, backend: Backend,
+                 cameras: dict[str, Settings]) -> None:
+        """The configured pipeline: each camera's buffers and depth input, publishers, the
+        initial query."""
         p = self.pipeline
         p.settings, p.window_source, p.backend = settings, window_source, backend
-        p.window, p.propagator = make_window(settings), make_propagator(settings)
-        p.depth = DepthInput(self, settings) if settings.depth_topic else None
-        p.robot_frames = self._robot_frames(settings)
+        p.cameras = {name: Camera(name, s, make_window(s), make_propagator(s),
+                                  DepthInput(self, s) if s.depth_topic else None) for name, s in cameras.items()}
+        p.robot_frames = self._robot_frames(settings, any(s.depth_topic for s in cameras.values()))
         self.outputs.open()
+        self.serving.open()
         self.diagnostics.open(settings.diagnostics_period)
         if settings.query:
             self.serving.set_topic_query(settings.query)
 
-    def _robot_frames(self, settings: Settings) -> RobotFrames | None:
-        """tf2 for target_frame, which needs 3D positions (depth_topic) to transform."""
+    def _robot_frames(self, settings: Settings, depth: bool) -> RobotFrames | None:
+        """tf2 for target_frame, which needs 3D positions (a depth topic) to transform."""
         if not settings.target_frame:
             return None
-        if not settings.depth_topic:
+        if not depth:
             self.get_logger().warning(f"target_frame {settings.target_frame!r} is set but depth_topic is empty: "
                                       "there are no 3D positions to give in it")
             return None
@@ -214,15 +238,14 @@ class GroundingNode(LifecycleNode):
                 self.get_logger().error(f"activate failed: {exc}")
                 return TransitionCallbackReturn.FAILURE
             self._warm_up(p.backend, settings)
-        qos = image_qos(settings)
         events = subscription_events(self.get_logger())
         self.serving.start(settings)
-        kind, topic = self.ingest.start(settings, qos, events)
-        if p.depth is not None:
-            p.depth.start(qos, events)
+        subscribed = self.ingest.start(events)
+        for camera in p.cameras.values():
+            if camera.depth is not None:
+                camera.depth.start(image_qos(camera.settings), events)
         p.active = True
-        self.get_logger().info(f"active: {kind.__name__} on {self.resolve_topic_name(topic)} "
-                               f"({settings.image_reliability}, depth {settings.image_depth}); window "
+        self.get_logger().info(f"active: {'; '.join(subscribed)}; window "
                                f"{settings.fps} fps, {settings.window_seconds} s, {settings.max_frames} frames")
         return super().on_activate(state)
 
@@ -248,12 +271,11 @@ class GroundingNode(LifecycleNode):
         p.active = False
         self.ingest.stop()
         self.serving.stop()
-        if p.window is not None:
-            p.window.reset()
-        if p.propagator is not None:
-            p.propagator.reset()
-        if p.depth is not None:
-            p.depth.stop()
+        for camera in p.cameras.values():
+            camera.window.reset()
+            camera.propagator.reset()
+            if camera.depth is not None:
+                camera.depth.stop()
 
     def _free_backend(self) -> None:
         if self.pipeline.backend is not None:
@@ -269,33 +291,36 @@ class GroundingNode(LifecycleNode):
         if p.robot_frames is not None:
             p.robot_frames.close()
             p.robot_frames = None
-        p.settings, p.window, p.propagator, p.depth = None, None, None, None
-        self.serving.forget_topic_query()
+        p.settings, p.cameras = None, {}
+        self.serving.close()
+        self.ingest.forget()
 
     # --- live parameters (ros2 param set; see live_params) ----------------------------
     def _on_set_parameters(self, parameters) -> SetParametersResult:
         current = self._parameter_values()
-        changes = {p.name: p.value for p in parameters if p.name in PARAMETERS
+        changes = {p.name: p.value for p in parameters if p.name in current
                    and (p.value != current[p.name] or type(p.value) is not type(current[p.name]))}
         state = self.pipeline.state
         reason = live_params.refusal(changes, current, self.get_fully_qualified_name(), state)
         if reason is None and changes and state != "unconfigured":
-            new, self.pipeline.window_source = resolve_window(validate({**current, **changes}),
-                                                              self._trained_window)
-            self._apply(new, set(changes))
+            values = {**current, **changes}
+            new, self.pipeline.window_source = resolve_window(validate(values), self._trained_window)
+            self._apply(new, camera_settings(new, values), set(changes))
         return SetParametersResult(successful=reason is None, reason=reason or "")
 
-    def _apply(self, new: Settings, names: set[str]) -> None:
+    def _apply(self, new: Settings, cameras: dict[str, Settings], names: set[str]) -> None:
         """Apply validated parameter changes to the configured node now."""
         p = self.pipeline
         p.settings = new
         rebuilt = live_params.rebuilt(names)
-        if Rebuilds.WINDOW in rebuilt:
-            p.window = make_window(new)  # restarts empty
-        if Rebuilds.DEPTH_BOUNDS in rebuilt and p.depth is not None:
-            p.depth.follow(new)   # the bounds depth shares with the camera
-        if Rebuilds.TRACKING in rebuilt:
-            p.propagator = make_propagator(new)  # tracks restart at the next answer
+        for camera in p.cameras.values():
+            camera.settings = cameras[camera.name]
+            if Rebuilds.WINDOW in rebuilt:
+                camera.window = make_window(camera.settings)  # restarts empty
+            if Rebuilds.DEPTH_BOUNDS in rebuilt and camera.depth is not None:
+                camera.depth.follow(camera.settings)   # the bounds depth shares with the camera
+            if Rebuilds.TRACKING in rebuilt:
+                camera.propagator = make_propagator(camera.settings)  # tracks restart at the next answer
         if Rebuilds.DIAGNOSTICS in rebuilt:
             self.diagnostics.set_period(new.diagnostics_period)
         if Rebuilds.QUERY_PERIOD in rebuilt:

@@ -3,9 +3,12 @@
 Queue policy (queries arriving faster than answers):
 - action goals wait in a FIFO of `capacity` entries; a goal arriving while it is full
   is answered at once with ERROR_BUSY (never silently dropped, never blocking);
-- the continuous topic query has one slot of its own, keep-latest: a new run replaces
-  a pending one, so topic mode always answers on the newest window and never piles up;
-- pending goals run before a pending topic run.
+- the continuous query has one slot per camera, keep-latest: a new run replaces that
+  camera's pending one, so topic mode always answers on the newest window and never
+  piles up;
+- pending goals run before pending topic runs; among cameras with a pending topic run,
+  the one served least recently goes first (round robin while inference is the
+  bottleneck: no camera starves another, whatever their frame rates).
 Every submitted query gets exactly one `Outcome` through its `done` callback: a
 grounding, or an error code (Ground.Result.ERROR_*) and message. A canceled query
 still waiting is answered ERROR_CANCELED without running; `stop` (deactivate) answers the
@@ -42,7 +45,7 @@ class QueryError(Exception):
 
 @dataclass
 class Outcome:
-    grounding: Grounding | None = None
+    groundings: list[Grounding] = field(default_factory=list)   # one per asked camera
     error_code: int = ERROR_NONE
     error_message: str = ""
 
@@ -52,29 +55,32 @@ class Query:
     query_id: str
     text: str
     task: Task
+    cameras: tuple[str, ...] = ("",)   # names in the node's `cameras` ("": its only camera)
     window_seconds: float = 0.0
     max_frames: int = 0
     # Called from the worker thread: stage names of molmo2_ros.core.backend (+ "parsing").
     on_stage: Callable[[str], None] = lambda stage: None
     done: Callable[[Outcome], None] = lambda outcome: None
-    # Called from the worker thread while the answer streams: (new points, PartialAnswer).
-    on_points: Callable[[list, PartialAnswer], None] | None = None
+    # Called from the worker thread while the answer streams: (camera, new points, PartialAnswer).
+    on_points: Callable[[str, list, PartialAnswer], None] | None = None
     submitted: float = field(default_factory=time.monotonic)
     canceled: threading.Event = field(default_factory=threading.Event)
-    frames: list = field(default_factory=list)  # the window snapshot it was answered on
+    frames: dict = field(default_factory=dict)  # camera -> the window snapshot it was answered on
 
 
 class QueryWorker:
-    """One inference thread; `run(query) -> Grounding` does the work (raising QueryError
-    for known failures; any other exception is reported as ERROR_BACKEND)."""
+    """One inference thread; `run(query) -> [Grounding per camera]` does the work (raising
+    QueryError for known failures; any other exception is reported as ERROR_BACKEND)."""
 
-    def __init__(self, run: Callable[[Query], Grounding], capacity: int = 2, name: str = "molmo2-inference"):
+    def __init__(self, run: Callable[[Query], list[Grounding]], capacity: int = 2, name: str = "molmo2-inference"):
         if capacity < 1:
             raise ValueError(f"queue capacity must be >= 1, got {capacity}")
         self._run = run
         self.capacity = capacity
         self._goals: deque[Query] = deque()
-        self._topic: Query | None = None
+        self._topics: dict[tuple[str, ...], Query] = {}   # the cameras' keep-latest slots
+        self._served: dict[tuple[str, ...], int] = {}     # slot -> when it last ran (a count of runs)
+        self._runs = 0
         self._running: Query | None = None
         self._stopping = False
         self._cond = threading.Condition()
@@ -97,21 +103,22 @@ class QueryWorker:
         return False
 
     def submit_latest(self, query: Query) -> None:
-        """Put the topic query in its keep-latest slot (replacing a pending one)."""
+        """Put a topic query in its cameras' keep-latest slot (replacing a pending one)."""
         with self._cond:
-            replaced, self._topic = self._topic, query
+            replaced = self._topics.get(query.cameras)
+            self._topics[query.cameras] = query
             self._cond.notify()
         if replaced is not None:
             replaced.done(Outcome(error_code=ERROR_CANCELED, error_message="replaced by a newer topic query"))
 
-    def topic_pending(self) -> bool:
+    def topic_pending(self, cameras: tuple[str, ...]) -> bool:
         with self._cond:
-            return self._topic is not None
+            return cameras in self._topics
 
     @property
     def queue_length(self) -> int:
         with self._cond:
-            return len(self._goals) + (self._topic is not None)
+            return len(self._goals) + len(self._topics)
 
     @property
     def busy(self) -> bool:
@@ -121,14 +128,17 @@ class QueryWorker:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._stopping and not self._goals and self._topic is None:
+                while not self._stopping and not self._goals and not self._topics:
                     self._cond.wait()
                 if self._stopping:
                     return
                 if self._goals:
                     query = self._goals.popleft()
                 else:
-                    query, self._topic = self._topic, None
+                    slot = min(self._topics, key=lambda key: self._served.get(key, -1))
+                    query = self._topics.pop(slot)
+                    self._runs += 1
+                    self._served[slot] = self._runs
                 self._running = query
             try:
                 query.done(self._answer(query))
@@ -141,7 +151,7 @@ class QueryWorker:
         if query.canceled.is_set():
             return Outcome(error_code=ERROR_CANCELED, error_message="canceled while queued")
         try:
-            grounding = self._run(query)
+            groundings = self._run(query)
         except QueryError as exc:
             return Outcome(error_code=exc.code, error_message=str(exc))
         except Exception as exc:  # the node must answer, whatever the model did
@@ -152,7 +162,7 @@ class QueryWorker:
             if stopping:
                 return Outcome(error_code=ERROR_NOT_ACTIVE, error_message="the node was deactivated during inference")
             return Outcome(error_code=ERROR_CANCELED, error_message="canceled during inference")
-        return Outcome(grounding=grounding)
+        return Outcome(groundings=groundings)
 
     def stop(self, timeout: float | None = None) -> None:
         """Answer every waiting query ERROR_NOT_ACTIVE, cancel the running one (the
@@ -162,9 +172,9 @@ class QueryWorker:
             self._stopping = True
             if self._running is not None:
                 self._running.canceled.set()
-            waiting = list(self._goals) + ([self._topic] if self._topic else [])
+            waiting = list(self._goals) + list(self._topics.values())
             self._goals.clear()
-            self._topic = None
+            self._topics.clear()
             self._cond.notify_all()
         for query in waiting:
             query.done(Outcome(error_code=ERROR_NOT_ACTIVE, error_message="the node was deactivated"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import Callable
@@ -52,7 +53,8 @@ def number(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
-TYPE_NAMES = {bool: "a boolean (true or false)", int: "an integer", float: "a number", str: "a string"}
+TYPE_NAMES = {bool: "a boolean (true or false)", int: "an integer", float: "a number", str: "a string",
+              tuple: "a list of names, e.g. [front, wrist]"}
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ class Param:
     `zero` says what 0 means; strings within `choices` when given. Every bound keeps what
     the value feeds representable: integer nanoseconds, timer periods, buffer sizes."""
 
-    default: bool | int | float | str
+    default: bool | int | float | str | tuple
     description: str
     applies: Applies
     rebuilds: tuple[Rebuilds, ...] = ()                   # what a live change rebuilds (else read where used)
@@ -88,8 +90,11 @@ class Param:
     def problem(self, name: str, value) -> str | None:
         """Why `value` is not allowed for this parameter, naming it; None if it is."""
         kind = self.kind
-        ok = (isinstance(value, (int, float)) if kind is float else isinstance(value, kind)) \
-            and (kind is bool or not isinstance(value, bool))
+        if kind is tuple:   # a string array (rclpy gives a list)
+            ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        else:
+            ok = (isinstance(value, (int, float)) if kind is float else isinstance(value, kind)) \
+                and (kind is bool or not isinstance(value, bool))
         if not ok:
             return f"{name} must be {TYPE_NAMES[kind]}, got {value!r}"
         if kind is float and not math.isfinite(value):
@@ -113,12 +118,18 @@ MAX_BUFFER_MB = 65536.0
 PARAMETERS: dict[str, Param] = {
     "autostart": Param(True, "configure and activate on start", START),
     # Camera input
+    "cameras": Param((), "names of the cameras sharing the model, each with its cameras.<name>.* parameters "
+                     "(docs/node.md, several cameras); empty: one camera, from image_topic and the parameters "
+                     "below", START),
     "image_topic": Param("/camera/image_raw", "camera topic (with compressed: the base topic, '/compressed' is "
                          "appended unless present)", ACTIVATE, rule=NON_EMPTY),
     "compressed": Param(False, "subscribe to sensor_msgs/CompressedImage instead of Image", ACTIVATE),
     "image_reliability": Param("best_effort", "camera QoS reliability", ACTIVATE,
                                choices=("best_effort", "reliable")),
     "image_depth": Param(5, "camera QoS history depth", ACTIVATE, lo=1, hi=1000),
+    "camera_timeout": Param(0.0, "seconds without a message after which a camera counts as stopped: its "
+                            "queries get ERROR_EMPTY_WINDOW naming it (not answers on its old frames), "
+                            "/diagnostics warns", LIVE, lo=0.01, hi=MAX_PERIOD_S, unit="s", zero="never"),
     # Model
     "model": Param("", "checkpoint folder or hub id; empty: the packaged model, else the tiny random one",
                    CONFIGURE),
@@ -216,10 +227,76 @@ PARAMETERS: dict[str, Param] = {
                                "frame <node>_<label>_<id>, child of the camera frame", CONFIGURE),
 }
 DEFAULTS = {name: p.default for name, p in PARAMETERS.items()}
+# What each camera of `cameras` sets for itself, as cameras.<name>.<field>: its topics (no
+# default: each camera has its own) and its QoS and encodings (default: the node's value).
+CAMERA_FIELDS = ("image_topic", "compressed", "image_reliability", "image_depth", "depth_topic",
+                 "depth_compressed", "camera_info_topic")
+CAMERA_TOPICS = ("image_topic", "depth_topic", "camera_info_topic")
+CAMERA_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")   # one token of a ROS name: it names topics
 # Conditions between parameters: (names, holds(values), wording).
 CROSS_CHECKS = [
     (("depth_min", "depth_max"), lambda v: v["depth_min"] < v["depth_max"], "need depth_min < depth_max"),
 ]
+
+
+
+def camera_key(camera: str, field: str) -> str:
+    return f"cameras.{camera}.{field}"
+
+
+def declaration(name: str) -> Param | None:
+    """The Param of a parameter name: a PARAMETERS entry, or a camera's own
+    cameras.<name>.<field> (its field's declaration; topics without a default)."""
+    if name in PARAMETERS:
+        return PARAMETERS[name]
+    head, _, field = name.rpartition(".")
+    if not head.startswith("cameras.") or field not in CAMERA_FIELDS:
+        return None
+    base = PARAMETERS[field]
+    return dataclasses.replace(base, default="", rule=None) if field in CAMERA_TOPICS else base
+
+
+def camera_defaults(cameras, values: dict) -> dict:
+    """cameras.<name>.<field> -> the value it has unless set: "" for a topic, else the
+    node's `values[field]`; for each valid, distinct name of `cameras`."""
+    if PARAMETERS["cameras"].problem("cameras", cameras):
+        return {}
+    names = [c for c in dict.fromkeys(cameras) if CAMERA_NAME.fullmatch(c)]
+    return {camera_key(c, f): "" if f in CAMERA_TOPICS else values[f] for c in names for f in CAMERA_FIELDS}
+
+
+def subscribed_topic(topic: str, compressed: bool) -> str:
+    """The topic a camera subscribes to: with compressed, image_transport's `<topic>/compressed`."""
+    if compressed and not topic.endswith("/compressed"):
+        return topic.rstrip("/") + "/compressed"
+    return topic
+
+
+def camera_problems(values: dict) -> list[tuple[str, str]]:
+    """Why `cameras` and the cameras' own parameters in `values` do not make a set of
+    cameras, each with the camera it concerns: a name that is not a ROS name token, a name
+    twice, a camera without an image topic, a bad value, two cameras on one image topic."""
+    cameras = values["cameras"]
+    if PARAMETERS["cameras"].problem("cameras", cameras):
+        return []   # said by the parameter's own check
+    found = [(c, f"camera name {c!r} is not a valid ROS name (letters, digits and _, starting with a letter)")
+             for c in cameras if not CAMERA_NAME.fullmatch(c)]
+    found += [(c, f"camera {c!r} is listed {cameras.count(c)} times in cameras") for c in dict.fromkeys(cameras)
+              if cameras.count(c) > 1]
+    topics: dict[str, str] = {}
+    for camera in dict.fromkeys(c for c in cameras if CAMERA_NAME.fullmatch(c)):
+        own = {f: values.get(camera_key(camera, f)) for f in CAMERA_FIELDS}
+        if not own["image_topic"]:
+            found.append((camera, f"camera {camera!r} has no image topic: set {camera_key(camera, 'image_topic')}"))
+            continue
+        found += [(camera, why) for f, v in own.items()
+                  if (why := declaration(camera_key(camera, f)).problem(camera_key(camera, f), v))]
+        topic = subscribed_topic(own["image_topic"], own["compressed"] is True)
+        if topic in topics:
+            found.append((camera, f"cameras {topics[topic]!r} and {camera!r} both subscribe to {topic}"))
+        topics.setdefault(topic, camera)
+    return found
+
 
 Settings = dataclasses.make_dataclass(
     "Settings", [(name, p.kind) for name, p in PARAMETERS.items() if name != "autostart"],
@@ -260,11 +337,15 @@ def problems(values: dict, changed: set[str] | None = None) -> list[str]:
     concerned = set(PARAMETERS) if changed is None else changed
     found = {name: why for name, p in PARAMETERS.items()
              if name in concerned and (why := p.problem(name, values[name]))}
+    found.update((name, why) for name in concerned - set(PARAMETERS)
+                 if (why := declaration(name).problem(name, values[name])))
     cross = [f"{wording}, got " + " and ".join(f"{n} {values[n]!r}" for n in names)
              for names, holds, wording in CROSS_CHECKS
              if concerned & set(names) and all(PARAMETERS[n].problem(n, values[n]) is None for n in names)
              and not holds(values)]
-    return [*found.values(), *cross]
+    cameras = [why for camera, why in camera_problems(values)
+               if changed is None or any(name.startswith(f"cameras.{camera}.") for name in changed)]
+    return [*found.values(), *cross, *(why for why in cameras if why not in found.values())]
 
 
 def validate(values: dict) -> Settings:
@@ -276,8 +357,18 @@ def validate(values: dict) -> Settings:
     errors = problems(values)
     if errors:
         raise ValueError("; ".join(errors))
-    return Settings(**{field.name: float(values[field.name]) if field.type is float else values[field.name]
+    kinds = {float: float, tuple: tuple}
+    return Settings(**{field.name: kinds.get(field.type, lambda v: v)(values[field.name])
                        for field in dataclasses.fields(Settings)})
+
+
+def camera_settings(settings: Settings, values: dict) -> dict[str, Settings]:
+    """Each camera's settings: the node's, with its own cameras.<name>.* values; without
+    `cameras`, the one camera "" with the node's settings."""
+    if not settings.cameras:
+        return {"": settings}
+    return {camera: dataclasses.replace(settings, **{f: values[camera_key(camera, f)] for f in CAMERA_FIELDS})
+            for camera in settings.cameras}
 
 
 def resolve_window(settings: Settings, trained: TrainedWindow | None) -> tuple[Settings, str]:

@@ -132,13 +132,14 @@ def tracked_transforms(snap: TrackedObjects, camera_frame: str, prefix: str) -> 
 
 
 class StandardOutputs:
-    """The publishers of the standard messages, made by `publisher(kind, topic, qos)` (the
-    node's lifecycle publishers); `tf_prefix` non-empty: tracked objects broadcast on /tf."""
+    """The publishers of one camera's standard messages, made by `publisher(kind, topic, qos)`
+    (the node's lifecycle publishers) on `topic(leaf)` (the camera's own topics); `tf_prefix`
+    non-empty: tracked objects broadcast on /tf."""
 
-    def __init__(self, publisher: Callable, qos: QoSProfile, tf_prefix: str = ""):
-        self._detections = publisher(Detection2DArray, "~/detections", qos)
-        self._detections_3d = publisher(Detection3DArray, "~/detections_3d", qos)
-        self._poses = publisher(PoseArray, "~/tracked_poses", qos)
+    def __init__(self, publisher: Callable, qos: QoSProfile, topic: Callable[[str], str], tf_prefix: str = ""):
+        self._detections = publisher(Detection2DArray, topic("detections"), qos)
+        self._detections_3d = publisher(Detection3DArray, topic("detections_3d"), qos)
+        self._poses = publisher(PoseArray, topic("tracked_poses"), qos)
         self._tf_prefix = tf_prefix
         self._tf = publisher(TFMessage, "/tf", TF_QOS) if tf_prefix else None
 

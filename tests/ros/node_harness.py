@@ -121,7 +121,8 @@ class Harness:
     def _on_diag(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
             if status.name.startswith("molmo2_grounding"):
-                self.diagnostics.append({kv.key: kv.value for kv in status.values} | {"_message": status.message})
+                self.diagnostics.append({kv.key: kv.value for kv in status.values}
+                                        | {"_message": status.message, "_name": status.name, "_level": status.level})
 
     def close(self) -> None:
         self.executor.shutdown()
@@ -240,12 +241,14 @@ class Harness:
         return self.transition(Transition.TRANSITION_ACTIVATE)
 
     # --- queries -----------------------------------------------------------------------
-    def send_goal(self, query: str, task: int = 0, window_seconds: float = 0.0, max_frames: int = 0):
+    def send_goal(self, query: str, task: int = 0, window_seconds: float = 0.0, max_frames: int = 0,
+                  cameras: tuple[str, ...] = ()):
         """Send a goal; returns (goal_handle, feedback stages list)."""
         assert self.action.wait_for_server(timeout_sec=30), "action server not available"
         stages: list[int] = []
         future = self.action.send_goal_async(
-            Ground.Goal(query=query, task=task, window_seconds=window_seconds, max_frames=max_frames),
+            Ground.Goal(query=query, task=task, window_seconds=window_seconds, max_frames=max_frames,
+                        cameras=list(cameras)),
             feedback_callback=lambda m: stages.append(m.feedback.stage))
         handle = self.wait_for(lambda: future.result() if future.done() else None, 30, "goal acceptance")
         assert handle.accepted

@@ -21,12 +21,12 @@ from molmo2_ros.sim.shapes_world import COLORS  # noqa: E402
 ASKS = 5
 
 
-def on_red(rgb: np.ndarray, x: float, y: float) -> bool:
-    """The evaluation's hit rule (docs/training.md): on the red object, or within 8 % of the
-    image diagonal of it (the object's pixels found by their colour)."""
+def on_colour(rgb: np.ndarray, colour: str, x: float, y: float) -> bool:
+    """The evaluation's hit rule (docs/training.md): on the object of `colour`, or within 8 %
+    of the image diagonal of it (the object's pixels found by their colour)."""
     h, w = rgb.shape[:2]
-    ys, xs = np.nonzero(np.abs(rgb.astype(int) - np.array(COLORS["red"])).sum(axis=-1) < 60)
-    assert len(xs), "no red circle in the frame"
+    ys, xs = np.nonzero(np.abs(rgb.astype(int) - np.array(COLORS[colour])).sum(axis=-1) < 60)
+    assert len(xs), f"nothing {colour} in the frame"
     return bool(np.hypot(xs - x, ys - y).min() <= 0.08 * np.hypot(w, h))
 
 
@@ -54,7 +54,7 @@ def test_default_node_points_at_the_red_circle_in_the_publishers_scene(tmp_path)
             point = g.points[0] if g.points else None
             if point is not None:
                 rgb, _ = image_to_rgb(frames[from_time(point.stamp)], 0)
-                hits += on_red(rgb, point.x, point.y)
+                hits += on_colour(rgb, "red", point.x, point.y)
             time.sleep(1.0)   # the next ask sees a window moved on by two frames
         print(f"{hits} of {ASKS} answers on the red circle: {answers}")
         # held-out 16-frame video pointing F1 is about 0.9 (README): most answers must hit

@@ -8,7 +8,8 @@ import pytest
 
 from molmo2_ros.core.depth import DepthBuffer
 from molmo2_ros.ros.ingest import make_propagator, make_window
-from molmo2_ros.ros.settings import DEFAULTS, PARAMETERS, check_goal_window, problems, resolve_window, validate
+from molmo2_ros.ros.settings import (DEFAULTS, PARAMETERS, camera_defaults, camera_key, camera_settings,
+                                     check_goal_window, problems, resolve_window, validate)
 
 FLOATS = [name for name, default in DEFAULTS.items() if isinstance(default, float)]
 NUMBERS = [name for name, p in PARAMETERS.items() if p.lo is not None]
@@ -92,3 +93,60 @@ def test_goal_window_must_fit_the_node_window():
         assert str(refused.value).endswith(f"up to the node's window_seconds 8, got {seconds}")
     with pytest.raises(ValueError, match="max_frames must be 0 .* up to the node's max_frames 16, got 4294967295"):
         check_goal_window(0.0, 2**32 - 1, settings)
+
+
+def cameras(*names, **own):
+    """Raw values with `cameras` = names and each camera's own parameters as declared at
+    start (camera_defaults), then `own` (cameras.<name>.<field> written name__field)."""
+    values = DEFAULTS | {"cameras": list(names)}
+    values |= camera_defaults(names, values)
+    return values | {camera_key(*key.split("__")): value for key, value in own.items()}
+
+
+def test_cameras_each_get_the_nodes_settings_with_their_own_topics_and_qos():
+    values = cameras("front", "wrist", front__image_topic="/front/image_raw", wrist__image_topic="/wrist/image",
+                     wrist__compressed=True, wrist__image_reliability="reliable", front__depth_topic="/front/depth")
+    assert values[camera_key("wrist", "image_depth")] == DEFAULTS["image_depth"]   # the node's value unless set
+    settings = validate(values)
+    assert settings.cameras == ("front", "wrist")
+    each = camera_settings(settings, values)
+    assert list(each) == ["front", "wrist"]
+    assert (each["front"].image_topic, each["front"].compressed, each["front"].depth_topic) == \
+        ("/front/image_raw", False, "/front/depth")
+    assert (each["wrist"].image_topic, each["wrist"].compressed, each["wrist"].image_reliability,
+            each["wrist"].depth_topic) == ("/wrist/image", True, "reliable", "")
+    assert each["wrist"].max_frames == settings.max_frames
+    assert camera_settings(validate(DEFAULTS), DEFAULTS) == {"": validate(DEFAULTS)}   # today's node
+
+
+def test_bad_camera_sets_are_refused_listing_every_problem():
+    values = cameras("front", "front", "9lives", "wrist", "rear", "top",
+                     front__image_topic="/cam/image_raw", wrist__image_topic="/cam/image_raw",
+                     rear__image_topic="/rear/image", rear__image_depth=0)
+    with pytest.raises(ValueError) as refused:
+        validate(values)
+    found = str(refused.value).split("; ")
+    assert found == [
+        "camera name '9lives' is not a valid ROS name (letters, digits and _, starting with a letter)",
+        "camera 'front' is listed 2 times in cameras",
+        "cameras 'front' and 'wrist' both subscribe to /cam/image_raw",
+        "cameras.rear.image_depth must be 1..1000, got 0",
+        "camera 'top' has no image topic: set cameras.top.image_topic",
+    ], found
+
+
+def test_a_camera_without_an_image_topic_and_a_typed_list():
+    with pytest.raises(ValueError, match="camera 'wrist' has no image topic: set cameras.wrist.image_topic"):
+        validate(cameras("wrist"))
+    with pytest.raises(ValueError, match=r"cameras must be a list of names, e.g. \[front, wrist\], got 'front'"):
+        validate(DEFAULTS | {"cameras": "front"})
+
+
+def test_a_live_change_of_one_cameras_topic_is_checked_against_the_others():
+    values = cameras("front", "wrist", front__image_topic="/front/image", wrist__image_topic="/wrist/image")
+    assert validate(values)
+    change = {camera_key("wrist", "image_topic"): "/front/image"}
+    assert problems(values | change, set(change)) == ["cameras 'front' and 'wrist' both subscribe to /front/image"]
+    change = {camera_key("wrist", "image_reliability"): "sometimes"}
+    assert problems(values | change, set(change)) == \
+        ["cameras.wrist.image_reliability must be best_effort or reliable, got 'sometimes'"]

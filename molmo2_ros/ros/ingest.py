@@ -100,8 +100,8 @@ class CameraIngest:
             counts.topic = self._node.resolve_topic_name(topic)
             counts.frames_since_activation, counts.last_frame_error = 0, ""
             counts.activated_at, counts.last_frame_at = time.monotonic(), 0.0
-            said.append(f"{camera.label + ': ' if camera.name else ''}{kind.__name__} on {counts.topic} ({s.image_reliability}, "
-                        f"depth {s.image_depth})")
+            who = f"{camera.label}: " if camera.name else ""
+            said.append(f"{who}{kind.__name__} on {counts.topic} ({s.image_reliability}, depth {s.image_depth})")
         return said
 
     def stop(self) -> None:

@@ -90,8 +90,8 @@ class Param:
     def problem(self, name: str, value) -> str | None:
         """Why `value` is not allowed for this parameter, naming it; None if it is."""
         kind = self.kind
-        if kind is tuple:   # a string array (rclpy gives a list)
-            ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        if kind is tuple:   # a string array: rclpy gives a list, and None for a params file's []
+            ok = value is None or isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
         else:
             ok = (isinstance(value, (int, float)) if kind is float else isinstance(value, kind)) \
                 and (kind is bool or not isinstance(value, bool))
@@ -261,7 +261,7 @@ def camera_defaults(cameras, values: dict) -> dict:
     node's `values[field]`; for each valid, distinct name of `cameras`."""
     if PARAMETERS["cameras"].problem("cameras", cameras):
         return {}
-    names = [c for c in dict.fromkeys(cameras) if CAMERA_NAME.fullmatch(c)]
+    names = [c for c in dict.fromkeys(cameras or ()) if CAMERA_NAME.fullmatch(c)]
     return {camera_key(c, f): "" if f in CAMERA_TOPICS else values[f] for c in names for f in CAMERA_FIELDS}
 
 
@@ -276,9 +276,9 @@ def camera_problems(values: dict) -> list[tuple[str, str]]:
     """Why `cameras` and the cameras' own parameters in `values` do not make a set of
     cameras, each with the camera it concerns: a name that is not a ROS name token, a name
     twice, a camera without an image topic, a bad value, two cameras on one image topic."""
-    cameras = values["cameras"]
-    if PARAMETERS["cameras"].problem("cameras", cameras):
+    if PARAMETERS["cameras"].problem("cameras", values["cameras"]):
         return []   # said by the parameter's own check
+    cameras = list(values["cameras"] or ())
     found = [(c, f"camera name {c!r} is not a valid ROS name (letters, digits and _, starting with a letter)")
              for c in cameras if not CAMERA_NAME.fullmatch(c)]
     found += [(c, f"camera {c!r} is listed {cameras.count(c)} times in cameras") for c in dict.fromkeys(cameras)
@@ -357,7 +357,7 @@ def validate(values: dict) -> Settings:
     errors = problems(values)
     if errors:
         raise ValueError("; ".join(errors))
-    kinds = {float: float, tuple: tuple}
+    kinds = {float: float, tuple: lambda v: tuple(v or ())}
     return Settings(**{field.name: kinds.get(field.type, lambda v: v)(values[field.name])
                        for field in dataclasses.fields(Settings)})
 

@@ -13,8 +13,8 @@ from molmo2_ros.ros import live_params
 from molmo2_ros.ros.settings import DEFAULTS, PARAMETERS, Applies
 
 ROOT = Path(__file__).resolve().parents[2]
-TYPES = {bool: "bool", int: "int", float: "double", str: "string"}
-ROW = re.compile(r"^\| `(\w+)` \| (\w+) \| `([^`]*)` \| (`[^`]*`|any) \| (\w+) \| .+ \|$", re.M)
+TYPES = {bool: "bool", int: "int", float: "double", str: "string", tuple: "string[]"}
+ROW = re.compile(r"^\| `(\w+)` \| ([\w\[\]]+) \| `([^`]*)` \| (`[^`]*`|any) \| (\w+) \| .+ \|$", re.M)
 NODE = "/molmo2_grounding"
 
 
@@ -39,11 +39,13 @@ def test_declaration_readme_yaml_and_live_phase_agree(name):
     param = PARAMETERS[name]
     kind, default, allowed, applies = readme_rows()[name]
     assert kind == TYPES[param.kind]
-    assert default.strip('"') == (str(param.default).lower() if param.kind is bool else str(param.default))
+    shown = {bool: lambda v: str(v).lower(), tuple: lambda v: str(list(v))}.get(param.kind, str)(param.default)
+    assert default.strip('"') == shown
     assert allowed == (f"`{param.constraint()}`" if param.constraint() else "any")
     assert applies == param.applies.value
     shipped = params_file()[name]
-    assert shipped == param.default and (type(shipped) is param.kind or param.kind is float)
+    as_shipped = list(param.default) if param.kind is tuple else param.default
+    assert shipped == as_shipped and (type(shipped) is type(as_shipped) or param.kind is float)
     assert param.problem(name, param.default) is None
     # The live phase: refused after the moment it applies, with how to apply it; else taken.
     changed = {name: not param.default} if param.kind is bool else {name: param.default}

@@ -113,7 +113,10 @@ def rosdep_install_simulate(tmp_path: Path, snapshot: Path) -> subprocess.Comple
     workspace = tmp_path / "ws"
     (workspace / "src" / "molmo2_ros").mkdir(parents=True)
     shutil.copy(ROOT / "package.xml", workspace / "src" / "molmo2_ros")
-    return subprocess.run([str(rosdep), "install", "--simulate", "--from-paths", "src", "--ignore-src", "-y",
+    # --reinstall: every key in the plan, also those whose package this machine has (pip's
+    # installer sees the venv's torch when the venv is activated)
+    return subprocess.run([str(rosdep), "install", "--simulate", "--reinstall", "--from-paths", "src",
+                           "--ignore-src", "-y",
                            "--os=ubuntu:noble", "--rosdistro=jazzy"], cwd=workspace, env=env,
                           capture_output=True, text=True, timeout=300)
 

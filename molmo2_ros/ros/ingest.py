@@ -109,10 +109,6 @@ class CameraIngest:
             self._node.destroy_subscription(sub)
         self._subs = []
 
-    def forget(self) -> None:
-        """Cleanup: the next configure may bring other cameras."""
-        self._counts = {}
-
     def empty_window_reason(self, camera: Camera) -> str:
         """Why a query found no frames of `camera`, as far as the camera can tell."""
         counts = self._counts.get(camera.name, Counts())

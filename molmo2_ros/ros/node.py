@@ -293,7 +293,6 @@ class GroundingNode(LifecycleNode):
             p.robot_frames = None
         p.settings, p.cameras = None, {}
         self.serving.close()
-        self.ingest.forget()
 
     # --- live parameters (ros2 param set; see live_params) ----------------------------
     def _on_set_parameters(self, parameters) -> SetParametersResult:

@@ -216,7 +216,6 @@ def test_moving_base_each_point_at_its_own_frames_stamp(served):
             assert p.target_position.header.frame_id == "odom"
             np.testing.assert_allclose(target(p), at_stamp, atol=2e-3)
             assert np.linalg.norm(latest - at_stamp) > 0.1   # the latest transform would fail the check
-        assert "target_frame 'odom' is in the TF tree" in node.log()
 
         stop(moving)   # the transform stops: later frames' stamps are past the last one
         time.sleep(0.5)

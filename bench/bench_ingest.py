@@ -22,6 +22,11 @@ Depth (VGA and 720p; 16UC1, 32FC1 and compressedDepth PNG), in ms, best of --rep
 - `depth_want_ms` vs `colour_kept_ms`: telling the depth buffer about a kept colour frame
   (the camera callback's only extra work with depth on) against a kept VGA bgr8 frame.
 
+Cameras (`cameras`; skipped with `--camera-seconds 0`): the node in its own process with one
+camera, then with three (the `cameras` parameter), each camera a 30 Hz 320x240 bgr8
+publisher in a process of its own: the node's CPU per frame received, (CPU busy - CPU
+idle) / frames, and the ratio three / one (issue 29's target: within 10 %).
+
 Depth flood (`depth_flood`; skipped with `--flood-seconds 0`): the node in its own process
 (`molmo2-ros node`, the packaged model, depth on), a colour camera in another process
 publishing 320x240 bgr8 at 30 Hz, for `--flood-seconds` s alone and then as long again
@@ -29,7 +34,7 @@ with a third process flooding 320x240 16UC1 depth at 200 Hz. From the node's /di
 (one a second): its colour ingest rate (mean and worst second) in each phase, and the
 ratio flooded / alone; the depth images it took per second; its CPU use in each phase.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_ingest.py [--repeats 20] [--flood-seconds 10]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_ingest.py [--repeats 20] [--flood-seconds 10] [--camera-seconds 15]
 """
 from __future__ import annotations
 
@@ -215,9 +220,10 @@ FLOOD_TOPIC = "/flood/camera/image_raw"
 FLOOD_DEPTH_TOPIC = "/flood/camera/depth/image_raw"
 
 
-def publish(kind: str, hz: float, seconds: float, domain: int) -> None:
-    """A publisher process: `kind` (colour or depth) at `hz` for `seconds`, best effort
-    (a driver's sensor QoS), stamped now; prints how many it published per second."""
+def publish(kind: str, hz: float, seconds: float, domain: int, topic: str = "") -> None:
+    """A publisher process: `kind` (colour or depth) at `hz` for `seconds` on `topic` (default:
+    the flood's), best effort (a driver's sensor QoS), stamped now; prints how many it
+    published per second."""
     import rclpy
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
@@ -227,7 +233,7 @@ def publish(kind: str, hz: float, seconds: float, domain: int) -> None:
 
     rclpy.init(domain_id=domain)
     node = rclpy.create_node(f"flood_{kind}")
-    topic = FLOOD_TOPIC if kind == "colour" else FLOOD_DEPTH_TOPIC
+    topic = topic or (FLOOD_TOPIC if kind == "colour" else FLOOD_DEPTH_TOPIC)
     publisher = node.create_publisher(Image, topic, qos_profile_sensor_data)
     width, height = FLOOD["size"]
     rgb, metres = scene(width, height), np.full((height, width), 1.5, np.float32)
@@ -313,18 +319,80 @@ def depth_flood(seconds: float) -> dict:
                                                     / alone["colour_hz_worst_second"], 3)}
 
 
+def camera_ingest(seconds: float) -> dict:
+    """The node's CPU per camera frame with one camera and with three (each 30 Hz 320x240
+    bgr8, from its own process), each over `seconds` after as long with the node idle: (CPU
+    busy - CPU idle) / frames the node received (its /diagnostics)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "ros"))
+    from node_harness import Harness, NodeProcess, write_params
+
+    runs = {}
+    for n in (1, 3):
+        names = ["front", "wrist", "rear"][:n]
+        domain = 200 + (os.getpid() + 17 + n) % 30
+        with tempfile.TemporaryDirectory(prefix="molmo2_cameras_") as tmp:
+            own = {f"cameras.{c}.image_topic": f"/{c}/image_raw" for c in names}
+            params = write_params(Path(tmp) / "params.yaml", cameras=names, diagnostics_period=1.0, **own)
+            node = NodeProcess(params, domain, Path(tmp) / "node.log")
+            harness = Harness(domain, "/unused")
+            children = []
+
+            def cameras():
+                return [d for d in harness.diagnostics if d["_name"].rpartition(" ")[2] in names
+                        and " camera " in d["_name"]]
+
+            def received() -> int:
+                latest = {d["_name"]: int(d["frames_received"]) for d in cameras()}
+                return sum(latest.values())
+
+            try:
+                harness.wait_diag(lambda d: d.get("state") == "active", timeout=300, what="the node to be active")
+                cpu, started = cpu_seconds(node.proc.pid), time.monotonic()
+                time.sleep(seconds)
+                idle = (cpu_seconds(node.proc.pid) - cpu) / (time.monotonic() - started)
+                for c in names:
+                    children.append(subprocess.Popen(
+                        [sys.executable, __file__, "--publish", "colour", "--hz", str(FLOOD["colour_hz"]),
+                         "--seconds", str(seconds + 15), "--domain", str(domain), "--topic", f"/{c}/image_raw"],
+                        stdout=subprocess.PIPE, text=True))
+                harness.wait_for(lambda: len({d["_name"] for d in cameras() if float(d["ingest_rate_hz"]) > 0})
+                                 == n, 60, "frames from every camera")
+                time.sleep(2.0)
+                frames, cpu, started = received(), cpu_seconds(node.proc.pid), time.monotonic()
+                time.sleep(seconds)
+                busy = (cpu_seconds(node.proc.pid) - cpu) / (time.monotonic() - started)
+                time.sleep(1.5)   # the diagnostics of the phase's last second
+                frames = received() - frames
+                elapsed = time.monotonic() - started - 1.5
+            finally:
+                for child in children:
+                    child.kill()
+                harness.close()
+                node.stop()
+        runs[f"{n}_camera{'s' if n > 1 else ''}"] = {
+            "frames_per_s": round(frames / elapsed, 1), "node_cpu_idle_cores": round(idle, 3),
+            "node_cpu_busy_cores": round(busy, 3),
+            "per_frame_ms": round((busy - idle) * elapsed / max(frames, 1) * 1000, 3)}
+    one, three = runs["1_camera"]["per_frame_ms"], runs["3_cameras"]["per_frame_ms"]
+    return {"hz_per_camera": FLOOD["colour_hz"], "size": "x".join(map(str, FLOOD["size"])), "phase_s": seconds,
+            **runs, "per_frame_ratio_3_vs_1": round(three / one, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--flood-seconds", type=float, default=10.0,
                         help="seconds of each phase of the depth flood (0: skip it)")
+    parser.add_argument("--camera-seconds", type=float, default=15.0,
+                        help="seconds of each phase of the one- and three-camera run (0: skip it)")
     parser.add_argument("--publish", choices=("colour", "depth"), help=argparse.SUPPRESS)  # a flood publisher
+    parser.add_argument("--topic", default="", help=argparse.SUPPRESS)
     parser.add_argument("--hz", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--domain", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.publish:
-        publish(args.publish, args.hz, args.seconds, args.domain)
+        publish(args.publish, args.hz, args.seconds, args.domain, args.topic)
         return
     cv2.setNumThreads(1)
     results = {}
@@ -367,6 +435,7 @@ def main() -> None:
                                                  / memory[f"4K_window_mb_max_side_{MAX_SIDE}"], 1),
         "depth": depth_costs(args.repeats),
         "depth_flood": depth_flood(args.flood_seconds) if args.flood_seconds > 0 else None,
+        "cameras": camera_ingest(args.camera_seconds) if args.camera_seconds > 0 else None,
     }, indent=2))
 
 

@@ -1,9 +1,14 @@
 """Launch the molmo2_grounding node.
 
     ros2 launch molmo2_ros molmo2.launch.py camera_topic:=/camera/image_raw model:=/path/to/model
+    ros2 launch molmo2_ros molmo2.launch.py cameras:=front,wrist    # /front/image_raw, /wrist/image_raw
 
 Parameters come from `params_file` (default: the package's config/molmo2_grounding.yaml);
-every argument below that is given a value overrides its parameter there.
+every argument below that is given a value overrides its parameter there. Several
+cameras (`cameras`, names comma-separated) share the one model; each subscribes to its
+entry of `camera_topics` (default `/<name>/image_raw`) and, with `depth_topics`, to its
+depth entry (empty entries: no depth for that camera). Other per-camera parameters
+(cameras.<name>.*) go in the params file.
 """
 import os
 
@@ -43,8 +48,34 @@ ARGUMENTS = {
 }
 
 
+def _names(text: str) -> list[str]:
+    """'front, wrist' -> ['front', 'wrist'] (no entry empty)."""
+    return [name.strip() for name in text.split(",")] if text.strip() else []
+
+
+def _cameras(context) -> dict:
+    """The cameras, camera_topics and depth_topics arguments as node parameters."""
+    names = _names(LaunchConfiguration("cameras").perform(context))
+    topics = _names(LaunchConfiguration("camera_topics").perform(context)) or [f"/{n}/image_raw" for n in names]
+    depths = LaunchConfiguration("depth_topics").perform(context)
+    depths = [d.strip() for d in depths.split(",")] if depths.strip() else [""] * len(names)
+    if not names:
+        if topics != [] or any(depths):
+            raise ValueError("camera_topics and depth_topics need cameras:=name1,name2")
+        return {}
+    if len(topics) != len(names) or len(depths) != len(names):
+        raise ValueError(f"cameras names {len(names)} cameras; camera_topics and depth_topics must have one "
+                         f"entry each (got {len(topics)} and {len(depths)})")
+    parameters = {"cameras": names}
+    for name, topic, depth in zip(names, topics, depths):
+        parameters[f"cameras.{name}.image_topic"] = topic
+        if depth:
+            parameters[f"cameras.{name}.depth_topic"] = depth
+    return parameters
+
+
 def _grounding_node(context):
-    overrides = {}
+    overrides = _cameras(context)
     for argument, (parameter, kind, _) in ARGUMENTS.items():
         value = LaunchConfiguration(argument).perform(context)
         if value != "":
@@ -61,7 +92,13 @@ def generate_launch_description():
     return LaunchDescription(
         [DeclareLaunchArgument(name, default_value="", description=description)
          for name, (_, _, description) in ARGUMENTS.items()]
-        + [DeclareLaunchArgument("namespace", default_value="", description="node namespace"),
+        + [DeclareLaunchArgument("cameras", default_value="",
+                                 description="several cameras sharing the model: names, comma-separated"),
+           DeclareLaunchArgument("camera_topics", default_value="",
+                                 description="their image topics, comma-separated (default /<name>/image_raw)"),
+           DeclareLaunchArgument("depth_topics", default_value="",
+                                 description="their depth topics, comma-separated (an empty entry: no depth)"),
+           DeclareLaunchArgument("namespace", default_value="", description="node namespace"),
            DeclareLaunchArgument("params_file", default_value=default_params,
                                  description="parameters YAML (see config/molmo2_grounding.yaml)"),
            OpaqueFunction(function=_grounding_node)])

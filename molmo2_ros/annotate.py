@@ -95,7 +95,7 @@ def layout_labels(size: tuple[int, int], grounding: Grounding, points: Sequence[
     radius = marker_radius(size)
     labels: list[Label] = []
     if header:
-        text = f"{grounding.task.value}: {grounding.query}"
+        text = f"{grounding.camera + ': ' if grounding.camera else ''}{grounding.task.value}: {grounding.query}"
         if grounding.count is not None:
             text += f"  count={grounding.count}"
         text = _fit(text, font, width)

@@ -163,10 +163,9 @@ class QueryServing:
         asked = tuple(dict.fromkeys(names)) or (self._pipeline.first.name,)
         unknown = [name for name in asked if name not in cameras]
         if unknown:
-            there = ", ".join(repr(c) for c in cameras) if self._pipeline.first.name else \
-                "one camera, asked without a name"
-            raise QueryError(ERROR_INVALID_QUERY, f"unknown camera {', '.join(map(repr, unknown))}: the "
-                                                  f"cameras are {there}")
+            there = f"the cameras are {', '.join(map(repr, cameras))}" if self._pipeline.first.name else \
+                "this node has one camera and no `cameras` parameter: leave the goal's cameras empty"
+            raise QueryError(ERROR_INVALID_QUERY, f"unknown camera {', '.join(map(repr, unknown))}: {there}")
         return asked
 
     def _run_query(self, query: Query) -> list[Grounding]:

@@ -170,6 +170,18 @@ def test_bad_queries_are_refused_with_a_reason(served, query, task, why):
     assert result.error_code == R.ERROR_INVALID_QUERY and why in result.error_message
 
 
+def test_a_camera_name_on_the_one_camera_node_is_refused_saying_how(served):
+    harness, node = served
+    harness.publish_frames(3)
+    status, result, _ = harness.ask("red square", cameras=("front",))
+    assert status == GoalStatus.STATUS_ABORTED and result.error_code == R.ERROR_INVALID_QUERY
+    assert result.error_message == ("unknown camera 'front': this node has one camera and no `cameras` "
+                                    "parameter: leave the goal's cameras empty")
+    status, result, _ = harness.ask("red square")
+    assert status == GoalStatus.STATUS_SUCCEEDED and result.grounding.camera == ""
+    assert [g.query_id for g in result.groundings] == [result.grounding.query_id]
+
+
 @pytest.mark.parametrize("window_seconds,max_frames,why", [
     (math.inf, 0, "window_seconds must be 0 (the whole window) or a number of seconds up to the node's "
                   "window_seconds 8, got inf"),

@@ -26,6 +26,7 @@ from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import InvalidHandle
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
+from rclpy.parameter import Parameter
 
 from molmo2_ros.backends.trained_window import TrainedWindow, read_trained_window
 from molmo2_ros.core.backend import Backend
@@ -63,6 +64,8 @@ class GroundingNode(LifecycleNode):
         for name, param in PARAMETERS.items():
             self.declare_parameter(name, list(param.default) if param.kind is tuple else param.default,
                                    descriptor(name, param))
+        if self.get_parameter("cameras").value is None:   # a params file's `cameras: []` arrives unset
+            self.set_parameters([Parameter("cameras", Parameter.Type.STRING_ARRAY, [])])
         # Each camera's own parameters, for the cameras named at start.
         self._camera_parameters: dict = {}
         self._camera_parameters = camera_defaults(self.get_parameter("cameras").value, self._parameter_values())

@@ -226,7 +226,8 @@ PARAMETERS: dict[str, Param] = {
     "tracked_tf_frames": Param(False, "broadcast each camera-rate tracked object with a 3D position as the TF "
                                "frame <node>_<label>_<id>, child of the camera frame", CONFIGURE),
 }
-DEFAULTS = {name: p.default for name, p in PARAMETERS.items()}
+# The defaults as ROS holds them (a string array as a list).
+DEFAULTS = {name: list(p.default) if p.kind is tuple else p.default for name, p in PARAMETERS.items()}
 # What each camera of `cameras` sets for itself, as cameras.<name>.<field>: its topics (no
 # default: each camera has its own) and its QoS and encodings (default: the node's value).
 CAMERA_FIELDS = ("image_topic", "compressed", "image_reliability", "image_depth", "depth_topic",

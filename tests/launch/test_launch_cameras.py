@@ -14,7 +14,7 @@ from ros2_cli import Shell, private_domain, require_ros2_tools  # noqa: E402
 
 require_ros2_tools()
 
-NODE = "/robot3/molmo2_grounding"
+NODE = "/molmo2_grounding"
 ASKED = {"front": "red circle", "wrist": "green circle"}   # each in its own camera's scene only
 
 
@@ -27,7 +27,7 @@ def shell(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def launched(shell):
-    launch = shell.start("ros2 launch molmo2_ros demo.launch.py cameras:=front,wrist namespace:=robot3", "launch")
+    launch = shell.start("ros2 launch molmo2_ros demo.launch.py cameras:=front,wrist", "launch")
     launch.wait_for(lambda log: "active: camera 'front': Image on /front/image_raw" in log, 600,
                     "the node to activate")
     shell.wait_for_node(NODE)
@@ -71,9 +71,20 @@ def test_one_goal_asks_both_cameras_and_an_unknown_camera_is_refused(shell, laun
 def test_each_camera_has_its_diagnostics_status(shell, launched):
     def camera_status(batch):
         found = {s["name"].rpartition(" ")[2]: {kv["key"]: kv["value"] for kv in s["values"]}
-                 for msg in batch for s in msg["status"] if s["name"].startswith("robot3/molmo2_grounding: camera ")}
+                 for msg in batch for s in msg["status"] if s["name"].startswith("molmo2_grounding: camera ")}
         return found if set(found) == set(ASKED) else None
 
     statuses = shell.echo("/diagnostics", camera_status)
     for camera, values in statuses.items():
         assert float(values["ingest_rate_hz"]) > 0 and int(values["window_frames"]) > 0, (camera, values)
+
+
+def test_a_continuous_query_on_one_camera(shell, launched):
+    def wrist_counts(batch):
+        return [m for m in batch if m["query_id"].startswith("topic-") and m["query"] == "green circles"]
+
+    found = shell.echo(f"{NODE}/grounding", wrist_counts, then=(
+        f"""ros2 topic pub --once {NODE}/wrist/query std_msgs/String "{{data: 'count: green circles'}}" """))
+    shell.run(f"""ros2 topic pub --once {NODE}/wrist/query std_msgs/String "{{data: ''}}" """)
+    assert {m["camera"] for m in found} == {"wrist"} and found[0]["task"] == 1
+    assert found[0]["header"]["frame_id"] == "wrist_optical_frame"

@@ -27,7 +27,8 @@ LIVE_VALUES = {"fps": 1.0, "window_seconds": 6.0, "max_frames": 6, "max_side": 3
                "max_new_tokens": 128, "query_task": "count", "query": "red circle", "query_period": 0.5,
                "diagnostics_period": 0.5, "tracking_enable": False, "tracking_max_points": 20,
                "tracking_max_age": 8.0, "tracking_window": 4.0, "tracking_max_side": 320,
-               "tracking_buffer_mb": 64.0, "jump_ahead_s": 5.0, "max_image_pixels": 1920 * 1080}
+               "tracking_buffer_mb": 64.0, "jump_ahead_s": 5.0, "max_image_pixels": 1920 * 1080,
+               "camera_timeout": 30.0}
 
 
 @pytest.fixture(scope="module")
@@ -154,9 +155,12 @@ def test_param_load_every_parameter(shell, node, tmp_path):
     """Every live parameter applies; every other one is refused with how to apply it; a
     value of the wrong type is refused with the configure-time message."""
     assert set(LIVE_VALUES) == live_params.named(Applies.LIVE)
-    refused = {name: "changed" if isinstance(DEFAULTS[name], str) else
-               (not DEFAULTS[name] if isinstance(DEFAULTS[name], bool) else DEFAULTS[name] + 1)
-               for name in set(PARAMETERS) - live_params.named(Applies.LIVE)}
+    def changed(value):
+        if isinstance(value, (str, list)):
+            return "changed" if isinstance(value, str) else ["changed"]
+        return not value if isinstance(value, bool) else value + 1
+
+    refused = {name: changed(DEFAULTS[name]) for name in set(PARAMETERS) - live_params.named(Applies.LIVE)}
     wrong_type = {name: 5 if isinstance(value, str) else "five" for name, value in LIVE_VALUES.items()}
     for values, expect in ((LIVE_VALUES, "successful"), (refused, "failed: "), (wrong_type, "failed: ")):
         path = tmp_path / "params.yaml"

@@ -20,12 +20,12 @@ from action_msgs.msg import GoalStatus
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
-from std_msgs.msg import String
+from std_msgs.msg import Header, String
 
 from molmo2_ros.action import Ground
 from molmo2_ros.core.image_conversion import image_to_rgb
 from molmo2_ros.msg import TrackedObjectArray
-from molmo2_ros.ros.messages import from_time
+from molmo2_ros.ros.messages import from_time, to_time
 
 sys.path.insert(0, str(Path(__file__).parent))
 from node_harness import NODE, Harness, NodeProcess, write_params  # noqa: E402
@@ -195,6 +195,36 @@ def test_continuous_query_on_all_cameras_shares_the_model_fairly(three):
     finally:
         query_pub.publish(String(data=""))
         front_pub.publish(String(data=""))
+
+
+def test_malformed_and_huge_frames_of_one_camera_leave_the_others_alone(three):
+    """Bad messages on the front camera's topic (another publisher beside its camera):
+    counted and refused in the front camera; the wrist camera's window and counters, and
+    its answers, untouched."""
+    harness, node, _, _ = three
+    bad = harness.node.create_publisher(Image, topic("front"), RELIABLE)
+    try:
+        def camera(c):
+            return harness.wait_diag(lambda d: d["_name"].endswith(f"camera {c}"), 10)
+
+        front, wrist = camera("front"), camera("wrist")
+        harness.wait_for(lambda: bad.get_subscription_count() > 0, 10, "the node's subscription")
+        stamp = time.time_ns() + 10**9   # due for a window slot: converted
+        bad.publish(Image(header=Header(stamp=to_time(stamp), frame_id=frame_id("front")), height=120, width=160,
+                          encoding="rgb8", step=480, data=bytes(100)))            # data shorter than it says
+        bad.publish(Image(header=Header(stamp=to_time(stamp + 10**9), frame_id=frame_id("front")),
+                          height=12000, width=12000, encoding="mono8", step=12000))   # over max_image_pixels
+        after = harness.wait_diag(lambda d: d["_name"].endswith("camera front")
+                                  and int(d["frames_too_large"]) > int(front["frames_too_large"]), 30, "front refusing")
+        assert int(after["frames_malformed"]) > int(front["frames_malformed"])
+        later = camera("wrist")
+        assert (later["frames_malformed"], later["frames_too_large"], later["last_frame_error"]) == \
+            (wrist["frames_malformed"], wrist["frames_too_large"], wrist["last_frame_error"]) == ("0", "0", "")
+        assert later["window_frames"] == "16"
+        status, result, _ = harness.ask("blue square", cameras=("wrist",))
+        assert status == GoalStatus.STATUS_SUCCEEDED and node.alive()
+    finally:
+        harness.node.destroy_publisher(bad)
 
 
 def test_a_stopped_camera_is_reported_and_refused_while_the_others_answer(three):

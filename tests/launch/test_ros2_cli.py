@@ -206,34 +206,47 @@ SAMPLE = ("tracking_max_age", "max_frames")
 GOAL = "ros2 action send_goal /molmo2_grounding/ground molmo2_ros/action/Ground \"{query: 'red circle'}\""
 
 
-def set_hostile(shell, names, value) -> None:
-    """`ros2 param set` each of `names` to `value`: refused naming the parameter and why, or
-    (a CLI that cannot even encode it, like 2**63) never sent."""
-    for name in names:
-        out = shell.run(f"ros2 param set /molmo2_grounding {name} -- {shlex.quote(value)}", check=False)
+def set_commands(names, value) -> list[str]:
+    return [f"ros2 param set /molmo2_grounding {name} -- {shlex.quote(value)}" for name in names]
+
+
+def check_set(outs, names, value) -> None:
+    """Each `ros2 param set` of `names` to `value` (outputs in order): refused naming the
+    parameter and why, or (a CLI that cannot even encode it, like 2**63) never sent."""
+    for name, out in zip(names, outs, strict=True):
         assert "Set parameter successful" in out or re.search(
             rf"Setting parameter failed: {name} (must be|is read|applies at|need)", out) or (
             value == str(2**63) and "Setting parameter" not in out), (name, value[:20], out[-2000:])
 
 
+def set_hostile(shell, names, value) -> None:
+    """`ros2 param set` each of `names` to `value`, one after the other (see check_set)."""
+    for name, command in zip(names, set_commands(names, value)):
+        check_set([shell.run(command, check=False)], [name], value)
+
+
 def assert_alive_and_valid(shell, node) -> None:
-    """The node answers a goal, and whatever it took is valid for its declaration."""
-    assert "Goal finished with status: SUCCEEDED" in shell.run(GOAL)
-    dumped = yaml.safe_load(shell.run("ros2 param dump /molmo2_grounding"))[NODE]["ros__parameters"]
+    """The node answers a goal, and whatever it took is valid for its declaration (the goal
+    and `ros2 param dump` at the same time)."""
+    answered, dump = shell.run_together([GOAL, "ros2 param dump /molmo2_grounding"])
+    assert "Goal finished with status: SUCCEEDED" in answered
+    dumped = yaml.safe_load(dump)[NODE]["ros__parameters"]
     assert problems({name: dumped[name] for name in PARAMETERS}) == []
     assert "Traceback" not in node.log()
 
 
 def test_hostile_values_never_kill_the_node(shell, node, tmp_path):
     """Each hostile value through `ros2 param set` on a double and an int, and on every
-    parameter at once through `ros2 param load` (which hands values on as it parses them):
-    the node never dies, each refusal names the parameter and the reason, and after each
-    value the node answers a goal with valid parameters."""
+    parameter at once through `ros2 param load` (which hands values on as it parses them),
+    the three commands at the same time (as from three terminals): the node never dies, each
+    refusal names the parameter and the reason, and after each value the node answers a goal
+    with valid parameters."""
     for value in HOSTILE:
-        set_hostile(shell, SAMPLE, value)
         path = tmp_path / "hostile.yaml"
         path.write_text(f"{NODE}:\n  ros__parameters:\n" + "".join(f"    {name}: {value}\n" for name in PARAMETERS))
-        out = shell.run(f"ros2 param load /molmo2_grounding {path}", check=False)
+        *outs, out = shell.run_together(set_commands(SAMPLE, value) + [f"ros2 param load /molmo2_grounding {path}"],
+                                        check=False)
+        check_set(outs, SAMPLE, value)
         for name in PARAMETERS:
             assert f"Set parameter {name} successful" in out or re.search(
                 rf"Set parameter {name} failed: {name} (must be|is read|applies at|need)", out) or (

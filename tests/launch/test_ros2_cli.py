@@ -113,13 +113,14 @@ def test_topic_echo_tracked_objects(shell, node):
 
     # Objects are dropped tracking_max_age s after the frame their answer saw: on a loaded
     # 2-core machine an answer can take longer than the defaults allow, so widen them here.
-    shell.run("ros2 param set /molmo2_grounding tracking_max_age 120.0")
-    shell.run("ros2 param set /molmo2_grounding tracking_window 60.0")
+    # (independent commands run together: each is mostly Python start-up and discovery)
+    shell.run_together(["ros2 param set /molmo2_grounding tracking_max_age 120.0",
+                        "ros2 param set /molmo2_grounding tracking_window 60.0"])
     found = shell.echo("/molmo2_grounding/tracked_objects", tracked, then=(
         """ros2 topic pub --once /molmo2_grounding/query std_msgs/String "{data: 'point: red circle'}" """))
-    shell.run("""ros2 topic pub --once /molmo2_grounding/query std_msgs/String "{data: ''}" """)
-    shell.run(f"ros2 param set /molmo2_grounding tracking_max_age {DEFAULTS['tracking_max_age']}")
-    shell.run(f"ros2 param set /molmo2_grounding tracking_window {DEFAULTS['tracking_window']}")
+    shell.run_together(["""ros2 topic pub --once /molmo2_grounding/query std_msgs/String "{data: ''}" """,
+                        f"ros2 param set /molmo2_grounding tracking_max_age {DEFAULTS['tracking_max_age']}",
+                        f"ros2 param set /molmo2_grounding tracking_window {DEFAULTS['tracking_window']}"])
     assert found[0]["header"]["frame_id"] == "camera_optical_frame"
     assert {"object_id", "x", "y", "anchor_stamp", "age", "confidence", "lost"} <= set(found[0]["objects"][0])
 
@@ -137,17 +138,19 @@ def test_param_set_applies_at_once_or_names_the_problem(shell, node):
     assert "tracking_frames" not in diagnostics(shell, NODE, lambda d: "tracking_frames" not in d)
     shell.run("ros2 param set /molmo2_grounding tracking_enable true")
 
-    out = shell.run("ros2 param set /molmo2_grounding fps -1.0")
-    assert "Setting parameter failed: fps must be 0.01..120, or 0 for the model's window, got -1.0" in out
-    assert "Double value is: 0.0" in shell.run("ros2 param get /molmo2_grounding fps")   # the model's window
-    out = shell.run("ros2 param set /molmo2_grounding max_frames -2")
-    assert "Setting parameter failed: max_frames must be 1..1024, or 0 for the model's window, got -2" in out
-    assert "Integer value is: 4" in shell.run("ros2 param get /molmo2_grounding max_frames")
-
-    out = shell.run("ros2 param set /molmo2_grounding model /models/Molmo2-4B")
+    # Three refused values (set together, then read back together: independent commands).
+    fps, max_frames, model = shell.run_together(["ros2 param set /molmo2_grounding fps -1.0",
+                                                 "ros2 param set /molmo2_grounding max_frames -2",
+                                                 "ros2 param set /molmo2_grounding model /models/Molmo2-4B"])
+    assert "Setting parameter failed: fps must be 0.01..120, or 0 for the model's window, got -1.0" in fps
+    assert "Setting parameter failed: max_frames must be 1..1024, or 0 for the model's window, got -2" in max_frames
     assert ("Setting parameter failed: model applies at configure: ros2 lifecycle set /molmo2_grounding "
-            "cleanup, set model, then ros2 lifecycle set /molmo2_grounding configure") in out
-    assert "String value is: " + DEFAULTS["model"] in shell.run("ros2 param get /molmo2_grounding model")
+            "cleanup, set model, then ros2 lifecycle set /molmo2_grounding configure") in model
+    fps, max_frames, model = shell.run_together([f"ros2 param get /molmo2_grounding {name}"
+                                                 for name in ("fps", "max_frames", "model")])
+    assert "Double value is: 0.0" in fps   # the model's window
+    assert "Integer value is: 4" in max_frames
+    assert "String value is: " + DEFAULTS["model"] in model
 
 
 def test_param_load_every_parameter(shell, node, tmp_path):

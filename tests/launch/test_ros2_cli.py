@@ -275,12 +275,16 @@ def test_lifecycle_set_frees_and_reloads_the_model(shell, node):
 
     loaded = loads()
     assert "Transitioning successful" in shell.run("ros2 lifecycle set /molmo2_grounding deactivate")
-    assert "inactive [2]" in shell.run("ros2 lifecycle get /molmo2_grounding")
+    # (independent commands run together: each is mostly Python start-up and discovery)
+    state, depth, backend = shell.run_together(["ros2 lifecycle get /molmo2_grounding",
+                                                "ros2 param set /molmo2_grounding image_depth 3",
+                                                "ros2 param set /molmo2_grounding backend onnxruntime"])
+    assert "inactive [2]" in state
+    # Inactive: what applies at activate may be set; what applies at configure still may not.
+    assert "Set parameter successful" in depth
+    assert "applies at configure" in backend
     freed = diagnostics(shell, NODE, lambda d: d["state"] == "inactive")
     assert freed["backend"] == "" and freed["model"] == ""  # the backend was closed
-    # Inactive: what applies at activate may be set; what applies at configure still may not.
-    assert "Set parameter successful" in shell.run("ros2 param set /molmo2_grounding image_depth 3")
-    assert "applies at configure" in shell.run("ros2 param set /molmo2_grounding backend onnxruntime")
 
     assert "Transitioning successful" in shell.run("ros2 lifecycle set /molmo2_grounding activate")
     assert loads() == loaded + 1
@@ -288,13 +292,16 @@ def test_lifecycle_set_frees_and_reloads_the_model(shell, node):
 
     shell.run("ros2 lifecycle set /molmo2_grounding deactivate")
     assert "Transitioning successful" in shell.run("ros2 lifecycle set /molmo2_grounding cleanup")
-    assert "unconfigured [1]" in shell.run("ros2 lifecycle get /molmo2_grounding")
     packaged = str(ROOT / "molmo2_ros" / "assets" / "shapes-tiny")
-    assert "Set parameter successful" in shell.run(f"ros2 param set /molmo2_grounding model {packaged}")
+    state, model = shell.run_together(["ros2 lifecycle get /molmo2_grounding",
+                                       f"ros2 param set /molmo2_grounding model {packaged}"])
+    assert "unconfigured [1]" in state
+    assert "Set parameter successful" in model
     assert "Transitioning successful" in shell.run("ros2 lifecycle set /molmo2_grounding configure")
     assert "Transitioning successful" in shell.run("ros2 lifecycle set /molmo2_grounding activate")
     assert loads() == loaded + 2
-    assert "active [3]" in shell.run("ros2 lifecycle get /molmo2_grounding")
-    out = shell.run("ros2 action send_goal /molmo2_grounding/ground molmo2_ros/action/Ground "
-                    """"{query: 'red circle', task: 0}" """)
+    state, out = shell.run_together(["ros2 lifecycle get /molmo2_grounding",
+                                     "ros2 action send_goal /molmo2_grounding/ground molmo2_ros/action/Ground "
+                                     """"{query: 'red circle', task: 0}" """])
+    assert "active [3]" in state
     assert "Goal finished with status: SUCCEEDED" in out

@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from action_msgs.msg import GoalStatus
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -21,14 +20,13 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
 sys.path.insert(0, str(Path(__file__).parent))
-from node_harness import ROOT, Harness, NodeProcess  # noqa: E402
+from node_harness import ROOT, Harness, NodeProcess, on_colour  # noqa: E402
 
 from molmo2_ros.action import Ground  # noqa: E402
 from molmo2_ros.core.image_conversion import image_to_rgb  # noqa: E402
 from molmo2_ros.msg import Grounding as GroundingMsg  # noqa: E402
 from molmo2_ros.ros.messages import from_time  # noqa: E402
 from molmo2_ros.ros.outputs import RESULTS_QOS  # noqa: E402
-from molmo2_ros.sim.shapes_world import COLORS  # noqa: E402
 
 TASK_TRACK = 2
 ASKS = 5
@@ -71,15 +69,6 @@ def served(tmp_path_factory):
         print(node.log()[-3000:])
 
 
-def on_red(rgb: np.ndarray, x: float, y: float) -> bool:
-    """The evaluation's hit rule (docs/training.md): on the red object, or within 8 % of the
-    image diagonal of it (the object's pixels found by their colour)."""
-    h, w = rgb.shape[:2]
-    ys, xs = np.nonzero(np.abs(rgb.astype(int) - np.array(COLORS["red"])).sum(axis=-1) < 60)
-    assert len(xs), "no red circle in the frame"
-    return bool(np.hypot(xs - x, ys - y).min() <= 0.08 * np.hypot(w, h))
-
-
 def test_default_node_points_at_the_red_circle_in_the_publishers_scene(served):
     harness, _, frames = served
     d = harness.wait_diag(lambda d: d["state"] == "active" and d["window_frames"] == d["window_max_frames"],
@@ -95,7 +84,7 @@ def test_default_node_points_at_the_red_circle_in_the_publishers_scene(served):
         point = g.points[0] if g.points else None
         if point is not None:
             rgb, _ = image_to_rgb(frames[from_time(point.stamp)], 0)
-            hits += on_red(rgb, point.x, point.y)
+            hits += on_colour(rgb, "red", point.x, point.y)
         time.sleep(1.0)   # the next ask sees a window moved on by two frames
     print(f"{hits} of {ASKS} answers on the red circle: {answers}")
     # held-out 16-frame video pointing F1 is about 0.9 (README): most answers must hit

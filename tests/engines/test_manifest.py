@@ -190,23 +190,24 @@ def test_edited_manifest_is_refused_by_backend_and_infer(engine_copy, tmp_path, 
 
 
 def test_a_named_model_must_be_the_checkpoint_the_engines_came_from(engine_copy, tmp_path, tiny_model_dir):
-    """`infer --model X --backend onnxruntime` never answers from another checkpoint's engines."""
+    """`infer --model X --backend onnxruntime` never answers from another checkpoint's engines.
+    (The three runs are independent: they run at the same time, most of each is importing torch.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
     from molmo2_ros.tiny_model import build_tiny_molmo2
 
     png = _png(tmp_path)
-    proc = _infer_subprocess("--images", png, "--model", "/nonexistent", "--backend", "onnxruntime",
-                             "--engine-dir", str(engine_copy))
-    assert proc.returncode == 1, proc.stderr
-    assert "model /nonexistent is not a local checkpoint folder" in proc.stderr
-    assert f"exported from {tiny_model_dir}" in proc.stderr and "Traceback" not in proc.stderr
-
     other = build_tiny_molmo2(tmp_path / "other", seed=1)
-    proc = _infer_subprocess("--images", png, "--model", str(other), "--backend", "onnxruntime",
-                             "--engine-dir", str(engine_copy))
-    assert proc.returncode == 1 and "another checkpoint" in proc.stderr and "Traceback" not in proc.stderr
-    proc = _infer_subprocess("--images", png, "--model", str(tiny_model_dir), "--backend", "onnxruntime",
-                             "--engine-dir", str(engine_copy))
-    assert proc.returncode == 0, proc.stderr
+    with ThreadPoolExecutor(3) as pool:
+        missing, another, same = pool.map(
+            lambda model: _infer_subprocess("--images", png, "--model", model, "--backend", "onnxruntime",
+                                            "--engine-dir", str(engine_copy)),
+            ["/nonexistent", str(other), str(tiny_model_dir)])
+    assert missing.returncode == 1, missing.stderr
+    assert "model /nonexistent is not a local checkpoint folder" in missing.stderr
+    assert f"exported from {tiny_model_dir}" in missing.stderr and "Traceback" not in missing.stderr
+    assert another.returncode == 1 and "another checkpoint" in another.stderr and "Traceback" not in another.stderr
+    assert same.returncode == 0, same.stderr
 
 
 def test_graph_onnxruntime_cannot_load_is_one_message(engine_copy, tmp_path, capsys):

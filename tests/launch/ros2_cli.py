@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,12 @@ class Shell:
         if check:
             assert proc.returncode == 0, f"`{command}` exited {proc.returncode}:\n{output}"
         return output
+
+    def run_together(self, commands: list[str], timeout: float = 180.0, check: bool = True) -> list[str]:
+        """Run `commands` at the same time, as from several terminals; their outputs, in order.
+        (Each CLI call spends most of its time starting Python and discovering the node.)"""
+        with ThreadPoolExecutor(len(commands)) as pool:
+            return list(pool.map(lambda command: self.run(command, timeout, check), commands))
 
     def start(self, command: str, name: str) -> Background:
         """Start `command` in the background (its own process group), output to a log."""

@@ -132,21 +132,26 @@ def test_console_commands_run_the_installed_code(route):
 
 def test_launch_answers_a_goal(route):
     shell, install, commands, _ = route
-    shell.start(readme_line(commands, "ros2 run "), "video_publisher")
+    camera = shell.start(readme_line(commands, "ros2 run "), "video_publisher")
     launch = shell.start(readme_line(commands, "ros2 launch "), "launch")
-    launch.wait_for(lambda log: "active: Image on /camera/image_raw" in log, 600, "the node to activate")
-    shell.wait_for_node(NODE)
-    out = shell.run(readme_line(commands, "ros2 action send_goal"))
-    result = yaml.safe_load(out.split("Result:\n", 1)[1].split("\nGoal finished")[0].strip())
-    assert result["error_code"] == 0, result["error_message"]
-    assert result["grounding"]["points"], result["grounding"]["answer"]
-    assert "Goal finished with status: SUCCEEDED" in out
-    # the node and the camera are the install space's executables
-    started = [p.cmdline() for p in psutil.Process(launch.proc.pid).children(recursive=True)
-               + psutil.Process(shell.started[0].proc.pid).children(recursive=True)]
-    executables = {Path(argv[1]).name: argv[1] for argv in started if len(argv) > 1 and "lib/molmo2_ros/" in argv[1]}
-    assert executables == {name: str(install / "lib" / "molmo2_ros" / name)
-                           for name in ("molmo2_grounding", "video_publisher")}, started
+    try:
+        launch.wait_for(lambda log: "active: Image on /camera/image_raw" in log, 600, "the node to activate")
+        shell.wait_for_node(NODE)
+        out = shell.run(readme_line(commands, "ros2 action send_goal"))
+        result = yaml.safe_load(out.split("Result:\n", 1)[1].split("\nGoal finished")[0].strip())
+        assert result["error_code"] == 0, result["error_message"]
+        assert result["grounding"]["points"], result["grounding"]["answer"]
+        assert "Goal finished with status: SUCCEEDED" in out
+        # the node and the camera are the install space's executables
+        started = [p.cmdline() for p in psutil.Process(launch.proc.pid).children(recursive=True)
+                   + psutil.Process(camera.proc.pid).children(recursive=True)]
+        executables = {Path(argv[1]).name: argv[1] for argv in started
+                       if len(argv) > 1 and "lib/molmo2_ros/" in argv[1]}
+        assert executables == {name: str(install / "lib" / "molmo2_ros" / name)
+                               for name in ("molmo2_grounding", "video_publisher")}, started
+    finally:   # stopped now: the camera and the node would take CPU from the next test's build
+        launch.stop()
+        camera.stop()
 
 
 def test_symlink_install_gives_the_same_package(route):

@@ -26,6 +26,47 @@ def shell(tmp_path_factory):
     shell.close()
 
 
+# First in the file: the launch of `launched` below (a continuous query on ONNX Runtime) is not
+# yet running to share the CPU with this one.
+def test_demo_depth_and_target_frame_arguments_give_3d_answers_in_base_link(shell):
+    """depth:=true: the publisher adds the synthetic scene's registered depth and camera
+    info, the node subscribes to it (depth_topic), and answers carry 3D positions.
+    target_frame:=base_link with the camera's transform published from another process
+    (tests/ros/transform_publisher.py, what `ros2 run tf2_ros static_transform_publisher`
+    does): the README's `ros2 topic echo` of ~/detections_3d and ~/tracked_poses show them
+    in base_link; tracked_tf_frames:=true puts the tracked objects on /tf."""
+    static = shell.start(f"python {ROOT}/tests/ros/transform_publisher.py $ROS_DOMAIN_ID static base_link "
+                         "camera_optical_frame 0.3 0 1.2 -0.5 0.5 -0.5 0.5", "static_transform")
+    static.wait_for(lambda log: "publishing" in log, 60, "the static transform")
+    launch = shell.start("ros2 launch molmo2_ros demo.launch.py depth:=true namespace:=robot2 "
+                         "query:='red circle' target_frame:=base_link tracked_tf_frames:=true", "launch_depth")
+    node = "/robot2/molmo2_grounding"
+    try:
+        launch.wait_for(lambda log: "active: Image on /camera/image_raw" in log, 600, "the node to activate")
+        assert "target_frame 'base_link' is in the TF tree" in launch.log()
+        shell.wait_for_node(node)
+        dumped = yaml.safe_load(shell.run(f"ros2 param dump {node}"))[node]["ros__parameters"]
+        assert dumped["depth_topic"] == "/camera/depth/image_raw"
+        assert (dumped["target_frame"], dumped["tracked_tf_frames"]) == ("base_link", True)
+        diagnostics(shell, node, lambda d: int(d.get("depth_received", "0")) > 0)
+        answer = shell.echo(f"{node}/grounding", lambda batch: [m for m in batch if m["points"]])[0]
+        assert any(p["has_position"] and 0.5 < p["position"]["z"] < 3.5 for p in answer["points"]), answer
+        placed = [p for p in answer["points"] if p["has_target_position"]]
+        assert placed and all(p["target_position"]["header"]["frame_id"] == "base_link" for p in placed), answer
+        # the camera looks along base_link's x from 1.2 m up: optical z is base x (+ 0.3 m)
+        assert all(abs(p["target_position"]["point"]["x"] - 0.3 - p["position"]["z"]) < 1e-6 for p in placed)
+        detections = shell.echo(f"{node}/detections_3d", lambda batch: [m for m in batch if m["detections"]])[0]
+        assert detections["header"]["frame_id"] == "base_link"
+        poses = shell.echo(f"{node}/tracked_poses", lambda batch: [m for m in batch if m["poses"]])[0]
+        assert poses["header"]["frame_id"] == "base_link"
+        tf = shell.echo("/tf", lambda batch: [t for m in batch for t in m["transforms"]
+                                              if t["child_frame_id"].startswith("molmo2_grounding_")])
+        assert tf[0]["header"]["frame_id"] == "camera_optical_frame"
+    finally:
+        launch.stop()
+        static.stop()
+
+
 @pytest.fixture(scope="module")
 def launched(shell, tmp_path_factory, session_test_video):
     folder = tmp_path_factory.mktemp("launch_inputs")
@@ -76,42 +117,3 @@ def test_arguments_take_effect(shell, launched, session_test_video):
     stats = diagnostics(shell, NODE, lambda d: d["state"] == "active")
     assert "tracking_frames" not in stats  # tracking:=false
     assert stats["backend"] == "onnxruntime"
-
-
-def test_demo_depth_and_target_frame_arguments_give_3d_answers_in_base_link(shell):
-    """depth:=true: the publisher adds the synthetic scene's registered depth and camera
-    info, the node subscribes to it (depth_topic), and answers carry 3D positions.
-    target_frame:=base_link with the camera's transform published from another process
-    (tests/ros/transform_publisher.py, what `ros2 run tf2_ros static_transform_publisher`
-    does): the README's `ros2 topic echo` of ~/detections_3d and ~/tracked_poses show them
-    in base_link; tracked_tf_frames:=true puts the tracked objects on /tf."""
-    static = shell.start(f"python {ROOT}/tests/ros/transform_publisher.py $ROS_DOMAIN_ID static base_link "
-                         "camera_optical_frame 0.3 0 1.2 -0.5 0.5 -0.5 0.5", "static_transform")
-    static.wait_for(lambda log: "publishing" in log, 60, "the static transform")
-    launch = shell.start("ros2 launch molmo2_ros demo.launch.py depth:=true namespace:=robot2 "
-                         "query:='red circle' target_frame:=base_link tracked_tf_frames:=true", "launch_depth")
-    node = "/robot2/molmo2_grounding"
-    try:
-        launch.wait_for(lambda log: "active: Image on /camera/image_raw" in log, 600, "the node to activate")
-        assert "target_frame 'base_link' is in the TF tree" in launch.log()
-        shell.wait_for_node(node)
-        dumped = yaml.safe_load(shell.run(f"ros2 param dump {node}"))[node]["ros__parameters"]
-        assert dumped["depth_topic"] == "/camera/depth/image_raw"
-        assert (dumped["target_frame"], dumped["tracked_tf_frames"]) == ("base_link", True)
-        diagnostics(shell, node, lambda d: int(d.get("depth_received", "0")) > 0)
-        answer = shell.echo(f"{node}/grounding", lambda batch: [m for m in batch if m["points"]])[0]
-        assert any(p["has_position"] and 0.5 < p["position"]["z"] < 3.5 for p in answer["points"]), answer
-        placed = [p for p in answer["points"] if p["has_target_position"]]
-        assert placed and all(p["target_position"]["header"]["frame_id"] == "base_link" for p in placed), answer
-        # the camera looks along base_link's x from 1.2 m up: optical z is base x (+ 0.3 m)
-        assert all(abs(p["target_position"]["point"]["x"] - 0.3 - p["position"]["z"]) < 1e-6 for p in placed)
-        detections = shell.echo(f"{node}/detections_3d", lambda batch: [m for m in batch if m["detections"]])[0]
-        assert detections["header"]["frame_id"] == "base_link"
-        poses = shell.echo(f"{node}/tracked_poses", lambda batch: [m for m in batch if m["poses"]])[0]
-        assert poses["header"]["frame_id"] == "base_link"
-        tf = shell.echo("/tf", lambda batch: [t for m in batch for t in m["transforms"]
-                                              if t["child_frame_id"].startswith("molmo2_grounding_")])
-        assert tf[0]["header"]["frame_id"] == "camera_optical_frame"
-    finally:
-        launch.stop()
-        static.stop()

@@ -114,13 +114,14 @@ def test_topic_echo_tracked_objects(shell, node):
 
     # Objects are dropped tracking_max_age s after the frame their answer saw: on a loaded
     # 2-core machine an answer can take longer than the defaults allow, so widen them here.
-    shell.run("ros2 param set /molmo2_grounding tracking_max_age 120.0")
-    shell.run("ros2 param set /molmo2_grounding tracking_window 60.0")
+    # (independent commands run together: each is mostly Python start-up and discovery)
+    shell.run_together(["ros2 param set /molmo2_grounding tracking_max_age 120.0",
+                        "ros2 param set /molmo2_grounding tracking_window 60.0"])
     found = shell.echo("/molmo2_grounding/tracked_objects", tracked, then=(
         """ros2 topic pub --once /molmo2_grounding/query std_msgs/String "{data: 'point: red circle'}" """))
-    shell.run("""ros2 topic pub --once /molmo2_grounding/query std_msgs/String "{data: ''}" """)
-    shell.run(f"ros2 param set /molmo2_grounding tracking_max_age {DEFAULTS['tracking_max_age']}")
-    shell.run(f"ros2 param set /molmo2_grounding tracking_window {DEFAULTS['tracking_window']}")
+    shell.run_together(["""ros2 topic pub --once /molmo2_grounding/query std_msgs/String "{data: ''}" """,
+                        f"ros2 param set /molmo2_grounding tracking_max_age {DEFAULTS['tracking_max_age']}",
+                        f"ros2 param set /molmo2_grounding tracking_window {DEFAULTS['tracking_window']}"])
     assert found[0]["header"]["frame_id"] == "camera_optical_frame"
     assert {"object_id", "x", "y", "anchor_stamp", "age", "confidence", "lost"} <= set(found[0]["objects"][0])
 
@@ -138,17 +139,19 @@ def test_param_set_applies_at_once_or_names_the_problem(shell, node):
     assert "tracking_frames" not in diagnostics(shell, NODE, lambda d: "tracking_frames" not in d)
     shell.run("ros2 param set /molmo2_grounding tracking_enable true")
 
-    out = shell.run("ros2 param set /molmo2_grounding fps -1.0")
-    assert "Setting parameter failed: fps must be 0.01..120, or 0 for the model's window, got -1.0" in out
-    assert "Double value is: 0.0" in shell.run("ros2 param get /molmo2_grounding fps")   # the model's window
-    out = shell.run("ros2 param set /molmo2_grounding max_frames -2")
-    assert "Setting parameter failed: max_frames must be 1..1024, or 0 for the model's window, got -2" in out
-    assert "Integer value is: 4" in shell.run("ros2 param get /molmo2_grounding max_frames")
-
-    out = shell.run("ros2 param set /molmo2_grounding model /models/Molmo2-4B")
+    # Three refused values (set together, then read back together: independent commands).
+    fps, max_frames, model = shell.run_together(["ros2 param set /molmo2_grounding fps -1.0",
+                                                 "ros2 param set /molmo2_grounding max_frames -2",
+                                                 "ros2 param set /molmo2_grounding model /models/Molmo2-4B"])
+    assert "Setting parameter failed: fps must be 0.01..120, or 0 for the model's window, got -1.0" in fps
+    assert "Setting parameter failed: max_frames must be 1..1024, or 0 for the model's window, got -2" in max_frames
     assert ("Setting parameter failed: model applies at configure: ros2 lifecycle set /molmo2_grounding "
-            "cleanup, set model, then ros2 lifecycle set /molmo2_grounding configure") in out
-    assert "String value is: " + DEFAULTS["model"] in shell.run("ros2 param get /molmo2_grounding model")
+            "cleanup, set model, then ros2 lifecycle set /molmo2_grounding configure") in model
+    fps, max_frames, model = shell.run_together([f"ros2 param get /molmo2_grounding {name}"
+                                                 for name in ("fps", "max_frames", "model")])
+    assert "Double value is: 0.0" in fps   # the model's window
+    assert "Integer value is: 4" in max_frames
+    assert "String value is: " + DEFAULTS["model"] in model
 
 
 def test_param_load_every_parameter(shell, node, tmp_path):
@@ -210,34 +213,47 @@ SAMPLE = ("tracking_max_age", "max_frames")
 GOAL = "ros2 action send_goal /molmo2_grounding/ground molmo2_ros/action/Ground \"{query: 'red circle'}\""
 
 
-def set_hostile(shell, names, value) -> None:
-    """`ros2 param set` each of `names` to `value`: refused naming the parameter and why, or
-    (a CLI that cannot even encode it, like 2**63) never sent."""
-    for name in names:
-        out = shell.run(f"ros2 param set /molmo2_grounding {name} -- {shlex.quote(value)}", check=False)
+def set_commands(names, value) -> list[str]:
+    return [f"ros2 param set /molmo2_grounding {name} -- {shlex.quote(value)}" for name in names]
+
+
+def check_set(outs, names, value) -> None:
+    """Each `ros2 param set` of `names` to `value` (outputs in order): refused naming the
+    parameter and why, or (a CLI that cannot even encode it, like 2**63) never sent."""
+    for name, out in zip(names, outs, strict=True):
         assert "Set parameter successful" in out or re.search(
             rf"Setting parameter failed: {name} (must be|is read|applies at|need)", out) or (
             value == str(2**63) and "Setting parameter" not in out), (name, value[:20], out[-2000:])
 
 
+def set_hostile(shell, names, value) -> None:
+    """`ros2 param set` each of `names` to `value`, one after the other (see check_set)."""
+    for name, command in zip(names, set_commands(names, value)):
+        check_set([shell.run(command, check=False)], [name], value)
+
+
 def assert_alive_and_valid(shell, node) -> None:
-    """The node answers a goal, and whatever it took is valid for its declaration."""
-    assert "Goal finished with status: SUCCEEDED" in shell.run(GOAL)
-    dumped = yaml.safe_load(shell.run("ros2 param dump /molmo2_grounding"))[NODE]["ros__parameters"]
+    """The node answers a goal, and whatever it took is valid for its declaration (the goal
+    and `ros2 param dump` at the same time)."""
+    answered, dump = shell.run_together([GOAL, "ros2 param dump /molmo2_grounding"])
+    assert "Goal finished with status: SUCCEEDED" in answered
+    dumped = yaml.safe_load(dump)[NODE]["ros__parameters"]
     assert problems({name: dumped[name] for name in PARAMETERS}) == []
     assert "Traceback" not in node.log()
 
 
 def test_hostile_values_never_kill_the_node(shell, node, tmp_path):
     """Each hostile value through `ros2 param set` on a double and an int, and on every
-    parameter at once through `ros2 param load` (which hands values on as it parses them):
-    the node never dies, each refusal names the parameter and the reason, and after each
-    value the node answers a goal with valid parameters."""
+    parameter at once through `ros2 param load` (which hands values on as it parses them),
+    the three commands at the same time (as from three terminals): the node never dies, each
+    refusal names the parameter and the reason, and after each value the node answers a goal
+    with valid parameters."""
     for value in HOSTILE:
-        set_hostile(shell, SAMPLE, value)
         path = tmp_path / "hostile.yaml"
         path.write_text(f"{NODE}:\n  ros__parameters:\n" + "".join(f"    {name}: {value}\n" for name in PARAMETERS))
-        out = shell.run(f"ros2 param load /molmo2_grounding {path}", check=False)
+        *outs, out = shell.run_together(set_commands(SAMPLE, value) + [f"ros2 param load /molmo2_grounding {path}"],
+                                        check=False)
+        check_set(outs, SAMPLE, value)
         for name in PARAMETERS:
             assert f"Set parameter {name} successful" in out or re.search(
                 rf"Set parameter {name} failed: {name} (must be|is read|applies at|need)", out) or (
@@ -263,12 +279,16 @@ def test_lifecycle_set_frees_and_reloads_the_model(shell, node):
 
     loaded = loads()
     assert "Transitioning successful" in shell.run("ros2 lifecycle set /molmo2_grounding deactivate")
-    assert "inactive [2]" in shell.run("ros2 lifecycle get /molmo2_grounding")
+    # (independent commands run together: each is mostly Python start-up and discovery)
+    state, depth, backend = shell.run_together(["ros2 lifecycle get /molmo2_grounding",
+                                                "ros2 param set /molmo2_grounding image_depth 3",
+                                                "ros2 param set /molmo2_grounding backend onnxruntime"])
+    assert "inactive [2]" in state
+    # Inactive: what applies at activate may be set; what applies at configure still may not.
+    assert "Set parameter successful" in depth
+    assert "applies at configure" in backend
     freed = diagnostics(shell, NODE, lambda d: d["state"] == "inactive")
     assert freed["backend"] == "" and freed["model"] == ""  # the backend was closed
-    # Inactive: what applies at activate may be set; what applies at configure still may not.
-    assert "Set parameter successful" in shell.run("ros2 param set /molmo2_grounding image_depth 3")
-    assert "applies at configure" in shell.run("ros2 param set /molmo2_grounding backend onnxruntime")
 
     assert "Transitioning successful" in shell.run("ros2 lifecycle set /molmo2_grounding activate")
     assert loads() == loaded + 1
@@ -276,13 +296,16 @@ def test_lifecycle_set_frees_and_reloads_the_model(shell, node):
 
     shell.run("ros2 lifecycle set /molmo2_grounding deactivate")
     assert "Transitioning successful" in shell.run("ros2 lifecycle set /molmo2_grounding cleanup")
-    assert "unconfigured [1]" in shell.run("ros2 lifecycle get /molmo2_grounding")
     packaged = str(ROOT / "molmo2_ros" / "assets" / "shapes-tiny")
-    assert "Set parameter successful" in shell.run(f"ros2 param set /molmo2_grounding model {packaged}")
+    state, model = shell.run_together(["ros2 lifecycle get /molmo2_grounding",
+                                       f"ros2 param set /molmo2_grounding model {packaged}"])
+    assert "unconfigured [1]" in state
+    assert "Set parameter successful" in model
     assert "Transitioning successful" in shell.run("ros2 lifecycle set /molmo2_grounding configure")
     assert "Transitioning successful" in shell.run("ros2 lifecycle set /molmo2_grounding activate")
     assert loads() == loaded + 2
-    assert "active [3]" in shell.run("ros2 lifecycle get /molmo2_grounding")
-    out = shell.run("ros2 action send_goal /molmo2_grounding/ground molmo2_ros/action/Ground "
-                    """"{query: 'red circle', task: 0}" """)
+    state, out = shell.run_together(["ros2 lifecycle get /molmo2_grounding",
+                                     "ros2 action send_goal /molmo2_grounding/ground molmo2_ros/action/Ground "
+                                     """"{query: 'red circle', task: 0}" """])
+    assert "active [3]" in state
     assert "Goal finished with status: SUCCEEDED" in out

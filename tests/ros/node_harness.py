@@ -31,6 +31,7 @@ from molmo2_ros.action import Ground
 from molmo2_ros.msg import Grounding as GroundingMsg
 from molmo2_ros.ros.image_messages import rgb_to_compressed, rgb_to_image
 from molmo2_ros.ros.messages import from_time, to_time
+from molmo2_ros.sim.shapes_world import COLORS
 
 ROOT = Path(__file__).resolve().parents[2]
 CONSOLE = Path(sys.executable).parent / "molmo2-ros"
@@ -285,6 +286,15 @@ def png_bomb(width: int = 12000, height: int = 12000, bit_depth: int = 8) -> byt
     idat = head + block * blocks + b"\x03\x00" + struct.pack(">I", adler)   # and a final empty block
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0))
             + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def on_colour(rgb: np.ndarray, colour: str, x: float, y: float) -> bool:
+    """The evaluation's hit rule (docs/training.md): on the object of `colour`, or within 8 %
+    of the image diagonal of it (the object's pixels found by their colour)."""
+    h, w = rgb.shape[:2]
+    ys, xs = np.nonzero(np.abs(rgb.astype(int) - np.array(COLORS[colour])).sum(axis=-1) < 60)
+    assert len(xs), f"nothing {colour} in the frame"
+    return bool(np.hypot(xs - x, ys - y).min() <= 0.08 * np.hypot(w, h))
 
 
 def stamps_of(msg: GroundingMsg) -> set[int]:

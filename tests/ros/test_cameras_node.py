@@ -5,7 +5,7 @@ process as client and subscriber.
 
 Each camera is asked for an object only its scene holds; the point must lie on that
 object in that camera's frame with the point's stamp (the evaluation's hit rule,
-test_packaged_model.on_colour). The continuous query on all three cameras is timed over
+node_harness.on_colour). The continuous query on all three cameras is timed over
 60 s; the rear camera is stopped last."""
 from __future__ import annotations
 
@@ -28,8 +28,7 @@ from molmo2_ros.msg import TrackedObjectArray
 from molmo2_ros.ros.messages import from_time, to_time
 
 sys.path.insert(0, str(Path(__file__).parent))
-from node_harness import NODE, Harness, NodeProcess, write_params  # noqa: E402
-from test_packaged_model import on_colour  # noqa: E402
+from node_harness import NODE, Harness, NodeProcess, on_colour, write_params  # noqa: E402
 
 R = Ground.Result
 RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)

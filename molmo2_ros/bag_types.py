@@ -20,8 +20,8 @@ def msg_dir() -> Path:
     return Path(get_package_share_directory("molmo2_ros")) / "msg"
 
 
-# GroundedPoint and TrackedObject as they were before, newest first: to read recordings
-# made then that hold no message definitions. Before target positions they had no
+# Our messages as they were before, newest first: to read recordings made then that hold
+# no message definitions. Before target positions they had no
 # has_target_position/target_position; before 3D positions, no has_position/position either.
 _BEFORE_TARGET = {
     "GroundedPoint": "builtin_interfaces/Time stamp\nfloat32 x\nfloat32 y\nint32 object_id\n"
@@ -30,9 +30,14 @@ _BEFORE_TARGET = {
                      "builtin_interfaces/Time anchor_stamp\nbuiltin_interfaces/Duration age\n"
                      "float32 confidence\nbool lost\nbool has_position\ngeometry_msgs/Point position\n",
 }
+# Grounding before several cameras: without its `camera` line (a tuple: the lines the
+# current .msg had not yet).
+_BEFORE_CAMERAS = {"Grounding": ("string camera",)}
 PAST_LAYOUTS = {
-    "before target positions": _BEFORE_TARGET,
+    "before cameras": _BEFORE_CAMERAS,
+    "before target positions": {**_BEFORE_CAMERAS, **_BEFORE_TARGET},
     "before 3D positions": {
+        **_BEFORE_CAMERAS,
         "GroundedPoint": "builtin_interfaces/Time stamp\nfloat32 x\nfloat32 y\nint32 object_id\n"
                          "string label\nfloat32 score\n",
         "TrackedObject": "int32 object_id\nstring label\nfloat32 x\nfloat32 y\n"
@@ -51,7 +56,12 @@ def typestore(layout: str = ""):
     past = PAST_LAYOUTS[layout] if layout else {}
     types = {}
     for path in sorted(msg_dir().glob("*.msg")):
-        types.update(get_types_from_msg(past.get(path.stem, path.read_text()), f"molmo2_ros/msg/{path.stem}"))
+        text, then = path.read_text(), past.get(path.stem)
+        if isinstance(then, tuple):
+            text = "".join(line for line in text.splitlines(keepends=True) if line.strip() not in then)
+        elif then is not None:
+            text = then
+        types.update(get_types_from_msg(text, f"molmo2_ros/msg/{path.stem}"))
     store.register(types)
     return store
 

@@ -6,6 +6,7 @@ them. One node serves the whole module (tests run in file order and leave it act
 """
 import re
 import shlex
+import statistics
 import sys
 from pathlib import Path
 
@@ -189,11 +190,12 @@ def test_param_load_every_parameter(shell, node, tmp_path):
 
     def node_diagnostics(batch):
         ours = [m for m in batch if any(s["name"] == "molmo2_grounding: grounding" for s in m["status"])]
-        return ours if len(ours) >= 4 else None
+        return ours if len(ours) >= 6 else None
 
     beats = [m["header"]["stamp"]["sec"] + m["header"]["stamp"]["nanosec"] * 1e-9
              for m in shell.echo("/diagnostics", node_diagnostics)]
-    assert max(b - a for a, b in zip(beats, beats[1:])) < 0.8  # diagnostics_period 0.5 (default 1.0)
+    # diagnostics_period 0.5 (default 1.0); the median, as one beat may wait for a busy executor
+    assert statistics.median(b - a for a, b in zip(beats, beats[1:])) < 0.75
     found = shell.echo("/molmo2_grounding/grounding", lambda batch: [
         m for m in batch if m["query"] == "red circle" and m["task"] == 1 and len(m["frame_stamps"]) >= 2])
     stamps = [s["sec"] + s["nanosec"] * 1e-9 for s in found[0]["frame_stamps"]]

@@ -106,10 +106,13 @@ def write_old_bag(path, storage, clip, layout: str, *, definitions: bool = True,
 
     zero = T["builtin_interfaces/msg/Duration"](sec=0, nanosec=0)
     kind = T["molmo2_ros/msg/GroundedPoint"]
-    since_3d = {"has_position": False, "position": T["geometry_msgs/msg/Point"](x=0.0, y=0.0, z=0.0)} \
-        if "has_position" in kind.__dataclass_fields__ else {}
+    origin = T["geometry_msgs/msg/Point"](x=0.0, y=0.0, z=0.0)
+    since_3d = {"has_position": False, "position": origin} if "has_position" in kind.__dataclass_fields__ else {}
+    since_target = {"has_target_position": False, "target_position": T["geometry_msgs/msg/PointStamped"](
+        header=T["std_msgs/msg/Header"](stamp=time(0), frame_id=""), point=origin)} \
+        if "has_target_position" in kind.__dataclass_fields__ else {}
     point = kind(stamp=time(sampled[1]), x=obj.cx, y=obj.cy, object_id=1, label=obj.label, score=float("nan"),
-                 **since_3d)
+                 **since_3d, **since_target)
     msg = T["molmo2_ros/msg/Grounding"](
         header=T["std_msgs/msg/Header"](stamp=time(sampled[-1]), frame_id="camera"), query_id="q1",
         query=obj.label, task=0, points=[point], tracks=[], count=-1, frame_stamps=[time(s) for s in sampled],

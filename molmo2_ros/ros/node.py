@@ -39,7 +39,7 @@ from molmo2_ros.ros.outputs import Diagnostics, Outputs, subscription_events
 from molmo2_ros.ros.pipeline import Camera, Pipeline
 from molmo2_ros.ros.robot_frames import RobotFrames
 from molmo2_ros.ros.serving import QueryServing
-from molmo2_ros.ros.settings import (CAMERA_FIELDS, PARAMETERS, Applies, Param, Rebuilds, Settings, camera_defaults,
+from molmo2_ros.ros.settings import (PARAMETERS, Applies, Param, Rebuilds, Settings, camera_defaults, camera_names,
                                      camera_settings, declaration, resolve_window, validate)
 
 NODE_NAME = "molmo2_grounding"
@@ -90,7 +90,7 @@ class GroundingNode(LifecycleNode):
     def executor_threads(self) -> int:
         """Each waiting goal holds one executor thread; keep some for timers, and one for
         each camera's and each depth input's callbacks (none waits for another)."""
-        cameras = max(1, len(self._camera_parameters) // len(CAMERA_FIELDS))
+        cameras = max(1, len(camera_names(self.get_parameter("cameras").value)))
         return int(self.get_parameter("queue_size").value) + 2 + 2 * cameras
 
     def _parameter_values(self) -> dict:

@@ -182,8 +182,8 @@ class QueryServing:
             query.frames[camera.name] = camera.window.select(
                 max_frames=query.max_frames or settings.max_frames,
                 seconds=query.window_seconds or settings.window_seconds)
-        empty = [self._stopped(c) or self._empty_window_reason(c) for c in cameras
-                 if self._stopped(c) or not query.frames[c.name]]
+        empty = [why for c in cameras
+                 if (why := self._stopped(c) or ("" if query.frames[c.name] else self._empty_window_reason(c)))]
         if empty:
             raise QueryError(ERROR_EMPTY_WINDOW, "; ".join(empty))
         return [self._ground(query, camera, backend, settings) for camera in cameras]

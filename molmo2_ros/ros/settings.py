@@ -240,7 +240,6 @@ CROSS_CHECKS = [
 ]
 
 
-
 def camera_key(camera: str, field: str) -> str:
     return f"cameras.{camera}.{field}"
 
@@ -257,13 +256,19 @@ def declaration(name: str) -> Param | None:
     return dataclasses.replace(base, default="", rule=None) if field in CAMERA_TOPICS else base
 
 
+def camera_names(cameras) -> list[str]:
+    """The valid, distinct names of a `cameras` value, in order (none for a value that is
+    not a list of strings): the cameras that get parameters and buffers."""
+    if PARAMETERS["cameras"].problem("cameras", cameras):
+        return []
+    return [c for c in dict.fromkeys(cameras or ()) if CAMERA_NAME.fullmatch(c)]
+
+
 def camera_defaults(cameras, values: dict) -> dict:
     """cameras.<name>.<field> -> the value it has unless set: "" for a topic, else the
-    node's `values[field]`; for each valid, distinct name of `cameras`."""
-    if PARAMETERS["cameras"].problem("cameras", cameras):
-        return {}
-    names = [c for c in dict.fromkeys(cameras or ()) if CAMERA_NAME.fullmatch(c)]
-    return {camera_key(c, f): "" if f in CAMERA_TOPICS else values[f] for c in names for f in CAMERA_FIELDS}
+    node's `values[field]`; for each of camera_names(cameras)."""
+    return {camera_key(c, f): "" if f in CAMERA_TOPICS else values[f]
+            for c in camera_names(cameras) for f in CAMERA_FIELDS}
 
 
 def subscribed_topic(topic: str, compressed: bool) -> str:
@@ -285,7 +290,7 @@ def camera_problems(values: dict) -> list[tuple[str, str]]:
     found += [(c, f"camera {c!r} is listed {cameras.count(c)} times in cameras") for c in dict.fromkeys(cameras)
               if cameras.count(c) > 1]
     topics: dict[str, str] = {}
-    for camera in dict.fromkeys(c for c in cameras if CAMERA_NAME.fullmatch(c)):
+    for camera in camera_names(cameras):
         own = {f: values.get(camera_key(camera, f)) for f in CAMERA_FIELDS}
         if not own["image_topic"]:
             found.append((camera, f"camera {camera!r} has no image topic: set {camera_key(camera, 'image_topic')}"))

@@ -70,8 +70,9 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def _commands(args: argparse.Namespace, model: str) -> tuple[list[list[str]], list[str]]:
-    """The publishers' commands, and the node's."""
+def _commands(args: argparse.Namespace, model: str) -> tuple[list[tuple[str, str, list[str]]], list[str]]:
+    """Each camera's (name, image topic, publisher command), the only camera named "", and
+    the node's command."""
     node_cmd = [sys.executable, "-m", "molmo2_ros.cli", "node", "--ros-args",
                 "-r", f"__ns:={NAMESPACE}", "-p", f"model:={model}", "-p", f"backend:={args.backend}",
                 "-p", f"max_new_tokens:={args.max_new_tokens}"]
@@ -85,18 +86,19 @@ def _commands(args: argparse.Namespace, model: str) -> tuple[list[list[str]], li
         node_cmd += ["-p", f"image_topic:={TOPIC}"]
         if args.depth:
             node_cmd += ["-p", f"depth_topic:={NAMESPACE}/camera/depth/image_raw"]
-        return [publisher + ["--topic", TOPIC] + (["--video", args.video] if args.video else [])], node_cmd
+        return [("", TOPIC, publisher + ["--topic", TOPIC] + (["--video", args.video] if args.video else []))], \
+            node_cmd
     names = list(CAMERA_SCENES)[:args.cameras]
     node_cmd += ["-p", f"cameras:=[{', '.join(names)}]"]
-    publishers = []
+    cameras = []
     for i, name in enumerate(names):
         topic = f"{NAMESPACE}/{name}/image_raw"
-        publishers.append(publisher + ["--topic", topic, "--objects", CAMERA_SCENES[name], "--seed", str(i),
-                                       "--frame-id", f"{name}_optical_frame"])
+        cameras.append((name, topic, publisher + ["--topic", topic, "--objects", CAMERA_SCENES[name],
+                                                  "--seed", str(i), "--frame-id", f"{name}_optical_frame"]))
         node_cmd += ["-p", f"cameras.{name}.image_topic:={topic}"]
         if args.depth:
             node_cmd += ["-p", f"cameras.{name}.depth_topic:={NAMESPACE}/{name}/depth/image_raw"]
-    return publishers, node_cmd
+    return cameras, node_cmd
 
 
 def run(args: argparse.Namespace) -> int:
@@ -122,10 +124,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"no packaged model: using the tiny RANDOM model {model} (answers are meaningless)")
     logs = cache_dir() / "demo_logs"
     logs.mkdir(parents=True, exist_ok=True)
-    publisher_cmds, node_cmd = _commands(args, model)
-    names = [""] if args.cameras == 1 else list(CAMERA_SCENES)[:args.cameras]
+    cameras, node_cmd = _commands(args, model)
+    names = [name for name, _, _ in cameras]
     processes = [_start(cmd, logs / f"video_publisher{'_' + name if name else ''}.log")
-                 for cmd, name in zip(publisher_cmds, names)] + [_start(node_cmd, logs / "node.log")]
+                 for name, _, cmd in cameras] + [_start(node_cmd, logs / "node.log")]
 
     rclpy.init()
     node = rclpy.create_node("molmo2_demo_client", namespace=NAMESPACE)
@@ -137,8 +139,8 @@ def run(args: argparse.Namespace) -> int:
         while len(frames) > 200:
             frames.pop(min(frames))
 
-    for name, cmd in zip(names, publisher_cmds):
-        node.create_subscription(Image, cmd[cmd.index("--topic") + 1], lambda m, n=name: keep(n, m),
+    for name, topic, _ in cameras:
+        node.create_subscription(Image, topic, lambda m, n=name: keep(n, m),
                                  QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
     windows = {name: {"frames": 0, "max_frames": 0} for name in names}
     status_names = {f"{NAMESPACE.strip('/')}/molmo2_grounding: {'camera ' + n if n else 'grounding'}": n
